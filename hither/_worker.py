@@ -1,0 +1,306 @@
+"""The code that runs a job's function inside a worker process.
+
+This module runs wherever a job runs: in a host worker process, in a container, in a
+uv-built environment. It therefore uses only the standard library (``cloudpickle`` only when
+a host worker meets a function pickled by value) and stays valid Python 3.8.
+
+Protocol of a host worker (messages pickled over a ``multiprocessing`` connection):
+
+parent -> worker
+    ("run", job_id, fid, fn_bytes | None, kwargs_bytes, label, stream_prefix | None,
+     sys_path)
+    ("skip", job_id)       drop a job sent ahead that has not started yet
+    ("stop",)              exit after the current job
+worker -> parent
+    ("done", job_id, ok, payload, console_lines, start_time, end_time)
+        ok=True:  payload is the pickled return value
+        ok=False: payload is (pickled exception | None, type name, message, traceback text)
+    ("skipped", job_id)
+
+A worker answers jobs in the order it received them, so the parent knows which job is
+running without a "started" message.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+
+# ---------------------------------------------------------------------------- console capture
+
+
+class _LineRecorder(object):
+    """A text stream that records complete lines with a timestamp and a stderr flag."""
+
+    def __init__(self, lines, is_stderr, echo=None, prefix=""):
+        self._lines = lines
+        self._is_stderr = is_stderr
+        self._echo = echo
+        self._prefix = prefix
+        self._partial = ""
+        self.encoding = "utf-8"
+        self.errors = "replace"
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError("write() argument must be str, not %s" % type(text).__name__)
+        if not text:
+            return 0
+        buf = self._partial + text
+        parts = buf.split("\n")
+        self._partial = parts.pop()
+        if parts:
+            now = time.time()
+            for line in parts:
+                self._emit(now, line)
+        return len(text)
+
+    def _emit(self, now, line):
+        self._lines.append((now, line, self._is_stderr))
+        if self._echo is not None:
+            try:
+                self._echo.write(self._prefix + line + "\n")
+                self._echo.flush()
+            except Exception:
+                pass
+
+    def flush(self):
+        pass
+
+    def close_partial(self):
+        if self._partial:
+            self._emit(time.time(), self._partial)
+            self._partial = ""
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def readable(self):
+        return False
+
+    def fileno(self):
+        import io
+
+        raise io.UnsupportedOperation("hither captures this stream; it has no file descriptor")
+
+
+class capture_console(object):
+    """Swap ``sys.stdout``/``sys.stderr`` for recorders for the duration of a ``with`` block.
+
+    ``lines`` receives ``(timestamp, text, is_stderr)`` tuples. With ``stream_prefix`` set,
+    every line is also written to the original stream, prefixed.
+    """
+
+    def __init__(self, stream_prefix=None):
+        self.lines = []
+        self._prefix = stream_prefix
+
+    def __enter__(self):
+        self._saved = (sys.stdout, sys.stderr)
+        echo_out = self._saved[0] if self._prefix is not None else None
+        echo_err = self._saved[1] if self._prefix is not None else None
+        prefix = self._prefix or ""
+        self._out = _LineRecorder(self.lines, False, echo_out, prefix)
+        self._err = _LineRecorder(self.lines, True, echo_err, prefix)
+        sys.stdout, sys.stderr = self._out, self._err
+        return self
+
+    def __exit__(self, *exc):
+        self._out.close_partial()
+        self._err.close_partial()
+        sys.stdout, sys.stderr = self._saved
+        return False
+
+
+# ---------------------------------------------------------------------------- running a call
+
+
+class _Alarm(BaseException):
+    """Raised by SIGALRM inside an inline job that ran past its timeout."""
+
+
+def run_call(fn, kwargs, stream_prefix=None, timeout=None):
+    """Run ``fn(**kwargs)`` with console capture.
+
+    Returns ``(ok, value_or_exception, traceback_text, lines, start, end)``. With ``timeout``
+    and when called in the main thread, SIGALRM interrupts the call; the exception is then
+    ``TimeoutError``.
+    """
+    use_alarm = bool(timeout) and _in_main_thread() and hasattr(signal, "setitimer")
+    old_handler = None
+    cap = capture_console(stream_prefix)
+    start = time.time()
+    try:
+        with cap:
+            if use_alarm:
+                old_handler = signal.signal(signal.SIGALRM, _raise_alarm)
+                signal.setitimer(signal.ITIMER_REAL, float(timeout))
+            try:
+                value = fn(**kwargs)
+            finally:
+                if use_alarm:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, old_handler)
+        return True, value, None, cap.lines, start, time.time()
+    except _Alarm:
+        err = TimeoutError("job ran longer than its job_timeout of %s s" % timeout)
+        return False, err, "", cap.lines, start, time.time()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - a job's failure is data, whatever it is
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        return False, e, tb, cap.lines, start, time.time()
+
+
+def _raise_alarm(signum, frame):
+    raise _Alarm()
+
+
+def _in_main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---------------------------------------------------------------------------- host worker
+
+
+def _loads_function(data):
+    try:
+        return pickle.loads(data)
+    except Exception:
+        import cloudpickle  # noqa: F401 - by-value functions need it importable
+
+        return pickle.loads(data)
+
+
+def _dumps(obj):
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _error_payload(exc, tb_text):
+    """Pickle an exception if it can make the round trip; always keep type, message, tb."""
+    type_name = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() of the exception failed>"
+    pickled = None
+    try:
+        data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(data)  # an exception that pickles but cannot be rebuilt is common
+        pickled = data
+    except Exception:
+        pickled = None
+    return (pickled, type_name, message, tb_text)
+
+
+def add_sys_path(paths):
+    """Put ``paths`` at the front of ``sys.path`` (once each)."""
+    for p in reversed(paths or ()):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def _init_worker(init):
+    """Set up a fresh worker process from the parent's description."""
+    try:
+        os.setpgid(0, 0)  # own process group: killing the job kills what it started too
+    except OSError:
+        pass
+    _set_parent_death_signal()
+    if init.get("cwd"):
+        try:
+            os.chdir(init["cwd"])
+        except OSError:
+            pass
+    add_sys_path(init.get("sys_path"))
+    for k, v in init.get("env", {}).items():
+        os.environ[k] = v
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _set_parent_death_signal():
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def serve_connection(conn, init):
+    """Run jobs sent over ``conn`` until told to stop or the parent goes away."""
+    _init_worker(init)
+    functions = {}
+    queue = []
+    skipped = set()
+    send_bytes = conn.send_bytes
+    while True:
+        try:
+            if not queue:
+                queue.append(pickle.loads(conn.recv_bytes()))
+            while conn.poll():  # read what was sent ahead, so a "skip" is seen in time
+                queue.append(pickle.loads(conn.recv_bytes()))
+        except (EOFError, OSError):
+            return
+        msg = queue.pop(0)
+        kind = msg[0]
+        if kind == "stop":
+            return
+        if kind == "skip":
+            skipped.add(msg[1])
+            continue
+        _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path = msg
+        add_sys_path(extra_path)
+        if job_id in skipped:
+            skipped.discard(job_id)
+            send_bytes(pickle.dumps(("skipped", job_id)))
+            continue
+        answer = _run_message(functions, fid, fn_bytes, kwargs_bytes, prefix)
+        try:
+            send_bytes(pickle.dumps(("done", job_id) + answer, protocol=pickle.HIGHEST_PROTOCOL))
+        except (EOFError, OSError):
+            return
+
+
+def _run_message(functions, fid, fn_bytes, kwargs_bytes, prefix):
+    start = time.time()
+    try:
+        fn = functions.get(fid)
+        if fn is None:
+            if fn_bytes is None:
+                raise RuntimeError("worker protocol error: function %s was never sent" % fid)
+            fn = functions[fid] = _loads_function(fn_bytes)
+        kwargs = pickle.loads(kwargs_bytes)
+    except BaseException as e:  # noqa: BLE001
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        note = "the worker could not load the job's function or arguments"
+        return (False, _error_payload(e, note + "\n" + tb), [], start, time.time())
+    ok, value, tb, lines, start, end = run_call(fn, kwargs, prefix)
+    if ok:
+        try:
+            return (True, _dumps(value), lines, start, end)
+        except BaseException as e:  # noqa: BLE001
+            err = TypeError(
+                "the job's return value of type %s.%s cannot be sent back from the worker: %s"
+                % (type(value).__module__, type(value).__qualname__, e)
+            )
+            return (False, _error_payload(err, ""), lines, start, end)
+    return (False, _error_payload(value, tb), lines, start, end)

@@ -1,0 +1,259 @@
+"""Job keys, cache lookups and records with provenance.
+
+A job's key is the sha256 of a small canonical structure::
+
+    {"format": 1,
+     "function": {"name", "version", "code": <code identity digest>},
+     "runtime": <runtime identity: {"kind": "host"}, an image digest, an env lock hash>,
+     "inputs": {<argument name>: <hash_value of the argument>}}
+
+An argument that came from a job contributes that job's ``result_hash``, which is the
+same ``hash_value`` of its result: a job re-run that gives the same result leaves every
+downstream key unchanged (early cutoff). The record stored under the key holds the result
+manifest, the console output and the provenance of the run.
+"""
+
+from __future__ import annotations
+
+import builtins
+import getpass
+import platform
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from hither_store import StoreError
+
+from . import _codec
+from .codeid import CodeIdentity, code_identity
+from .config import Settings
+from .errors import (
+    HandlerClosedError,
+    JobCancelledException,
+    JobFailedError,
+    JobTimeoutError,
+    WorkerCrashedError,
+)
+from .function import FunctionDef
+from .hashing import describe_value, hash_struct, hash_value
+from .launch import Outcome
+
+KEY_FORMAT = 1
+RECORD_FORMAT = 1
+#: failures that say something about the machine, not about the function: never cached
+_TRANSIENT = (JobTimeoutError, WorkerCrashedError, HandlerClosedError, JobCancelledException)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A job's key and everything that went into it."""
+
+    key: str
+    parts: dict[str, Any]
+    code: CodeIdentity
+    inputs: dict[str, dict[str, Any]]
+    """Per argument: ``digest``, ``desc`` and, for a job's result, ``job`` (its key)."""
+
+
+def runtime_identity(fdef: FunctionDef, settings: Settings) -> dict[str, Any]:
+    """The identity of where the code runs (the host has no further identity yet)."""
+    from .scheduler import resolve_container
+
+    image = resolve_container(fdef, settings)
+    if image:
+        from .runtimes import identity_of
+
+        return identity_of(image, settings)
+    return {"kind": "host"}
+
+
+def compute_key(fdef: FunctionDef, raw_kwargs: dict[str, Any], kwargs: dict[str, Any],
+                settings: Settings) -> KeyInfo:
+    """The key of ``fdef(**kwargs)``; ``raw_kwargs`` may hold the jobs the values came from."""
+    from .job import Job
+
+    code = code_identity(fdef.fn, local_modules=fdef.local_modules,
+                         additional_files=fdef.additional_files)
+    inputs: dict[str, dict[str, Any]] = {}
+    digests: dict[str, str] = {}
+    for name in sorted(kwargs):
+        raw = raw_kwargs.get(name)
+        value = kwargs[name]
+        if isinstance(raw, Job) and raw.result_hash is not None:
+            digest = raw.result_hash
+            inputs[name] = {"digest": digest, "job": raw.key, "desc": describe_value(value)}
+        else:
+            digest = hash_value(value, path=f"kw[{name!r}]")
+            entry = {"digest": digest, "desc": describe_value(value)}
+            if isinstance(raw, Job):
+                entry["job"] = raw.key
+            inputs[name] = entry
+        digests[name] = digest
+    parts = {
+        "format": KEY_FORMAT,
+        "function": {"name": fdef.name, "version": fdef.version, "code": code.digest},
+        "runtime": runtime_identity(fdef, settings),
+        "inputs": digests,
+    }
+    return KeyInfo(key=hash_struct(parts), parts=parts, code=code, inputs=inputs)
+
+
+# ------------------------------------------------------------------------ lookup
+def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
+    """The cached outcome for ``keyinfo`` under ``settings``' flags, or None (a miss)."""
+    if settings.force_run:
+        return None
+    cache = settings.job_cache
+    try:
+        rec = cache.get_record(keyinfo.key)
+    except (StoreError, OSError, ValueError) as e:
+        warnings.warn(f"job cache lookup failed, running the job: {e}", stacklevel=2)
+        return None
+    if rec is None:
+        return None
+    status = rec.get("status")
+    if status == "finished":
+        try:
+            value = _codec.decode(rec["result"], _blob_reader(cache.store))
+        except (StoreError, OSError, _codec.DecodeError, KeyError, ValueError) as e:
+            warnings.warn(f"cached result {keyinfo.key[:12]} cannot be read ({e}); the job "
+                          "runs again", stacklevel=2)
+            return None
+        out = Outcome(True, value=value)
+    elif status == "error":
+        if not settings.cache_failing or settings.rerun_failing:
+            return None
+        out = Outcome(False, error=_rebuild_error(rec.get("error") or {}),
+                      traceback_text=(rec.get("error") or {}).get("traceback"))
+    else:
+        return None
+    prov = rec.get("provenance", {})
+    out.console = [tuple(x) for x in rec.get("console", [])]  # type: ignore[misc]
+    out.start_time = prov.get("start_time")
+    out.end_time = prov.get("end_time")
+    out.info["result_hash"] = rec.get("result_hash")
+    out.info["cached_at"] = prov.get("recorded_at")
+    return out
+
+
+def _blob_reader(store):
+    def get_blob(ref: str, kind: str) -> Any:
+        if kind in ("npy", "file"):
+            return str(store.blob_path(ref))
+        return store.get_bytes(ref)
+
+    return get_blob
+
+
+def _blob_writer(store):
+    def put_blob(kind: str, write: Any) -> str:
+        if kind == "file":
+            return store.put_file(write)
+        return store.put_writer(write)
+
+    return put_blob
+
+
+def _rebuild_error(err: dict[str, Any]) -> BaseException:
+    """A cached failure as an exception, without unpickling anything from the store.
+
+    Built-in exception types come back as themselves; others as ``JobFailedError``
+    naming the original type.
+    """
+    type_name = err.get("type", "Exception")
+    message = err.get("message", "")
+    module, _, name = type_name.rpartition(".")
+    cls = getattr(builtins, name, None) if module == "builtins" else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001
+            pass
+    return JobFailedError(message, remote_type=type_name, traceback_text=err.get("traceback"))
+
+
+# ------------------------------------------------------------------------ record
+def record(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> str | None:
+    """Store the outcome of ``job`` under its key; returns the result hash (None for a
+    failure or a result that cannot be stored)."""
+    settings: Settings = job._settings
+    cache = settings.job_cache
+    rec: dict[str, Any] = {"format": RECORD_FORMAT, "key": keyinfo.key}
+    result_hash = None
+    if outcome.ok:
+        try:
+            result_hash = hash_value(outcome.value, path="result")
+            manifest = _codec.encode(outcome.value, _blob_writer(cache.store), path="result")
+        except (TypeError, ValueError) as e:
+            warnings.warn(f"the result of job {job.label!r} is not stored in the job cache: "
+                          f"{e}", stacklevel=2)
+            return None
+        rec.update(status="finished", result=manifest, result_hash=result_hash)
+    else:
+        err = outcome.error
+        if not settings.cache_failing or isinstance(err, _TRANSIENT) or err is None:
+            return None
+        type_name = getattr(err, "remote_type", None) or \
+            f"{type(err).__module__}.{type(err).__qualname__}"
+        message = err.args[0] if isinstance(err, JobFailedError) and err.args else str(err)
+        rec.update(status="error", error={"type": type_name, "message": message,
+                                          "traceback": outcome.traceback_text or ""})
+    if cache.readonly:
+        return result_hash
+    rec["console"] = [list(x) for x in outcome.console]
+    rec["provenance"] = _provenance(job, keyinfo, outcome)
+    rec["inputs"] = _input_manifests(job, keyinfo, cache.store)
+    cache.put_record(keyinfo.key, rec)
+    return result_hash
+
+
+def _input_manifests(job: Any, keyinfo: KeyInfo, store) -> dict[str, Any]:
+    """Inputs given as values are stored too, so the run can be reproduced from its key;
+    inputs that came from jobs are referenced by those jobs' keys (the lineage)."""
+    from .job import Job
+
+    out: dict[str, Any] = {}
+    put = _blob_writer(store)
+    for name, meta in keyinfo.inputs.items():
+        entry = dict(meta)
+        raw = job._kwargs.get(name)
+        if not isinstance(raw, Job):
+            try:
+                entry["value"] = _codec.encode(raw, put, path=f"kw[{name!r}]")
+            except (TypeError, ValueError):
+                pass
+        out[name] = entry
+    return out
+
+
+def _provenance(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> dict[str, Any]:
+    from . import __version__
+
+    code = keyinfo.code
+    start, end = outcome.start_time, outcome.end_time
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001
+        user = None
+    return {
+        "function": {"name": job._fdef.name, "version": job._fdef.version,
+                     "code": code.digest, "module": code.module, "source": code.source,
+                     "sources": dict(code.sources), "external": dict(code.external)},
+        "runtime": keyinfo.parts["runtime"],
+        "key_parts": keyinfo.parts,
+        "label": job.label,
+        "handler": type(job._handler).__name__,
+        "start_time": start,
+        "end_time": end,
+        "elapsed_sec": (end - start) if (start is not None and end is not None) else None,
+        "recorded_at": time.time(),
+        "host": socket.gethostname(),
+        "user": user,
+        "hither_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "worker": outcome.info.get("worker_pid"),
+    }

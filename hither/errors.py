@@ -1,0 +1,141 @@
+"""The one exception tree of hither.
+
+::
+
+    HitherError (Exception)
+    ├── DuplicateFunctionException      a name registered twice with different versions
+    ├── FunctionNotRegisteredError      hi.get_function / hi.run of an unknown name (also KeyError)
+    ├── SerializationError (TypeError)  a value that cannot be hashed, stored or sent; names its path
+    ├── JobError                        a job ended without a result
+    │   ├── JobFailedError              the function raised; carries the remote type and traceback
+    │   ├── UpstreamJobError            a job this one depends on failed or was cancelled
+    │   ├── JobTimeoutError             the job ran past ``job_timeout`` and was stopped
+    │   ├── WorkerCrashedError          the process running the job died (signal, OOM, os._exit)
+    │   └── HandlerClosedError          the job's handler was shut down before it could run
+    ├── JobCancelledException           the job was cancelled (also concurrent.futures.CancelledError)
+    ├── CacheError                      the job cache or store cannot be used
+    └── RuntimeUnavailableError         a runtime (container engine, env builder) is missing
+
+A job that fails keeps the *original* exception when it can be pickled back from the worker
+(so ``except ValueError`` works); otherwise it is a :class:`JobFailedError` that names the
+original type and carries its traceback text.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import CancelledError
+
+
+class HitherError(Exception):
+    """Base class of every error hither raises on its own account."""
+
+
+class DuplicateFunctionException(HitherError):
+    """A function name was registered from two files with different versions."""
+
+
+class FunctionNotRegisteredError(HitherError, KeyError):
+    """No hither function is registered under that name."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class SerializationError(HitherError, TypeError):
+    """A value cannot be hashed, stored or sent to a worker.
+
+    ``path`` names where the value sits inside the arguments, e.g. ``kw['cfg'][2]``.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class JobError(HitherError):
+    """A job ended without a result. ``job_label`` names the job when known."""
+
+    def __init__(self, message: str, *, job_label: str | None = None,
+                 traceback_text: str | None = None) -> None:
+        super().__init__(message)
+        self.job_label = job_label
+        self.traceback_text = traceback_text
+
+    def __reduce__(self):
+        return (_rebuild_job_error, (type(self), self.args, self.__dict__))
+
+
+def _rebuild_job_error(cls, args, state):
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+class JobFailedError(JobError):
+    """The function raised an exception that could not be brought back as itself.
+
+    ``remote_type`` is the qualified name of the original exception type.
+    """
+
+    def __init__(self, message: str, *, remote_type: str = "Exception",
+                 job_label: str | None = None, traceback_text: str | None = None) -> None:
+        super().__init__(message, job_label=job_label, traceback_text=traceback_text)
+        self.remote_type = remote_type
+
+    def __str__(self) -> str:
+        text = f"{self.remote_type}: {self.args[0]}" if self.args else self.remote_type
+        if self.traceback_text:
+            text += "\n\nRemote traceback:\n" + self.traceback_text.rstrip()
+        return text
+
+
+class UpstreamJobError(JobError):
+    """A job given as an argument failed or was cancelled, so this one could not run."""
+
+    def __init__(self, message: str, *, upstream_label: str | None = None,
+                 upstream_id: str | None = None, job_label: str | None = None) -> None:
+        super().__init__(message, job_label=job_label)
+        self.upstream_label = upstream_label
+        self.upstream_id = upstream_id
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """The job ran longer than its ``job_timeout``; its worker was stopped."""
+
+
+class WorkerCrashedError(JobError):
+    """The worker process running the job died before answering."""
+
+
+class HandlerClosedError(JobError):
+    """The job's handler was shut down before the job could run."""
+
+
+class JobCancelledException(HitherError, CancelledError):
+    """The job was cancelled (by ``job.cancel()``, ``hi.reset()`` or a handler shutdown)."""
+
+
+class CacheError(HitherError):
+    """The job cache or its store cannot be used."""
+
+
+class RuntimeUnavailableError(HitherError):
+    """A runtime the job needs (container engine, env builder, image) is not available."""
+
+
+__all__ = [
+    "CacheError",
+    "DuplicateFunctionException",
+    "FunctionNotRegisteredError",
+    "HandlerClosedError",
+    "HitherError",
+    "JobCancelledException",
+    "JobError",
+    "JobFailedError",
+    "JobTimeoutError",
+    "RuntimeUnavailableError",
+    "SerializationError",
+    "UpstreamJobError",
+    "WorkerCrashedError",
+]

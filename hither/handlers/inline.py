@@ -1,0 +1,111 @@
+"""DefaultJobHandler: runs jobs in the caller's thread, when the caller waits (pdb works)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from .. import _worker
+from ..errors import JobTimeoutError
+from ..launch import Launch, Outcome
+from .base import JobHandler, completed_future
+
+
+class DefaultJobHandler(JobHandler):
+    """Run each job in the thread that waits for it, like a plain function call.
+
+    ``.run()`` only queues the job; it executes when ``job.wait()``, ``job.result()`` or
+    ``hi.wait()`` is called, in that caller's thread, so breakpoints and ``pdb`` work.
+    Exceptions are kept as the original objects. ``job_timeout`` is enforced with
+    ``SIGALRM`` when the waiting thread is the main thread (it cannot be enforced in
+    other threads: the job then runs to completion).
+    """
+
+    drives_in_caller = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[tuple[Launch, Future[Outcome]]] = deque()
+        self._cond = threading.Condition()
+
+    def submit(self, launch: Launch) -> Future[Outcome]:
+        if self._closed:
+            return completed_future(self._closed_outcome(launch))
+        fut: Future[Outcome] = Future()
+        with self._cond:
+            self._queue.append((launch, fut))
+            self._cond.notify_all()
+        return fut
+
+    def cancel(self, job_id: str) -> bool:
+        with self._cond:
+            for item in self._queue:
+                if item[0].job_id == job_id:
+                    self._queue.remove(item)
+                    break
+            else:
+                return False
+        launch, fut = item
+        fut.set_result(self._cancelled_outcome(launch))
+        return True
+
+    def reset(self) -> None:
+        with self._cond:
+            items = list(self._queue)
+            self._queue.clear()
+        for launch, fut in items:
+            fut.set_result(self._cancelled_outcome(launch, "was cancelled by hi.reset()"))
+
+    def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
+        if cancel:
+            self.reset()
+        elif wait:
+            self.drive(_never, None)
+        super().shutdown(wait, cancel=cancel)
+
+    def notify(self) -> None:
+        """Wake a caller blocked in :meth:`drive` (a job it waits for has completed)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def drive(self, until: Callable[[], bool], timeout: float | None) -> None:
+        """Run queued jobs in this thread until ``until()`` holds, the queue is empty and
+        ``until`` cannot become true without more work, or ``timeout`` expires."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not until():
+            with self._cond:
+                item = self._queue.popleft() if self._queue else None
+                if item is None:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return
+                    if until is _never:
+                        return
+                    # a job on another handler may still complete and queue work here
+                    self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                    continue
+            launch, fut = item
+            if fut.set_running_or_notify_cancel():
+                fut.set_result(execute_inline(launch))
+
+
+def _never() -> bool:
+    return False
+
+
+def execute_inline(launch: Launch) -> Outcome:
+    """Run a launch in this thread and describe how it ended."""
+    _worker.add_sys_path(launch.sys_path)
+    ok, value, tb, lines, start, end = _worker.run_call(
+        launch.fn, launch.kwargs, launch.stream_prefix, launch.timeout)
+    if ok:
+        return Outcome(True, value=value, console=lines, start_time=start, end_time=end)
+    if isinstance(value, TimeoutError) and launch.timeout and not tb:
+        value = JobTimeoutError(
+            f"job {launch.label!r} ran longer than its job_timeout of {launch.timeout} s and "
+            "was interrupted", job_label=launch.label)
+    return Outcome(False, error=value, traceback_text=tb, console=lines,
+                   start_time=start, end_time=end)

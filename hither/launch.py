@@ -1,0 +1,62 @@
+"""What a handler is given (:class:`Launch`) and what it gives back (:class:`Outcome`).
+
+Handlers and runtimes see only these two frozen descriptions; they never see a Job, the
+scheduler or the cache. A handler's ``submit(launch)`` returns a standard
+``concurrent.futures.Future`` that always resolves to an :class:`Outcome`: a failure of the
+function, a crash, a timeout and a cancel are outcomes too, never exceptions of the future.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: One captured console line: (unix time, text, came from stderr)
+ConsoleLine = tuple[float, str, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """A ready-to-run call: the function, its resolved arguments and how to run it."""
+
+    job_id: str
+    label: str
+    fid: str
+    """Identifies the function object for workers that cache loaded functions."""
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any]
+    fn_pickle: Callable[[], bytes]
+    """Returns the function pickled (by reference or, for ``__main__``, by value)."""
+    kwargs_pickle: bytes | None = None
+    """The arguments already pickled at ``.run()`` time, when that was possible."""
+    timeout: float | None = None
+    stream_prefix: str | None = None
+    """When set, console lines are also echoed live, prefixed by this text."""
+    sys_path: tuple[str, ...] = ()
+    """Folders put on ``sys.path`` before the function is loaded (its local modules)."""
+    runtime: Any = None
+    """Where the code runs (``None``: the host interpreter); see :mod:`hither.runtimes`."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def pickled_kwargs(self) -> bytes:
+        """The arguments as pickle bytes (computed now if ``.run()`` could not)."""
+        if self.kwargs_pickle is not None:
+            return self.kwargs_pickle
+        return pickle.dumps(self.kwargs, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a launch ended. ``error`` is None exactly when ``ok`` is True."""
+
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+    traceback_text: str | None = None
+    console: list[ConsoleLine] = field(default_factory=list)
+    start_time: float | None = None
+    end_time: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    """Handler-specific facts for runtime info (worker pid, container id, ...)."""

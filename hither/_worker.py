@@ -246,20 +246,36 @@ def _set_parent_death_signal():
 
 
 def serve_connection(conn, init):
-    """Run jobs sent over ``conn`` until told to stop or the parent goes away."""
+    """Run jobs sent over ``conn`` until told to stop or the parent goes away.
+
+    A reader thread drains the connection at all times, so the parent's sends never wait
+    for a job to finish: with large messages in both directions, a worker blocked writing
+    its result while the parent is blocked writing the next job would otherwise deadlock.
+    """
+    import threading
+
     _init_worker(init)
+    inbox = _Inbox()
+
+    def read():
+        try:
+            while True:
+                msg = pickle.loads(conn.recv_bytes())
+                inbox.put(msg)
+                if msg[0] == "stop":
+                    return
+        except (EOFError, OSError):
+            inbox.put(("stop",))
+
+    threading.Thread(target=read, name="hither-worker-reader", daemon=True).start()
     functions = {}
     queue = []
     skipped = set()
     send_bytes = conn.send_bytes
     while True:
-        try:
-            if not queue:
-                queue.append(pickle.loads(conn.recv_bytes()))
-            while conn.poll():  # read what was sent ahead, so a "skip" is seen in time
-                queue.append(pickle.loads(conn.recv_bytes()))
-        except (EOFError, OSError):
-            return
+        if not queue:
+            queue.append(inbox.get())
+        queue.extend(inbox.get_all())  # jobs sent ahead, so a "skip" is seen in time
         msg = queue.pop(0)
         kind = msg[0]
         if kind == "stop":
@@ -268,16 +284,42 @@ def serve_connection(conn, init):
             skipped.add(msg[1])
             continue
         _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path = msg
-        add_sys_path(extra_path)
-        if job_id in skipped:
+        if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
             skipped.discard(job_id)
             send_bytes(pickle.dumps(("skipped", job_id)))
             continue
+        add_sys_path(extra_path)
         answer = _run_message(functions, fid, fn_bytes, kwargs_bytes, prefix)
         try:
             send_bytes(pickle.dumps(("done", job_id) + answer, protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):
             return
+
+
+class _Inbox(object):
+    """A minimal thread-safe FIFO (``queue.Queue`` without the features we do not use)."""
+
+    def __init__(self):
+        import threading
+
+        self._items = []
+        self._cond = threading.Condition(threading.Lock())
+
+    def put(self, item):
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify()
+
+    def get(self):
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            return self._items.pop(0)
+
+    def get_all(self):
+        with self._cond:
+            items, self._items = self._items, []
+            return items
 
 
 def _run_message(functions, fid, fn_bytes, kwargs_bytes, prefix):
@@ -304,3 +346,159 @@ def _run_message(functions, fid, fn_bytes, kwargs_bytes, prefix):
             )
             return (False, _error_payload(err, ""), lines, start, end)
     return (False, _error_payload(value, tb), lines, start, end)
+
+
+# ---------------------------------------------------------------------------- stdio worker
+#
+# Protocol of a worker in a container or a foreign environment: JSON lines.
+#
+# worker -> parent, first:  {"op": "hello", "python": "3.11.2", "pid": N, "numpy": "1.24.2"|null}
+# parent -> worker:         {"op": "ping"} -> {"op": "pong"};  {"op": "stop"} -> exit 0
+#   {"op": "run", "id", "label", "module": {"name", "dir"}, "function", "args": manifest,
+#    "sys_path": [...], "blobs": dir, "out": dir, "stream": prefix|null}
+#   -> {"op": "done", "id", "ok", "result": manifest|null,
+#       "error": {"type", "message", "traceback"}|null, "console": [[t, text, is_stderr]],
+#       "start": t, "end": t}
+# Blob refs in "args" are "sha256://<hex>" found under "blobs" (the store layout
+# blobs/sha256/ab/cd/<hex>); result blobs are written to "out" and named "out:<file>".
+
+
+def _import_codec():
+    try:
+        from . import _codec  # type: ignore
+    except ImportError:
+        import _codec  # type: ignore
+    return _codec
+
+
+def _numpy_version():
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("numpy") is None:
+            return None
+        import numpy
+
+        return numpy.__version__
+    except Exception:
+        return None
+
+
+def _blob_getter(blobs_dir):
+    def get_blob(ref, kind):
+        hexd = ref.split("://", 1)[-1]
+        path = os.path.join(blobs_dir, "sha256", hexd[:2], hexd[2:4], hexd)
+        if kind in ("npy", "file"):
+            return path
+        with open(path, "rb") as f:
+            return f.read()
+
+    return get_blob
+
+
+def _blob_putter(out_dir):
+    import shutil
+    import uuid
+
+    def put_blob(kind, write):
+        name = uuid.uuid4().hex
+        path = os.path.join(out_dir, name)
+        if kind == "file":
+            shutil.copyfile(write, path)
+        else:
+            with open(path, "wb") as f:
+                write(f)
+        return "out:" + name
+
+    return put_blob
+
+
+_modules = {}
+
+
+def _load_function(spec):
+    import importlib
+
+    mod_name = spec["module"]["name"]
+    key = (spec["module"].get("dir"), mod_name)
+    module = _modules.get(key)
+    if module is None:
+        module = importlib.import_module(mod_name)
+        _modules[key] = module
+    fn = module
+    for part in spec["function"].split("."):
+        fn = getattr(fn, part)
+    return getattr(fn, "__wrapped__", fn) if not callable(fn) else fn
+
+
+def _run_json(msg):
+    codec = _import_codec()
+    start = time.time()
+    try:
+        add_sys_path(msg.get("sys_path"))
+        fn = _load_function(msg)
+        kwargs = codec.decode(msg["args"], _blob_getter(msg["blobs"]))
+    except BaseException as e:  # noqa: BLE001
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        return {"ok": False, "result": None, "console": [], "start": start,
+                "end": time.time(),
+                "error": {"type": "%s.%s" % (type(e).__module__, type(e).__qualname__),
+                          "message": str(e),
+                          "traceback": "the worker could not load the job's function or "
+                                       "arguments\n" + tb}}
+    ok, value, tb, lines, start, end = run_call(fn, kwargs, msg.get("stream"))
+    out = {"ok": ok, "console": [list(x) for x in lines], "start": start, "end": end,
+           "result": None, "error": None}
+    if ok:
+        try:
+            out["result"] = codec.encode(value, _blob_putter(msg["out"]), path="result")
+        except BaseException as e:  # noqa: BLE001
+            out["ok"] = False
+            out["error"] = {"type": "%s.%s" % (type(e).__module__, type(e).__qualname__),
+                            "message": "the job's return value cannot be sent back: %s" % e,
+                            "traceback": ""}
+    else:
+        out["error"] = {"type": "%s.%s" % (type(value).__module__, type(value).__qualname__),
+                        "message": str(value), "traceback": tb or ""}
+    return out
+
+
+def serve_stdio():
+    """Serve JSON-line requests on stdin/stdout until stdin closes or "stop" arrives."""
+    import json
+
+    proto_out = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="\n")
+    os.dup2(2, 1)  # output written straight to fd 1 by a job must not corrupt the protocol
+    sys.stdout = os.fdopen(1, "w", encoding="utf-8", errors="replace", closefd=False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def send(obj):
+        proto_out.write(json.dumps(obj, allow_nan=True) + "\n")
+        proto_out.flush()
+
+    send({"op": "hello", "python": "%d.%d.%d" % sys.version_info[:3], "pid": os.getpid(),
+          "numpy": _numpy_version()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        msg = json.loads(line)
+        op = msg.get("op")
+        if op == "ping":
+            send({"op": "pong"})
+        elif op == "stop":
+            return
+        elif op == "run":
+            answer = _run_json(msg)
+            answer["op"] = "done"
+            answer["id"] = msg.get("id")
+            send(answer)
+        else:
+            send({"op": "error", "message": "unknown op %r" % (op,)})
+
+
+if __name__ == "__main__":
+    if "--stdio" in sys.argv[1:]:
+        here = os.path.dirname(os.path.abspath(__file__))
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        serve_stdio()

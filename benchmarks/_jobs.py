@@ -1,0 +1,43 @@
+"""Job functions shared by the benchmarks.
+
+They live in an importable module (not in ``__main__``) so every tool can ship them to
+its worker processes by reference: hither, ProcessPoolExecutor, joblib/loky, dask and ray.
+``@hi.function`` returns the function unchanged (plus a ``.run`` attribute), so the same
+object is given to every tool.
+"""
+
+from __future__ import annotations
+
+import time
+
+import hither as hi
+
+
+@hi.function("inc", "0.1.0")
+def inc(x):
+    """The tiny job: ``x + 1``."""
+    return x + 1
+
+
+@hi.function("add", "0.1.0")
+def add(a, b):
+    """A DAG node: the sum of its two parents."""
+    return a + b
+
+
+@hi.function("sleep_for", "0.1.0")
+def sleep_for(seconds):
+    """Sleep, then return the seconds slept (a job whose cost is pure waiting)."""
+    time.sleep(seconds)
+    return seconds
+
+
+@hi.function("array_mean", "0.1.0")
+def array_mean(a):
+    """Mean of a numpy array: a cheap job with a big argument."""
+    return float(a.mean())
+
+
+def noop():
+    """Used to warm up pools."""
+    return None

@@ -1,0 +1,499 @@
+"""The ``hither`` command: look into the job cache.
+
+::
+
+    hither cache info|ls|show|gc|clear     the store: counts, records, one record, cleanup
+    hither show KEY                        a record's provenance and lineage
+    hither explain KEY                     what went into a key; how it differs from the
+                                           nearest other record of the same function
+
+Every command takes ``--store PATH`` (default: ``$HITHER_STORE`` or the user cache
+directory). Keys may be abbreviated to a unique prefix of at least 6 hex characters.
+Errors print one line to stderr; the exit code is 1 (not found, refused) or 2 (usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hither_store import LocalStore, StoreError, parse_blob_uri
+from hither_store._paths import Layout
+from rich import box
+from rich.console import Console
+from rich.filesize import decimal as _size
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from . import __version__
+from ._codec import walk_refs
+from .explain import (
+    KeyLookupError,
+    LineageNode,
+    describe_manifest,
+    explain,
+    format_runtime,
+    format_time,
+    lineage,
+    open_store,
+    resolve_key,
+)
+
+__all__ = ["main"]
+
+_STATUS_STYLE = {"finished": "green", "error": "red"}
+
+
+class CliError(Exception):
+    """An error reported as one line on stderr, with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ----------------------------------------------------------------------------- helpers
+def _console() -> Console:
+    """A console on stdout; wide when not a terminal, so piped output is not folded.
+    Rich drops colors when stdout is not a terminal or ``NO_COLOR`` is set."""
+    width = None
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        width = 200
+    return Console(highlight=False, width=width)
+
+
+def _store(args: argparse.Namespace) -> LocalStore:
+    return open_store(args.store, must_exist=True)
+
+
+def _elapsed(sec: Any) -> str:
+    if not isinstance(sec, (int, float)):
+        return "-"
+    if sec < 1e-3:
+        return f"{sec * 1e6:.0f} µs"
+    if sec < 1:
+        return f"{sec * 1e3:.1f} ms"
+    if sec < 60:
+        return f"{sec:.2f} s"
+    minutes, s = divmod(int(sec), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {s:02d}s" if hours else f"{minutes}m {s:02d}s"
+
+
+def _fn(rec: dict[str, Any]) -> dict[str, Any]:
+    return (rec.get("provenance") or {}).get("function") or {}
+
+
+def _outcome(rec: dict[str, Any], full: bool = False) -> str:
+    """The result description of a record, or its error type (and message)."""
+    if rec.get("status") == "finished":
+        return describe_manifest(rec.get("result"))
+    err = rec.get("error") or {}
+    kind = str(err.get("type", "error")).rpartition(".")[2]
+    return f"{kind}: {err.get('message', '')}" if full else kind
+
+
+def _status_text(status: Any) -> Text:
+    return Text(str(status or "-"), style=_STATUS_STYLE.get(str(status), ""))
+
+
+def _fields_table() -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2, 0, 0))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
+
+
+# ----------------------------------------------------------------------------- cache info
+def cmd_info(args: argparse.Namespace, out: Console) -> int:
+    """``hither cache info``: what the store holds."""
+    store = _store(args)
+    info = store.info()
+    statuses: dict[str, int] = {}
+    for _, rec in store.iter_records():
+        st = str(rec.get("status", "?"))
+        statuses[st] = statuses.get(st, 0) + 1
+    table = _fields_table()
+    table.add_row("store", Text(str(info["root"])))
+    detail = ", ".join(f"{n} {st}" for st, n in sorted(statuses.items())) or "none"
+    table.add_row("records", f"{info['records']} ({detail}), {_size(info['record_bytes'])}")
+    table.add_row("blobs", f"{info['blobs']}, {_size(info['blob_bytes'])}")
+    table.add_row("temp files", f"{info['tmp_files']}, {_size(info['tmp_bytes'])}")
+    if info.get("quarantined"):
+        table.add_row("quarantined", f"{info['quarantined']} damaged files, "
+                                     f"{_size(info['quarantine_bytes'])}")
+    out.print(table)
+    return 0
+
+
+# ----------------------------------------------------------------------------- cache ls
+def cmd_ls(args: argparse.Namespace, out: Console) -> int:
+    """``hither cache ls``: a table of records, newest first."""
+    store = _store(args)
+    rows = []
+    total = 0
+    for key, rec in store.iter_records():
+        total += 1
+        fn = _fn(rec)
+        if args.function and fn.get("name") != args.function:
+            continue
+        if args.status and rec.get("status") != args.status:
+            continue
+        rows.append((key, rec))
+    if not rows:
+        if total == 0:
+            raise CliError(f"no records in the store at {store.root}")
+        raise CliError(f"none of the {total} records in {store.root} match")
+    rows.sort(key=lambda kr: -((kr[1].get("provenance") or {}).get("recorded_at") or 0.0))
+    shown = rows if not args.limit else rows[: args.limit]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    for name in ("key", "function", "version", "status", "recorded at", "elapsed"):
+        table.add_column(name, no_wrap=True, style="cyan" if name == "key" else None,
+                         justify="right" if name == "elapsed" else "left")
+    table.add_column("result", overflow="fold", min_width=12)  # the one that may wrap
+    for key, rec in shown:
+        prov = rec.get("provenance") or {}
+        fn = _fn(rec)
+        table.add_row(key[:12], Text(str(fn.get("name", "?"))), Text(str(fn.get("version", "?"))),
+                      _status_text(rec.get("status")),
+                      format_time(prov.get("recorded_at"))[:16],
+                      _elapsed(prov.get("elapsed_sec")), Text(_outcome(rec)))
+    out.print(table)
+    if len(shown) < len(rows):
+        out.print(Text(f"{len(rows) - len(shown)} more (--limit 0 shows all)", style="dim"))
+    return 0
+
+
+# ----------------------------------------------------------------------------- show
+def _upstream_label(store: LocalStore, key: str) -> Text:
+    rec = store.get_record(key) if store.has_record(key) else None
+    text = Text(key[:12], style="cyan")
+    if rec is None:
+        text.append(" (no record)", style="dim")
+    else:
+        text.append(f" {_fn(rec).get('name', '?')}")
+    return text
+
+
+def _node_label(node: LineageNode) -> Text:
+    text = Text()
+    if node.input_name is not None:
+        text.append(f"{node.input_name} ← ", style="bold")
+    text.append(node.key[:12], style="cyan")
+    if node.function is not None:
+        text.append(f" {node.function} {node.version} ")
+        text.append(str(node.status), style=_STATUS_STYLE.get(str(node.status), ""))
+        text.append(f" → {node.result}")
+    if node.note:
+        text.append(f" ({node.note})", style="dim")
+    return text
+
+
+def lineage_tree(root: LineageNode) -> Tree:
+    """A rich :class:`Tree` of a lineage: records, with inputs given as values as leaves."""
+    def fill(tree: Tree, node: LineageNode) -> None:
+        for name, desc in node.values:
+            tree.add(Text(f"{name} = {desc}", style="dim"))
+        for child in node.children:
+            fill(tree.add(_node_label(child)), child)
+
+    tree = Tree(_node_label(root))
+    fill(tree, root)
+    return tree
+
+
+def _print_sources(rec: dict[str, Any], out: Console) -> None:
+    fn = _fn(rec)
+    sources = fn.get("sources") or ({"fn": fn["source"]} if fn.get("source") else {})
+    if not sources:
+        out.print(Text("no source was recorded (code identified by bytecode)", style="dim"))
+    for piece, src in sources.items():
+        out.print(Text(f"# {piece}", style="bold"))
+        out.print(Syntax(src, "python", theme="ansi_dark", background_color="default"))
+        out.print()
+
+
+def cmd_show(args: argparse.Namespace, out: Console) -> int:
+    """``hither show KEY``: provenance, inputs, result, console output and lineage."""
+    store = _store(args)
+    key = resolve_key(store, args.key)
+    rec = store.get_record(key)
+    if rec is None:
+        raise CliError(f"the record {key[:12]} cannot be read")
+    if args.json:
+        sys.stdout.write(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        return 0
+    if args.source:
+        _print_sources(rec, out)
+        return 0
+    prov = rec.get("provenance") or {}
+    fn = _fn(rec)
+    table = _fields_table()
+    table.add_row("key", Text(key, style="cyan"))
+    table.add_row("function", Text(f"{fn.get('name', '?')} {fn.get('version', '?')}  "
+                                   f"(module {fn.get('module', '?')})"))
+    if prov.get("label") and prov.get("label") != fn.get("name"):
+        table.add_row("label", Text(str(prov["label"])))
+    table.add_row("code", Text(str(fn.get("code", "?"))))
+    table.add_row("runtime", Text(format_runtime(prov.get("runtime"))))
+    table.add_row("status", _status_text(rec.get("status")))
+    if rec.get("status") == "finished":
+        table.add_row("result", Text(_outcome(rec)))
+        table.add_row("result hash", Text(str(rec.get("result_hash"))))
+    else:
+        table.add_row("error", Text(_outcome(rec, full=True), style="red"))
+    table.add_row("ran", Text(f"{format_time(prov.get('start_time'))} → "
+                              f"{format_time(prov.get('end_time'))} "
+                              f"({_elapsed(prov.get('elapsed_sec'))}) on "
+                              f"{prov.get('user') or '?'}@{prov.get('host', '?')}"))
+    table.add_row("recorded", format_time(prov.get("recorded_at")))
+    table.add_row("versions", Text(f"hither {prov.get('hither_version', '?')}, python "
+                                   f"{prov.get('python', '?')}, {prov.get('platform', '?')}"))
+    if fn.get("external"):
+        ext = ", ".join(f"{k} ({v})" for k, v in sorted(fn["external"].items()))
+        table.add_row("not in key", Text(ext, style="dim"))
+    out.print(table)
+
+    inputs = rec.get("inputs") or {}
+    out.print(Text("\ninputs", style="bold"))
+    if not inputs:
+        out.print(Text("  none", style="dim"))
+    else:
+        itable = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("name", "value", "digest", "from job"):
+            itable.add_column(col, overflow="fold")
+        for name in sorted(inputs):
+            e = inputs[name] if isinstance(inputs[name], dict) else {}
+            desc = e.get("desc")
+            if desc is None:
+                desc = describe_manifest(e["value"]) if "value" in e else "?"
+            up = _upstream_label(store, e["job"]) if isinstance(e.get("job"), str) else Text("-")
+            itable.add_row(Text(name), Text(str(desc)), str(e.get("digest", ""))[:12], up)
+        out.print(itable)
+
+    console = rec.get("console") or []
+    if console:
+        out.print(Text(f"console output ({len(console)} lines)", style="bold"))
+        for line in console:
+            t, text, is_err = (list(line) + [None, "", False])[:3]
+            stamp = time.strftime("%H:%M:%S", time.localtime(t)) if t else "--:--:--"
+            out.print(Text(f"  {stamp} {text}", style="red" if is_err else ""))
+    tb = (rec.get("error") or {}).get("traceback")
+    if tb:
+        out.print(Text("traceback", style="bold"))
+        out.print(Text(tb.rstrip(), style="dim"))
+    out.print(Text("\nlineage", style="bold"))
+    out.print(lineage_tree(lineage(key, store)))
+    return 0
+
+
+# ----------------------------------------------------------------------------- explain
+def cmd_explain(args: argparse.Namespace, out: Console) -> int:
+    """``hither explain KEY``: what went into a key; the nearest record and differences."""
+    store = _store(args)
+    out.print(Text(explain(args.key, store).to_text()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- gc
+def _referenced(store: LocalStore) -> tuple[set[str], int]:
+    """Hex digests of every blob referenced by a record, and the number of records."""
+    keep: set[str] = set()
+    n = 0
+    for _, rec in store.iter_records():
+        n += 1
+        for ref in walk_refs(rec):
+            try:
+                keep.add(parse_blob_uri(ref))
+            except ValueError:
+                continue
+    return keep, n
+
+
+def cmd_gc(args: argparse.Namespace, out: Console) -> int:
+    """``hither cache gc``: delete blobs no record refers to, and stale temp files."""
+    store = _store(args)
+    if args.min_age < 0:
+        raise CliError("--min-age must be >= 0", code=2)
+    keep, nrec = _referenced(store)
+    layout = Layout(store.root)
+    cutoff = time.time() - args.min_age
+    doomed: list[tuple[str, int]] = []
+    recent = 0
+    for hexdigest, entry in layout.iter_blob_files():
+        if hexdigest in keep:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if args.min_age > 0 and st.st_mtime >= cutoff:
+            recent += 1  # may belong to a job that is still writing its record
+        else:
+            doomed.append((hexdigest, st.st_size))
+    blob_bytes = sum(size for _, size in doomed)
+    verb = "would free" if args.dry_run else "freed"
+    if args.dry_run:
+        tmp_n = tmp_bytes = 0
+        for entry in os.scandir(layout.tmp_dir) if layout.tmp_dir.is_dir() else ():
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if args.min_age <= 0 or st.st_mtime < cutoff:
+                tmp_n, tmp_bytes = tmp_n + 1, tmp_bytes + st.st_size
+        removed = len(doomed)
+    else:
+        removed = blob_bytes = 0
+        for hexdigest, size in doomed:
+            if store.delete_blob("sha256://" + hexdigest):
+                removed, blob_bytes = removed + 1, blob_bytes + size
+        res = store.gc(older_than=args.min_age)
+        tmp_n, tmp_bytes = res["tmp_removed"], res["tmp_bytes"]
+    out.print(Text(f"{verb} {_size(blob_bytes + tmp_bytes)}: {removed} unreferenced blobs "
+                   f"({_size(blob_bytes)}), {tmp_n} temp files ({_size(tmp_bytes)}); "
+                   f"{len(keep)} blobs referenced by {nrec} records kept"))
+    if recent:
+        out.print(Text(f"{recent} unreferenced blobs younger than {args.min_age:g} s kept "
+                       "(a running job may still record them; --min-age 0 includes them)",
+                       style="dim"))
+    return 0
+
+
+# ----------------------------------------------------------------------------- clear
+def cmd_clear(args: argparse.Namespace, out: Console) -> int:
+    """``hither cache clear``: delete every record and blob (asks first unless --yes)."""
+    store = _store(args)
+    info = store.info()
+    what = (f"{info['records']} records and {info['blobs']} blobs "
+            f"({_size(info['blob_bytes'] + info['record_bytes'])}) in {store.root}")
+    if not args.yes:
+        stdin = sys.stdin
+        if stdin is None or not stdin.isatty():
+            raise CliError(f"refusing to clear {store.root} without --yes (stdin is not a "
+                           "terminal, so there is nobody to confirm)", code=2)
+        answer = out.input(f"Delete all {what}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            out.print("Nothing deleted.")
+            return 1
+    store.clear()
+    out.print(Text(f"Cleared: deleted {what}."))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS,
+                        help="the store directory (default: $HITHER_STORE or the user "
+                             "cache directory)")
+    parser = argparse.ArgumentParser(
+        prog="hither", description="Look into hither's job cache: records, provenance, "
+        "lineage, and why a job missed.")
+    parser.add_argument("--version", action="version", version=f"hither {__version__}")
+    parser.add_argument("--store", metavar="PATH", default=None,
+                        help="the store directory, for any command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def key_command(subs: Any, name: str, func: Callable[..., int], help_: str) -> Any:
+        p = subs.add_parser(name, parents=[common], help=help_, description=help_)
+        p.add_argument("key", metavar="KEY", help="a key, or a unique prefix (>= 6 hex chars)")
+        p.set_defaults(func=func)
+        return p
+
+    def show_options(p: Any) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--source", action="store_true",
+                           help="print the function's normalized source and helpers")
+        group.add_argument("--json", action="store_true", help="print the record as JSON")
+
+    cache = sub.add_parser("cache", help="inspect and maintain the job cache",
+                           description="Inspect and maintain the job cache.")
+    csub = cache.add_subparsers(dest="cache_command", metavar="COMMAND")
+    cache.set_defaults(func=lambda a, o: _usage(cache))
+    p = csub.add_parser("info", parents=[common], help="what the store holds",
+                        description="Counts and sizes of records, blobs and temp files.")
+    p.set_defaults(func=cmd_info)
+    p = csub.add_parser("ls", parents=[common], help="list records, newest first",
+                        description="A table of records, newest first.")
+    p.add_argument("--function", metavar="NAME", help="only records of this function")
+    p.add_argument("--status", choices=("finished", "error"), help="only this status")
+    p.add_argument("--limit", metavar="N", type=int, default=50,
+                   help="show at most N records (default 50; 0: all)")
+    p.set_defaults(func=cmd_ls)
+    show_options(key_command(csub, "show", cmd_show, "a record's provenance and lineage"))
+    p = csub.add_parser("gc", parents=[common], help="delete unreferenced blobs",
+                        description="Delete the blobs that no record refers to, and "
+                        "left-over temp files.")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be freed")
+    p.add_argument("--min-age", metavar="SECONDS", type=float, default=3600.0,
+                   help="keep unreferenced blobs and temp files younger than this: they may "
+                        "belong to jobs still running (default 3600; 0: none)")
+    p.set_defaults(func=cmd_gc)
+    p = csub.add_parser("clear", parents=[common], help="delete every record and blob",
+                        description="Delete every record and blob of the store.")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_clear)
+
+    show_options(key_command(sub, "show", cmd_show, "a record's provenance and lineage "
+                             "(same as 'cache show')"))
+    key_command(sub, "explain", cmd_explain, "what went into a key, and how it differs "
+                "from the nearest other record of the same function")
+    parser.set_defaults(func=lambda a, o: _usage(parser))
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hither`` command with ``argv`` (default: ``sys.argv[1:]``); return the
+    exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return int(args.func(args, _console()))
+    except CliError as e:
+        _error(str(e))
+        return e.code
+    except KeyLookupError as e:
+        _error(str(e))
+        return 2 if e.reason in ("ambiguous", "invalid") else 1
+    except BrokenPipeError:  # e.g. `hither cache ls | head`: the reader has gone
+        _silence_stdout()
+        return 0
+    except (StoreError, OSError) as e:
+        _error(f"{type(e).__name__}: {e}")
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _error(message: str) -> None:
+    print(f"hither: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""hither_store: the content-addressed store of hither.
+
+Blobs (immutable bytes named ``sha256://<hex>``) and records (JSON dicts under opaque
+keys) in a plain directory layout that any filesystem, NFS included, can hold. Writes are
+atomic and safe with many concurrent writers; reads verify what they return.
+
+This package depends on nothing in ``hither``.
+"""
+
+from ._paths import blob_uri, default_store_path, parse_blob_uri
+from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
+from .local import LocalStore
+
+__all__ = [
+    "BlobNotFoundError",
+    "CorruptBlobError",
+    "LocalStore",
+    "StoreError",
+    "StoreWarning",
+    "blob_uri",
+    "default_store_path",
+    "parse_blob_uri",
+]

@@ -1,0 +1,166 @@
+"""Atomic file writing: unique temp file in the store's ``tmp/``, fsync, rename into place.
+
+A reader therefore sees either no file or a complete, fsynced one, never a partial write,
+on local disks and on NFS alike (rename within one filesystem is atomic on both). A writer
+killed mid-write leaves only a temp file behind, which ``LocalStore.gc`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import StoreError
+
+_OPEN_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH  # 0o444
+
+
+def temp_name(tmp_dir: Path, prefix: str) -> Path:
+    """A fresh, unique temp file path in ``tmp_dir`` (the file is not created)."""
+    # pid + random token: unique across processes and hosts sharing an NFS store.
+    return tmp_dir / f"{prefix}-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+
+
+class TempFile:
+    """A temp file being written, to be published with :func:`publish` or discarded.
+
+    ``file`` is a buffered binary file opened for writing. Use as a context manager:
+    leaving the block by an exception removes the temp file.
+    """
+
+    def __init__(self, tmp_dir: Path, prefix: str) -> None:
+        self.path = temp_name(tmp_dir, prefix)
+        try:
+            # mode 0o666 lets the umask decide, like a normal file; mkstemp would force 0o600.
+            fd = os.open(self.path, _OPEN_FLAGS, 0o666)
+        except FileNotFoundError:
+            # tmp/ was removed under us (e.g. a concurrent clear()): recreate it once.
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, _OPEN_FLAGS, 0o666)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+
+    def finish(self) -> None:
+        """Flush, fsync and close the file (it may already have been closed by a writer)."""
+        if not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        else:
+            fsync_path(self.path)
+
+    def discard(self) -> None:
+        """Close and remove the temp file, ignoring errors."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        remove_quietly(self.path)
+
+    def __enter__(self) -> TempFile:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+def fsync_path(path: Path) -> None:
+    """fsync an already-written file by path."""
+    binary = getattr(os, "O_BINARY", 0)
+    try:
+        # Windows can only fsync a handle open for writing.
+        fd = os.open(path, os.O_RDWR | binary)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY | binary)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: str | Path) -> bool:
+    """Remove a file if it exists; return whether it was removed."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        # Windows refuses to delete read-only files.
+        try:
+            os.chmod(path, stat.S_IWUSR | stat.S_IRUSR)
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def publish(tmp_path: Path, target: Path) -> None:
+    """Atomically rename ``tmp_path`` onto ``target``, creating parent directories."""
+    try:
+        os.replace(tmp_path, target)
+        return
+    except FileNotFoundError:
+        if not tmp_path.exists():
+            raise StoreError(
+                f"temp file {tmp_path} vanished before it could be moved to {target} "
+                "(was the store cleared or garbage-collected with older_than=0 meanwhile?)"
+            ) from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        # Windows cannot replace a read-only file; elsewhere this re-raises below.
+        if not target.exists():
+            raise
+        with contextlib.suppress(OSError):
+            os.chmod(target, stat.S_IWUSR | stat.S_IRUSR)
+    os.replace(tmp_path, target)
+
+
+def move_into(src: Path, tmp_dir: Path, prefix: str) -> Path | None:
+    """Rename ``src`` to a fresh temp path in ``tmp_dir``; None if across filesystems."""
+    dst = temp_name(tmp_dir, prefix)
+    try:
+        # os.rename, not os.replace: dst is fresh, and EXDEV must surface as an error.
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            return None
+        raise
+    return dst
+
+
+def quarantine_file(
+    quarantine_dir: Path, path: Path, read_stat: os.stat_result, label: str
+) -> Path | None:
+    """Move a damaged file aside; return its new path, or None if it was not moved.
+
+    Only the exact file that was read (same device and inode) is moved: if another
+    process has meanwhile replaced it with a fresh copy, that copy is left alone.
+    """
+    try:
+        current = os.stat(path)
+    except OSError:
+        return None
+    if (current.st_dev, current.st_ino) != (read_stat.st_dev, read_stat.st_ino):
+        return None
+    dest = quarantine_dir / f"{label}-{path.name}-{time.time_ns()}-{secrets.token_hex(4)}"
+    # A writer may still replace the file between the check and the move; the good copy
+    # would then be set aside, which costs a cache miss, never a wrong answer.
+    for _ in range(2):
+        try:
+            os.replace(path, dest)
+            return dest
+        except FileNotFoundError:
+            if not path.exists():
+                return None
+            quarantine_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+    return None

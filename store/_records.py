@@ -1,0 +1,73 @@
+"""The self-checking file format of records.
+
+A record file is one JSON object::
+
+    {"format": 1, "key": "<key>", "sha256": "<hex>", "body": {...}}
+
+where ``sha256`` is the digest of the canonical JSON of ``body`` (sorted keys, no spaces,
+UTF-8). A file that is truncated, not JSON, stored under another key's name, or whose
+body does not match its checksum is rejected by :func:`decode_record`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+FORMAT = 1
+
+
+class BadRecord(ValueError):
+    """A record file failed validation; the message says why."""
+
+
+def canonical_json(body: dict[str, Any]) -> str:
+    """The canonical JSON text of a record body."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_record(key: str, body: dict[str, Any]) -> bytes:
+    """Serialize ``body`` stored under ``key`` into the bytes of a record file.
+
+    Raises:
+        TypeError: ``body`` is not a dict or holds values JSON cannot represent.
+        ValueError: ``body`` would not read back identically (e.g. keys ``1`` and ``"1"``
+            in one dict, which collide once JSON turns keys into strings).
+    """
+    if not isinstance(body, dict):
+        raise TypeError(f"a record must be a dict, got {type(body).__name__}")
+    text = canonical_json(body)
+    # Refuse now what would otherwise be rejected as corrupt on every later read.
+    if canonical_json(json.loads(text)) != text:
+        raise ValueError(
+            f"record for key {key!r} does not survive a JSON round trip "
+            "(duplicate keys after conversion to strings?)"
+        )
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    head = f'{{"format":{FORMAT},"key":{json.dumps(key)},"sha256":"{digest}","body":'
+    return (head + text + "}\n").encode("utf-8")
+
+
+def decode_record(key: str, raw: bytes) -> dict[str, Any]:
+    """Return the body of a record file after checking it; raise :class:`BadRecord`."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRecord(f"not valid JSON ({len(raw)} bytes, truncated?): {e}") from None
+    except RecursionError:
+        raise BadRecord("JSON nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise BadRecord(f"top level is a {type(doc).__name__}, not an object")
+    if doc.get("format") != FORMAT:
+        raise BadRecord(f"unknown record format {doc.get('format')!r}")
+    if doc.get("key") != key:
+        raise BadRecord(f"file holds the record of key {doc.get('key')!r}")
+    body = doc.get("body")
+    if not isinstance(body, dict):
+        raise BadRecord("missing or non-object body")
+    expected = doc.get("sha256")
+    actual = hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    if actual != expected:
+        raise BadRecord(f"checksum mismatch: file says {expected!r}, body hashes to {actual}")
+    return body

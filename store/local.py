@@ -1,0 +1,373 @@
+"""LocalStore: a content-addressed store of blobs and records in a plain directory."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ._atomic import (
+    READ_ONLY,
+    TempFile,
+    fsync_path,
+    move_into,
+    publish,
+    quarantine_file,
+    remove_quietly,
+)
+from ._maintenance import clear_store, collect_garbage, store_info
+from ._paths import Layout, blob_uri, check_key, parse_blob_uri
+from ._records import BadRecord, decode_record, encode_record
+from ._verify import VERIFIED, hash_stream, signature
+from .errors import BlobNotFoundError, CorruptBlobError, StoreWarning
+
+__all__ = ["LocalStore"]
+
+
+def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+    view = memoryview(data)
+    if not view.c_contiguous:
+        raise ValueError("put_bytes needs a C-contiguous buffer")
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view
+
+
+class LocalStore:
+    """A content-addressed store in a local (or network-mounted) directory.
+
+    Blobs are immutable byte strings named by their sha256 (``sha256://<hex>``); records
+    are small JSON dicts under caller-chosen keys. All writes are atomic (temp file,
+    fsync, rename), so any number of threads and processes, on one host or several
+    sharing an NFS mount, may write the same blob or record at once. All blob reads verify
+    the content against its name, and records carry their own checksum.
+
+    Instances compare equal when they share a root, and pickle as just their root, so a
+    worker process can reopen the same store.
+
+    Args:
+        root: the store directory; it and its subdirectories are created if missing.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._layout = Layout(Path(os.fspath(root)).expanduser().resolve())
+        self._layout.create()
+
+    @property
+    def root(self) -> Path:
+        """The absolute store directory."""
+        return self._layout.root
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LocalStore):
+            return NotImplemented
+        return self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash((LocalStore, self.root))
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (type(self), (str(self.root),))
+
+    # ------------------------------------------------------------------ blobs: writing
+
+    def put_bytes(self, data: bytes | bytearray | memoryview) -> str:
+        """Store a byte string; return its uri ``sha256://<hex>``."""
+        view = _byte_view(data)
+        hexdigest = hashlib.sha256(view).hexdigest()
+        if self._blob_present(hexdigest, view.nbytes):
+            return blob_uri(hexdigest)
+        with TempFile(self._layout.tmp_dir, "blob") as tmp:
+            tmp.file.write(view)
+            tmp.finish()
+        return self._place_blob(tmp.path, hexdigest, view.nbytes)
+
+    def put_file(self, path: str | os.PathLike[str], *, move: bool = False) -> str:
+        """Store the content of a file; return its uri.
+
+        The file is streamed (never loaded whole into memory). With ``move=True`` the
+        file is renamed into the store when it is a regular, singly-linked file on the
+        same filesystem, and otherwise copied and then deleted; either way it is gone
+        from ``path`` afterwards.
+        """
+        src = Path(os.fspath(path))
+        if move:
+            moved = self._move_in(src)
+            if moved is not None:
+                return moved
+        with open(src, "rb", buffering=0) as f, TempFile(self._layout.tmp_dir, "blob") as tmp:
+            hexdigest, size = hash_stream(f, tmp.file.write)
+            tmp.finish()
+        uri = self._place_blob(tmp.path, hexdigest, size)
+        if move:
+            os.unlink(src)
+        return uri
+
+    def _move_in(self, src: Path) -> str | None:
+        st = os.lstat(src)
+        # A symlink or a file with other hard links must be copied: renaming it would make
+        # the blob a link, or leave the user a second name through which to alter it.
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None
+        moved = move_into(src, self._layout.tmp_dir, "blob")
+        if moved is None:
+            return None
+        try:
+            with open(moved, "rb", buffering=0) as f:
+                hexdigest, size = hash_stream(f)
+            with contextlib.suppress(OSError):  # Windows cannot fsync a read-only handle
+                fsync_path(moved)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rename(moved, src)
+            raise
+        return self._place_blob(moved, hexdigest, size)
+
+    def put_writer(self, write: Callable[[BinaryIO], None]) -> str:
+        """Store whatever ``write`` writes into the binary file it is given; return its uri.
+
+        The file is a real file opened ``'wb'`` (so e.g. ``numpy.save`` can write arrays
+        straight into it); the content is hashed after ``write`` returns. If ``write``
+        raises, nothing is stored and the exception propagates.
+        """
+        with TempFile(self._layout.tmp_dir, "blob") as tmp:
+            write(tmp.file)
+            tmp.finish()
+            with open(tmp.path, "rb", buffering=0) as f:
+                hexdigest, size = hash_stream(f)
+        return self._place_blob(tmp.path, hexdigest, size)
+
+    def _blob_present(self, hexdigest: str, size: int) -> bool:
+        try:
+            return os.stat(self._layout.blob_path(hexdigest)).st_size == size
+        except FileNotFoundError:
+            return False
+
+    def _place_blob(self, tmp_path: Path, hexdigest: str, size: int) -> str:
+        """Move a complete, fsynced temp file into place as the blob ``hexdigest``."""
+        uri = blob_uri(hexdigest)
+        target = self._layout.blob_path(hexdigest)
+        try:
+            with contextlib.suppress(OSError):  # a moved-in file may belong to another user
+                os.chmod(tmp_path, READ_ONLY)
+            # Same name means same content: an existing copy of the right size is kept, a
+            # wrong-sized one is damaged and gets replaced.
+            if self._blob_present(hexdigest, size):
+                remove_quietly(tmp_path)
+                return uri
+            ours = os.stat(tmp_path)
+            publish(tmp_path, target)
+        except BaseException:
+            remove_quietly(tmp_path)
+            raise
+        with contextlib.suppress(OSError):
+            st = os.stat(target)
+            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+                VERIFIED.remember(str(target), signature(st))
+        return uri
+
+    # ------------------------------------------------------------------ blobs: reading
+
+    def has_blob(self, uri: str) -> bool:
+        """Whether a blob file exists for ``uri`` (cheap: its content is not verified)."""
+        return self._layout.blob_path(parse_blob_uri(uri)).is_file()
+
+    def get_bytes(self, uri: str) -> bytes:
+        """Return the verified content of a blob.
+
+        Raises:
+            BlobNotFoundError: no such blob.
+            CorruptBlobError: the content does not match the uri (the file is quarantined).
+        """
+        hexdigest = parse_blob_uri(uri)
+        path = self._layout.blob_path(hexdigest)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise BlobNotFoundError(uri, path) from None
+        with f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+        sig = signature(st)
+        complete = len(data) == st.st_size
+        if complete and VERIFIED.is_verified(str(path), sig):
+            return data
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != hexdigest:
+            self._corrupt(uri, path, st, actual)
+        if complete:
+            VERIFIED.remember(str(path), sig)
+        return data
+
+    def blob_path(self, uri: str) -> Path:
+        """Return the path of a blob after verifying its content.
+
+        Meant for readers that need a file, e.g. ``numpy.load(path, mmap_mode="r")``.
+        A blob this process verified before and that is unchanged on disk is not hashed
+        again. Do not modify the file.
+
+        Raises:
+            BlobNotFoundError: no such blob.
+            CorruptBlobError: the content does not match the uri (the file is quarantined).
+        """
+        hexdigest = parse_blob_uri(uri)
+        path = self._layout.blob_path(hexdigest)
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise BlobNotFoundError(uri, path) from None
+        with f:
+            before = os.fstat(f.fileno())
+            sig = signature(before)
+            if VERIFIED.is_verified(str(path), sig):
+                return path
+            actual, _ = hash_stream(f)
+            after = signature(os.fstat(f.fileno()))
+        if actual != hexdigest:
+            self._corrupt(uri, path, before, actual)
+        if after == sig:
+            VERIFIED.remember(str(path), sig)
+        return path
+
+    def blob_size(self, uri: str) -> int:
+        """Size in bytes of a stored blob (from the file system; not verified).
+
+        Raises:
+            BlobNotFoundError: no such blob.
+        """
+        path = self._layout.blob_path(parse_blob_uri(uri))
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            raise BlobNotFoundError(uri, path) from None
+
+    def delete_blob(self, uri: str) -> bool:
+        """Delete a blob; return whether it existed."""
+        path = self._layout.blob_path(parse_blob_uri(uri))
+        VERIFIED.forget(str(path))
+        return remove_quietly(path)
+
+    def _corrupt(self, uri: str, path: Path, st: os.stat_result, actual: str) -> None:
+        VERIFIED.forget(str(path))
+        moved = quarantine_file(self._layout.quarantine_dir, path, st, "blob")
+        raise CorruptBlobError(uri, path, actual, moved)
+
+    # ------------------------------------------------------------------ records
+
+    def record_path(self, key: str) -> Path:
+        """Path of the file of record ``key`` (which may not exist).
+
+        Raises:
+            ValueError: ``key`` is not 8 to 128 characters from ``[0-9a-zA-Z_-]``.
+        """
+        return self._layout.record_path(check_key(key))
+
+    def put_record(self, key: str, record: dict[str, Any]) -> None:
+        """Store a JSON-serializable dict under ``key``, replacing any previous record.
+
+        When several writers store the same key at once, the last rename wins and every
+        reader sees one complete record.
+
+        Raises:
+            ValueError: invalid key, or a record that would not read back identically.
+            TypeError: ``record`` is not a dict or is not JSON-serializable.
+        """
+        path = self.record_path(key)
+        data = encode_record(key, record)
+        with TempFile(self._layout.tmp_dir, "record") as tmp:
+            tmp.file.write(data)
+            tmp.finish()
+            publish(tmp.path, path)
+
+    def get_record(self, key: str) -> dict[str, Any] | None:
+        """Return the record stored under ``key``, or None if there is none.
+
+        A damaged record file (truncated, not JSON, checksum mismatch) is never returned:
+        it is moved to quarantine, a :class:`StoreWarning` is issued, and None returned.
+        """
+        return self._read_record(self.record_path(key), key)
+
+    def _read_record(self, path: Path, key: str) -> dict[str, Any] | None:
+        # A second attempt covers a damaged file being replaced by a writer as we look.
+        for _ in range(2):
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                return None
+            with f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
+            try:
+                return decode_record(key, raw)
+            except BadRecord as e:
+                reason = str(e)
+            moved = quarantine_file(self._layout.quarantine_dir, path, st, "record")
+            fate = f"moved to {moved}" if moved is not None else "it was not moved aside"
+            warnings.warn(
+                f"corrupt record {key!r} at {path} ignored: {reason}; {fate}",
+                StoreWarning,
+                stacklevel=3,
+            )
+            if moved is not None:
+                return None
+        return None
+
+    def has_record(self, key: str) -> bool:
+        """Whether a record file exists for ``key`` (cheap: its content is not verified)."""
+        return self.record_path(key).is_file()
+
+    def delete_record(self, key: str) -> bool:
+        """Delete the record of ``key``; return whether it existed."""
+        return remove_quietly(self.record_path(key))
+
+    def iter_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(key, record)`` for every valid record, in key order.
+
+        Damaged records are skipped (and quarantined with a warning, as in
+        :meth:`get_record`); records deleted while iterating are skipped.
+        """
+        for key, entry in self._layout.iter_record_files():
+            body = self._read_record(Path(entry.path), key)
+            if body is not None:
+                yield key, body
+
+    # ------------------------------------------------------------------ maintenance
+
+    def info(self) -> dict[str, Any]:
+        """Return counts and sizes: ``root``, ``blobs``, ``blob_bytes``, ``records``,
+        ``record_bytes``, ``tmp_files``, ``tmp_bytes``, ``quarantined``,
+        ``quarantine_bytes``."""
+        return store_info(self._layout)
+
+    def gc(self, keep: set[str] | None = None, *, older_than: float = 3600) -> dict[str, int]:
+        """Collect garbage; return ``tmp_removed``, ``tmp_bytes``, ``blobs_removed``,
+        ``blob_bytes`` and ``bytes_freed``.
+
+        Temp files not modified for ``older_than`` seconds are left-overs of killed
+        writers and are removed (a live writer keeps its temp file fresh; ``older_than=0``
+        removes all, so use it only when no writer is active). When ``keep`` (a set of
+        blob uris) is given, every blob not in it is deleted: do not run that while other
+        processes store blobs that ``keep`` does not list.
+
+        Raises:
+            ValueError: a malformed uri in ``keep``, or a negative ``older_than``.
+        """
+        if older_than < 0:
+            raise ValueError(f"older_than must be >= 0, got {older_than!r}")
+        keep_hex = None if keep is None else {parse_blob_uri(u) for u in keep}
+        return collect_garbage(self._layout, keep_hex, older_than)
+
+    def clear(self) -> None:
+        """Delete all blobs, records, temp and quarantined files, leaving an empty store.
+
+        Only the store's own subdirectories are removed; other files under the root stay.
+        """
+        clear_store(self._layout)

@@ -1,0 +1,181 @@
+"""Records of LocalStore: keys, round trips, checksums, damaged files."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+from hither_store import LocalStore, StoreWarning
+
+KEY = "job-0123456789abcdef"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+def quarantined(store: LocalStore) -> list[Path]:
+    return list((store.root / "quarantine").iterdir())
+
+
+def test_record_round_trip(store: LocalStore) -> None:
+    body = {
+        "status": "finished",
+        "result": {"manifest": [1, 2.5, None, True, "ü€"], "nested": {"b": 1, "a": 2}},
+        "nan": math.inf,
+    }
+    assert store.get_record(KEY) is None
+    assert not store.has_record(KEY)
+    store.put_record(KEY, body)
+    assert store.has_record(KEY)
+    assert store.get_record(KEY) == body
+    assert store.record_path(KEY) == store.root / "records" / "jo" / f"{KEY}.json"
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_nan_survives(store: LocalStore) -> None:
+    store.put_record(KEY, {"x": math.nan})
+    got = store.get_record(KEY)
+    assert got is not None and math.isnan(got["x"])
+
+
+def test_record_file_embeds_checksum(store: LocalStore) -> None:
+    store.put_record(KEY, {"b": 2, "a": 1})
+    doc = json.loads(store.record_path(KEY).read_text("utf-8"))
+    assert doc["format"] == 1
+    assert doc["key"] == KEY
+    assert doc["body"] == {"a": 1, "b": 2}
+    assert len(doc["sha256"]) == 64
+
+
+def test_last_writer_wins(store: LocalStore) -> None:
+    store.put_record(KEY, {"v": 1})
+    store.put_record(KEY, {"v": 2, "extra": "longer body"})
+    assert store.get_record(KEY) == {"v": 2, "extra": "longer body"}
+
+
+def test_delete_record(store: LocalStore) -> None:
+    store.put_record(KEY, {"v": 1})
+    assert store.delete_record(KEY) is True
+    assert store.get_record(KEY) is None
+    assert store.delete_record(KEY) is False
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "short",
+        "x" * 129,
+        "has space!",
+        "../escape-x",
+        "dot.dot.dot",
+        "slash/slash",
+        "ünïcödé-key",
+        "",
+        12345678,
+    ],
+)
+def test_invalid_keys_are_rejected(store: LocalStore, key: object) -> None:
+    for call in (
+        lambda: store.put_record(key, {}),  # type: ignore[arg-type]
+        lambda: store.get_record(key),  # type: ignore[arg-type]
+        lambda: store.has_record(key),  # type: ignore[arg-type]
+        lambda: store.delete_record(key),  # type: ignore[arg-type]
+        lambda: store.record_path(key),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ValueError, match="invalid record key"):
+            call()
+
+
+def test_boundary_keys_are_accepted(store: LocalStore) -> None:
+    for key in ("a" * 8, "Z_-9" * 32):
+        store.put_record(key, {"k": key})
+        assert store.get_record(key) == {"k": key}
+
+
+def test_non_dict_and_non_json_records_are_rejected(store: LocalStore) -> None:
+    with pytest.raises(TypeError):
+        store.put_record(KEY, [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.put_record(KEY, {"obj": object()})
+    with pytest.raises(TypeError):  # unsortable mixed key types
+        store.put_record(KEY, {1: "int key", "1": "str key"})  # type: ignore[dict-item]
+    # two distinct NaN keys both become "NaN": the record could never read back
+    with pytest.raises(ValueError, match="round trip"):
+        store.put_record(KEY, {float("nan"): 1, float("nan"): 2})  # type: ignore[dict-item]
+    assert not store.has_record(KEY)
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def _expect_rejected(store: LocalStore, key: str = KEY) -> None:
+    with pytest.warns(StoreWarning, match="corrupt record"):
+        assert store.get_record(key) is None
+    assert not store.record_path(key).exists()
+    assert len(quarantined(store)) == 1
+
+
+def test_tampered_record_body_is_rejected(store: LocalStore) -> None:
+    store.put_record(KEY, {"result": 41})
+    path = store.record_path(KEY)
+    path.write_text(path.read_text("utf-8").replace('"result":41', '"result":42'), "utf-8")
+    _expect_rejected(store)
+
+
+def test_truncated_record_is_rejected(store: LocalStore) -> None:
+    store.put_record(KEY, {"result": list(range(100))})
+    path = store.record_path(KEY)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    _expect_rejected(store)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not json at all", b"\xff\xfe\x00garbage", b"[1, 2, 3]", b'{"format": 1}'],
+)
+def test_garbage_record_files_are_rejected(store: LocalStore, content: bytes) -> None:
+    path = store.record_path(KEY)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    _expect_rejected(store)
+
+
+def test_record_copied_under_another_key_is_rejected(store: LocalStore) -> None:
+    other = "other-key-000000"
+    store.put_record(KEY, {"v": 1})
+    target = store.record_path(other)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(store.record_path(KEY).read_bytes())
+    _expect_rejected(store, other)
+    assert store.get_record(KEY) == {"v": 1}
+
+
+def test_rewriting_a_quarantined_record_repairs_it(store: LocalStore) -> None:
+    store.put_record(KEY, {"v": 1})
+    store.record_path(KEY).write_bytes(b"{")
+    with pytest.warns(StoreWarning):
+        assert store.get_record(KEY) is None
+    store.put_record(KEY, {"v": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert store.get_record(KEY) == {"v": 1}
+
+
+def test_iter_records_skips_damaged_ones(store: LocalStore) -> None:
+    bodies = {f"key-{i:08d}": {"i": i} for i in range(10)}
+    for key, body in bodies.items():
+        store.put_record(key, body)
+    store.record_path("key-00000003").write_bytes(b"{broken")
+    # files that are not records are ignored
+    (store.root / "records" / "ke" / "notes.txt").write_text("hello")
+    (store.root / "records" / "ke" / "bad key.json").write_text("{}")
+
+    with pytest.warns(StoreWarning):
+        got = dict(store.iter_records())
+    expected = {k: v for k, v in bodies.items() if k != "key-00000003"}
+    assert got == expected
+    assert list(got) == sorted(got)

@@ -413,29 +413,43 @@ def _blob_putter(out_dir):
     return put_blob
 
 
-_modules = {}
+_bundle = {"dir": None}
 
 
 def _load_function(spec):
+    """Import the job's module from its code bundle and return the function.
+
+    A warm worker may get a newer bundle of the same module (the code was edited): the
+    modules loaded from the previous bundle are dropped first, so nothing stale is used.
+    """
     import importlib
 
-    mod_name = spec["module"]["name"]
-    key = (spec["module"].get("dir"), mod_name)
-    module = _modules.get(key)
-    if module is None:
-        module = importlib.import_module(mod_name)
-        _modules[key] = module
-    fn = module
+    code_dir = spec["module"].get("dir")
+    if code_dir and code_dir != _bundle["dir"]:
+        old = _bundle["dir"]
+        if old:
+            prefix = old.rstrip("/") + "/"
+            for name, mod in list(sys.modules.items()):
+                f = getattr(mod, "__file__", None) or ""
+                if f.startswith(prefix):
+                    del sys.modules[name]
+            if old in sys.path:
+                sys.path.remove(old)
+        if code_dir in sys.path:
+            sys.path.remove(code_dir)
+        sys.path.insert(0, code_dir)
+        importlib.invalidate_caches()
+        _bundle["dir"] = code_dir
+    fn = importlib.import_module(spec["module"]["name"])
     for part in spec["function"].split("."):
         fn = getattr(fn, part)
-    return getattr(fn, "__wrapped__", fn) if not callable(fn) else fn
+    return fn
 
 
 def _run_json(msg):
     codec = _import_codec()
     start = time.time()
     try:
-        add_sys_path(msg.get("sys_path"))
         fn = _load_function(msg)
         kwargs = codec.decode(msg["args"], _blob_getter(msg["blobs"]))
     except BaseException as e:  # noqa: BLE001

@@ -15,7 +15,6 @@ manifest, the console output and the provenance of the run.
 
 from __future__ import annotations
 
-import builtins
 import getpass
 import platform
 import socket
@@ -27,7 +26,7 @@ from typing import Any
 
 from hither_store import StoreError
 
-from . import _codec
+from . import _codec, values
 from .codeid import CodeIdentity, code_identity
 from .config import Settings
 from .errors import (
@@ -36,6 +35,7 @@ from .errors import (
     JobFailedError,
     JobTimeoutError,
     WorkerCrashedError,
+    rebuild_exception,
 )
 from .function import FunctionDef
 from .hashing import describe_value, hash_struct, hash_value
@@ -58,20 +58,18 @@ class KeyInfo:
     """Per argument: ``digest``, ``desc`` and, for a job's result, ``job`` (its key)."""
 
 
-def runtime_identity(fdef: FunctionDef, settings: Settings) -> dict[str, Any]:
-    """The identity of where the code runs (the host has no further identity yet)."""
-    from .scheduler import resolve_container
+def runtime_identity(runtime: Any) -> dict[str, Any]:
+    """The identity of where the code runs: an image digest, an env lock hash, or
+    ``{"kind": "host"}`` (the host interpreter has no further identity)."""
+    if runtime is None:
+        return {"kind": "host"}
+    from .runtimes import identity_of
 
-    image = resolve_container(fdef, settings)
-    if image:
-        from .runtimes import identity_of
-
-        return identity_of(image, settings)
-    return {"kind": "host"}
+    return identity_of(runtime)
 
 
 def compute_key(fdef: FunctionDef, raw_kwargs: dict[str, Any], kwargs: dict[str, Any],
-                settings: Settings) -> KeyInfo:
+                settings: Settings, runtime: Any = None) -> KeyInfo:
     """The key of ``fdef(**kwargs)``; ``raw_kwargs`` may hold the jobs the values came from."""
     from .job import Job
 
@@ -95,7 +93,7 @@ def compute_key(fdef: FunctionDef, raw_kwargs: dict[str, Any], kwargs: dict[str,
     parts = {
         "format": KEY_FORMAT,
         "function": {"name": fdef.name, "version": fdef.version, "code": code.digest},
-        "runtime": runtime_identity(fdef, settings),
+        "runtime": runtime_identity(runtime),
         "inputs": digests,
     }
     return KeyInfo(key=hash_struct(parts), parts=parts, code=code, inputs=inputs)
@@ -117,7 +115,7 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
     status = rec.get("status")
     if status == "finished":
         try:
-            value = _codec.decode(rec["result"], _blob_reader(cache.store))
+            value = values.decode(rec["result"], cache.store)
         except (StoreError, OSError, _codec.DecodeError, KeyError, ValueError) as e:
             warnings.warn(f"cached result {keyinfo.key[:12]} cannot be read ({e}); the job "
                           "runs again", stacklevel=2)
@@ -126,8 +124,10 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
     elif status == "error":
         if not settings.cache_failing or settings.rerun_failing:
             return None
-        out = Outcome(False, error=_rebuild_error(rec.get("error") or {}),
-                      traceback_text=(rec.get("error") or {}).get("traceback"))
+        err = rec.get("error") or {}
+        out = Outcome(False, error=rebuild_exception(err.get("type", "Exception"),
+                                                    err.get("message", ""), err.get("traceback")),
+                      traceback_text=err.get("traceback"))
     else:
         return None
     prov = rec.get("provenance", {})
@@ -137,42 +137,6 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
     out.info["result_hash"] = rec.get("result_hash")
     out.info["cached_at"] = prov.get("recorded_at")
     return out
-
-
-def _blob_reader(store):
-    def get_blob(ref: str, kind: str) -> Any:
-        if kind in ("npy", "file"):
-            return str(store.blob_path(ref))
-        return store.get_bytes(ref)
-
-    return get_blob
-
-
-def _blob_writer(store):
-    def put_blob(kind: str, write: Any) -> str:
-        if kind == "file":
-            return store.put_file(write)
-        return store.put_writer(write)
-
-    return put_blob
-
-
-def _rebuild_error(err: dict[str, Any]) -> BaseException:
-    """A cached failure as an exception, without unpickling anything from the store.
-
-    Built-in exception types come back as themselves; others as ``JobFailedError``
-    naming the original type.
-    """
-    type_name = err.get("type", "Exception")
-    message = err.get("message", "")
-    module, _, name = type_name.rpartition(".")
-    cls = getattr(builtins, name, None) if module == "builtins" else None
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        try:
-            return cls(message)
-        except Exception:  # noqa: BLE001
-            pass
-    return JobFailedError(message, remote_type=type_name, traceback_text=err.get("traceback"))
 
 
 # ------------------------------------------------------------------------ record
@@ -186,7 +150,9 @@ def record(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> str | None:
     if outcome.ok:
         try:
             result_hash = hash_value(outcome.value, path="result")
-            manifest = _codec.encode(outcome.value, _blob_writer(cache.store), path="result")
+            manifest = outcome.info.get("result_manifest")  # a runtime worker stored it
+            if manifest is None:
+                manifest = values.encode(outcome.value, cache.store, path="result")
         except (TypeError, ValueError) as e:
             warnings.warn(f"the result of job {job.label!r} is not stored in the job cache: "
                           f"{e}", stacklevel=2)
@@ -216,13 +182,12 @@ def _input_manifests(job: Any, keyinfo: KeyInfo, store) -> dict[str, Any]:
     from .job import Job
 
     out: dict[str, Any] = {}
-    put = _blob_writer(store)
     for name, meta in keyinfo.inputs.items():
         entry = dict(meta)
         raw = job._kwargs.get(name)
         if not isinstance(raw, Job):
             try:
-                entry["value"] = _codec.encode(raw, put, path=f"kw[{name!r}]")
+                entry["value"] = values.encode(raw, store, path=f"kw[{name!r}]")
             except (TypeError, ValueError):
                 pass
         out[name] = entry

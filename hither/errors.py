@@ -124,6 +124,27 @@ class RuntimeUnavailableError(HitherError):
     """A runtime the job needs (container engine, env builder, image) is not available."""
 
 
+def rebuild_exception(type_name: str, message: str, traceback_text: str | None = None, *,
+                      job_label: str | None = None) -> BaseException:
+    """An exception described by name and message, without unpickling anything.
+
+    Built-in exception types (``builtins.ValueError``) come back as themselves, with the
+    traceback text attached as a note-like ``__cause__`` by the caller; any other type as a
+    :class:`JobFailedError` naming it.
+    """
+    import builtins
+
+    module, _, name = type_name.rpartition(".")
+    cls = getattr(builtins, name, None) if module in ("builtins", "") else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs 5 arguments
+            pass
+    return JobFailedError(message, remote_type=type_name, job_label=job_label,
+                          traceback_text=traceback_text)
+
+
 __all__ = [
     "CacheError",
     "DuplicateFunctionException",
@@ -138,4 +159,5 @@ __all__ = [
     "SerializationError",
     "UpstreamJobError",
     "WorkerCrashedError",
+    "rebuild_exception",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import random
+import os
 import string
 import sys
 import time
@@ -36,11 +36,14 @@ class JobStatus(enum.Enum):
         return self in (JobStatus.FINISHED, JobStatus.ERROR, JobStatus.CANCELLED)
 
 
-_LETTERS = string.ascii_letters
+# 256 byte values onto 52 letters: a bias of one in a few hundred, harmless for ids
+_TO_LETTERS = bytes((string.ascii_letters * 5).encode()[:256])
 
 
 def _new_job_id() -> str:
-    return "".join(random.choices(_LETTERS, k=15))
+    """15 random ASCII letters, as in hither 0.4.2 (``os.urandom`` is much cheaper than
+    ``random.choices`` here)."""
+    return os.urandom(15).translate(_TO_LETTERS).decode()
 
 
 class Job(Future):

@@ -38,6 +38,10 @@ class Launch:
     """Folders put on ``sys.path`` before the function is loaded (its local modules)."""
     runtime: Any = None
     """Where the code runs (``None``: the host interpreter); see :mod:`hither.runtimes`."""
+    code: Any = None
+    """The function's code bundle, for a runtime worker (:mod:`hither.runtimes.bundle`)."""
+    store: Any = None
+    """The store values cross through, for a runtime worker."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def pickled_kwargs(self) -> bytes:

@@ -45,6 +45,30 @@ def default_handler() -> DefaultJobHandler:
     return h
 
 
+_exchange: Any = None
+_exchange_lock = threading.Lock()
+
+
+def exchange_store(settings: _config.Settings) -> Any:
+    """The store values cross through to a runtime worker: the job cache's store, else a
+    private store of this process in the temp folder (removed at exit)."""
+    if settings.job_cache is not None:
+        return settings.job_cache.store
+    global _exchange
+    with _exchange_lock:
+        if _exchange is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            from hither_store import LocalStore
+
+            root = tempfile.mkdtemp(prefix="hither-exchange-")
+            atexit.register(shutil.rmtree, root, True)
+            _exchange = LocalStore(root)
+        return _exchange
+
+
 def resolve_container(fdef: FunctionDef, settings: _config.Settings) -> str | None:
     """The image a job runs in: the function's with ``container=True``, a string
     overrides it, ``False``/``None`` means the host."""
@@ -123,16 +147,33 @@ def _plan(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
     lookup, then (on a miss) pickling the arguments for a worker process."""
     plan: dict[str, Any] = {}
     settings = job._settings
+    fdef = job._fdef
+    runtime = plan["runtime"] = _runtime_for(fdef, settings)
     if settings.job_cache is not None:
         from .cacheflow import compute_key, lookup
 
-        keyinfo = plan["key"] = compute_key(job._fdef, job._kwargs, kwargs, settings)
+        keyinfo = plan["key"] = compute_key(fdef, job._kwargs, kwargs, settings, runtime)
         plan["hit"] = lookup(keyinfo, settings)
         if plan["hit"] is not None:
             return plan
-    if not job._handler.drives_in_caller:
-        plan["kwargs_pickle"] = pickle_kwargs(job._fdef, kwargs)
+    if runtime is not None:
+        from .runtimes.bundle import code_bundle
+
+        store = plan["store"] = exchange_store(settings)
+        plan["code"] = code_bundle(fdef.fn, store.root, local_modules=fdef.local_modules,
+                                   additional_files=fdef.additional_files)
+    elif not job._handler.drives_in_caller:
+        plan["kwargs_pickle"] = pickle_kwargs(fdef, kwargs)
     return plan
+
+
+def _runtime_for(fdef: FunctionDef, settings: _config.Settings) -> Any:
+    if settings.container in (None, False) and settings.environment is None and \
+            fdef.environment is None:
+        return None  # the host: skip importing the runtimes
+    from .runtimes import runtime_for
+
+    return runtime_for(fdef, settings)
 
 
 def pickle_kwargs(fdef: FunctionDef, kwargs: dict[str, Any]) -> bytes:
@@ -236,7 +277,9 @@ def _execute(job: Job, kwargs: dict[str, Any], plan: dict[str, Any]) -> None:
         kwargs_pickle=plan.get("kwargs_pickle"),
         timeout=settings.job_timeout,
         stream_prefix=f"[{job.label}] " if settings.show_console else None,
-        runtime=resolve_container(fdef, settings),
+        runtime=plan.get("runtime"),
+        code=plan.get("code"),
+        store=plan.get("store"),
         sys_path=tuple(fdef.local_module_paths()),
     )
     job._status = JobStatus.QUEUED
@@ -298,8 +341,8 @@ def _finish(job: Job, outcome: Outcome, status: JobStatus, *, cache_hit: bool = 
             err = outcome.error
             if err is None:
                 err = JobError(f"job {job.label!r} failed", job_label=job.label)
-            if outcome.traceback_text and err.__cause__ is None and \
-                    not job._handler.drives_in_caller:
+            remote = not job._handler.drives_in_caller or "runtime" in outcome.info
+            if outcome.traceback_text and err.__cause__ is None and remote:
                 err.__cause__ = RemoteTraceback(outcome.traceback_text)
             Future.set_exception(job, err)
     except Exception:  # noqa: BLE001 - InvalidStateError: completed concurrently

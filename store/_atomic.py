@@ -1,6 +1,6 @@
-"""Atomic file writing: unique temp file in the store's ``tmp/``, fsync, rename into place.
+"""Atomic file writing: unique temp file in the store's ``tmp/``, optional fsync, rename.
 
-A reader therefore sees either no file or a complete, fsynced one, never a partial write,
+A reader therefore sees either no file or a complete one, never a partial write,
 on local disks and on NFS alike (rename within one filesystem is atomic on both). A writer
 killed mid-write leaves only a temp file behind, which ``LocalStore.gc`` removes.
 """
@@ -38,8 +38,9 @@ class TempFile:
     leaving the block by an exception removes the temp file.
     """
 
-    def __init__(self, tmp_dir: Path, prefix: str) -> None:
+    def __init__(self, tmp_dir: Path, prefix: str, fsync: bool = True) -> None:
         self.path = temp_name(tmp_dir, prefix)
+        self.fsync = fsync
         try:
             # mode 0o666 lets the umask decide, like a normal file; mkstemp would force 0o600.
             fd = os.open(self.path, _OPEN_FLAGS, 0o666)
@@ -50,12 +51,13 @@ class TempFile:
         self.file: BinaryIO = os.fdopen(fd, "wb")
 
     def finish(self) -> None:
-        """Flush, fsync and close the file (it may already have been closed by a writer)."""
+        """Flush, fsync (when asked) and close the file (a writer may have closed it)."""
         if not self.file.closed:
             self.file.flush()
-            os.fsync(self.file.fileno())
+            if self.fsync:
+                os.fsync(self.file.fileno())
             self.file.close()
-        else:
+        elif self.fsync:
             fsync_path(self.path)
 
     def discard(self) -> None:

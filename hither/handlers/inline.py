@@ -12,6 +12,7 @@ from .. import _worker
 from ..errors import JobTimeoutError
 from ..launch import Launch, Outcome
 from .base import JobHandler, completed_future
+from .stdio import StdioWorker
 
 
 class DefaultJobHandler(JobHandler):
@@ -30,6 +31,7 @@ class DefaultJobHandler(JobHandler):
         super().__init__()
         self._queue: deque[tuple[Launch, Future[Outcome]]] = deque()
         self._cond = threading.Condition()
+        self._workers: dict[tuple, StdioWorker] = {}  # warm runtime workers, one per runtime
 
     def submit(self, launch: Launch) -> Future[Outcome]:
         if self._closed:
@@ -56,14 +58,24 @@ class DefaultJobHandler(JobHandler):
         with self._cond:
             items = list(self._queue)
             self._queue.clear()
+            workers = list(self._workers.values())
+            self._workers.clear()
         for launch, fut in items:
             fut.set_result(self._cancelled_outcome(launch, "was cancelled by hi.reset()"))
+        for w in workers:
+            w.stop()
 
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         if cancel:
             self.reset()
-        elif wait:
-            self.drive(_never, None)
+        else:
+            if wait:
+                self.drive(_never, None)
+            with self._cond:
+                workers = list(self._workers.values())
+                self._workers.clear()
+            for w in workers:
+                w.stop(graceful=True)
         super().shutdown(wait, cancel=cancel)
 
     def notify(self) -> None:
@@ -89,7 +101,30 @@ class DefaultJobHandler(JobHandler):
                     continue
             launch, fut = item
             if fut.set_running_or_notify_cancel():
-                fut.set_result(execute_inline(launch))
+                if launch.runtime is None:
+                    fut.set_result(execute_inline(launch))
+                else:
+                    fut.set_result(self._execute_in_runtime(launch))
+
+    def _execute_in_runtime(self, launch: Launch) -> Outcome:
+        """Run in the launch's runtime, on a warm worker kept for the next job there."""
+        key = (launch.runtime.pool_key(), str(launch.store.root))
+        worker = self._workers.get(key)
+        if worker is None or not worker.alive():
+            try:
+                worker = StdioWorker(launch.runtime, launch.store)
+            except Exception as e:  # noqa: BLE001 - e.g. a missing image: the job fails
+                return Outcome(False, error=e)
+            self._workers[key] = worker
+        try:
+            outcome = worker.call(launch)
+        except BaseException:  # Ctrl-C while waiting: leave no container behind
+            self._workers.pop(key, None)
+            worker.stop()
+            raise
+        if not worker.alive():
+            self._workers.pop(key, None)
+        return outcome
 
 
 def _never() -> bool:

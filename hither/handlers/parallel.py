@@ -1,62 +1,77 @@
-"""ParallelJobHandler: a pool of warm worker processes on this machine."""
+"""ParallelJobHandler: a pool of warm workers, on the host or inside runtimes."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import selectors
-import signal
-import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Hashable
 from concurrent.futures import Future
 
-from .. import _worker
-from ..errors import JobFailedError, JobTimeoutError, WorkerCrashedError
+from ..errors import JobTimeoutError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from .base import JobHandler, completed_future
+from .host import HostWorker, decode_outcome, describe_exit
+from .stdio import StdioWorker
 
 _START_METHODS = ("spawn", "forkserver", "fork")
 
 
 class _Task:
-    __slots__ = ("launch", "future", "started", "cancel_why", "worker")
+    __slots__ = ("launch", "future", "started", "cancel_why", "slot")
 
     def __init__(self, launch: Launch, future: Future[Outcome]) -> None:
         self.launch = launch
         self.future = future
         self.started: float | None = None  # monotonic time it became its worker's head
         self.cancel_why: str | None = None
-        self.worker: _Worker | None = None
+        self.slot: _Slot | None = None
 
 
-class _Worker:
-    __slots__ = ("proc", "conn", "inflight", "fids", "pid")
+class _Slot:
+    """A worker of the pool: a host process (key None) or a runtime worker."""
 
-    def __init__(self, proc, conn) -> None:
-        self.proc = proc
-        self.conn = conn
-        self.pid: int = proc.pid
+    __slots__ = ("key", "host", "stdio", "inflight", "pid", "limit")
+
+    def __init__(self, key: Hashable, host: HostWorker | None = None,
+                 stdio: StdioWorker | None = None, limit: int = 1) -> None:
+        self.key = key
+        self.host = host
+        self.stdio = stdio
         self.inflight: deque[_Task] = deque()
-        self.fids: set[str] = set()
+        self.pid = host.pid if host is not None else stdio.pid  # type: ignore[union-attr]
+        self.limit = limit if host is not None else StdioWorker.max_inflight
+
+
+def _load(s: _Slot) -> int:
+    return len(s.inflight)
+
+
+def _pool_key(launch: Launch) -> Hashable:
+    if launch.runtime is None:
+        return None
+    return (launch.runtime.pool_key(), str(launch.store.root))
 
 
 class ParallelJobHandler(JobHandler):
-    """Run jobs on ``num_workers`` warm worker processes of this machine.
+    """Run jobs on up to ``num_workers`` warm workers.
 
-    Workers start on the first job and each runs many jobs (no process start per job).
-    Each worker is sent up to ``prefetch`` jobs ahead so it never waits for the parent.
-    ``start_method`` is a :mod:`multiprocessing` start method (``"spawn"``,
-    ``"forkserver"`` or ``"fork"``; default ``"forkserver"`` where available, else
-    ``"spawn"``). As with any multiprocessing pool, a script using the spawn or forkserver
-    method must guard its entry point with ``if __name__ == "__main__":``.
+    Workers start on demand and each runs many jobs: host jobs on worker processes of this
+    machine, container and environment jobs on workers inside their runtime (one
+    ``docker run`` per worker, not per job). Host workers are sent up to ``prefetch`` jobs
+    ahead so they never wait for the parent. ``start_method`` is a :mod:`multiprocessing`
+    start method for host workers (``"spawn"``, ``"forkserver"`` or ``"fork"``; default
+    ``"forkserver"`` where available, else ``"spawn"``); as with any multiprocessing pool,
+    a script using spawn or forkserver must guard its entry point with
+    ``if __name__ == "__main__":``.
 
-    A worker that dies (signal, OOM kill, ``os._exit``) fails its running job with
-    :class:`~hither.errors.WorkerCrashedError` and is replaced; a job past its
-    ``job_timeout`` or cancelled while running has its worker (and everything the job
-    started) killed and replaced.
+    A worker that dies (signal, OOM kill, ``os._exit``, a killed container) fails its
+    running job with :class:`~hither.errors.WorkerCrashedError` and is replaced; a job past
+    its ``job_timeout`` or cancelled while running has its worker (and everything the job
+    started, container included) killed and replaced.
     """
 
     def __init__(self, num_workers: int | None = None, *, start_method: str | None = None,
@@ -76,34 +91,38 @@ class ParallelJobHandler(JobHandler):
         self.prefetch = max(1, int(prefetch))
         self._ctx = multiprocessing.get_context(start_method)
         self._lock = threading.RLock()
-        self._pending: deque[_Task] = deque()
+        self._idle = threading.Condition(self._lock)
+        self._pending: dict[Hashable, deque[_Task]] = {}
+        self._runtimes: dict[Hashable, tuple] = {}
         self._tasks: dict[str, _Task] = {}
-        self._workers: list[_Worker] = []
-        self._spawning = 0
+        self._slots: list[_Slot] = []
+        self._starting: dict[Hashable, int] = {}
         self._thread: threading.Thread | None = None
         self._sel: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._stop_loop = False
-        self._idle = threading.Condition(self._lock)
 
     # ---------------------------------------------------------------- public interface
     def submit(self, launch: Launch) -> Future[Outcome]:
         if self._closed:
             return completed_future(self._closed_outcome(launch))
         task = _Task(launch, Future())
+        key = _pool_key(launch)
         done: list[tuple[_Task, Outcome]] = []
         with self._lock:
             self._tasks[launch.job_id] = task
-            self._pending.append(task)
+            self._pending.setdefault(key, deque()).append(task)
+            if key is not None:
+                self._runtimes[key] = (launch.runtime, launch.store)
             self._ensure_loop()
-            for w in self._workers:
-                if len(w.inflight) < self.prefetch:
-                    self._fill(w, done)
-                    break
+            mine = [s for s in self._slots if s.key == key]
+            room = len(self._slots) + sum(self._starting.values()) < self.num_workers
+            s = min(mine, key=_load, default=None)
+            if s is not None and (not s.inflight or not room):
+                self._fill(s, done, limit=1)
             else:
-                if len(self._workers) + self._spawning < self.num_workers:
-                    self._wake()
+                self._wake()  # the loop starts a worker
         self._complete(done)
         return task.future
 
@@ -114,14 +133,15 @@ class ParallelJobHandler(JobHandler):
             if task is None or task.future.done() or task.cancel_why is not None:
                 return False
             task.cancel_why = "was cancelled"
-            w = task.worker
-            if w is None:  # still waiting here: just drop it
-                self._pending.remove(task)
+            slot = task.slot
+            if slot is None:  # still waiting here: just drop it
+                self._pending[_pool_key(task.launch)].remove(task)
                 self._finish(task, self._cancelled_outcome(task.launch), done)
-            elif w.inflight and w.inflight[0] is task:  # running: stop its worker
-                self._kill_worker(w, done, head_outcome=self._cancelled_outcome(task.launch))
-            else:  # sent ahead, not started: the worker will skip it
-                self._send(w, ("skip", job_id))
+            elif slot.inflight and slot.inflight[0] is task:  # running: stop its worker
+                self._kill_slot(slot, done, head_outcome=self._cancelled_outcome(task.launch))
+            else:  # sent ahead to a host worker, not started: the worker will skip it
+                assert slot.host is not None
+                slot.host.send(("skip", job_id))
         self._complete(done)
         return True
 
@@ -143,48 +163,42 @@ class ParallelJobHandler(JobHandler):
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for diagnostics and tests)."""
         with self._lock:
-            return [w.pid for w in self._workers]
+            return [s.pid for s in self._slots]
 
     def __repr__(self) -> str:
         return (f"<ParallelJobHandler num_workers={self.num_workers} "
                 f"start_method={self.start_method!r}{' closed' if self._closed else ''}>")
 
     # ---------------------------------------------------------------- dispatch (lock held)
-    def _fill(self, w: _Worker, done: list) -> None:
-        while len(w.inflight) < self.prefetch and self._pending:
-            task = self._pending.popleft()
-            launch = task.launch
+    def _fill(self, slot: _Slot, done: list, limit: int | None = None) -> None:
+        q = self._pending.get(slot.key)
+        cap = slot.limit if limit is None else min(slot.limit, len(slot.inflight) + limit)
+        while q and len(slot.inflight) < cap:
+            task = q.popleft()
             try:
-                kw = launch.pickled_kwargs()
-                fn = None
-                if launch.fid not in w.fids:
-                    fn = launch.fn_pickle()
+                if slot.host is not None:
+                    msg = slot.host.run_message(task.launch)
+                else:
+                    msg = slot.stdio.message(task.launch)  # type: ignore[union-attr]
             except Exception as e:  # noqa: BLE001 - surfaces on the job, never in the loop
                 self._finish(task, Outcome(False, error=e, traceback_text=(
-                    "the job's function or arguments could not be pickled for a worker "
-                    f"process: {type(e).__name__}: {e}")), done)
+                    "the job's function or arguments could not be sent to a worker: "
+                    f"{type(e).__name__}: {e}")), done)
                 continue
-            if not self._send(w, ("run", launch.job_id, launch.fid, fn, kw, launch.label,
-                                  launch.stream_prefix, launch.sys_path)):
-                self._pending.appendleft(task)
+            sender = slot.host if slot.host is not None else slot.stdio
+            if not sender.send(msg):  # type: ignore[union-attr]
+                q.appendleft(task)
                 return
-            if fn is not None:
-                w.fids.add(launch.fid)
-            task.worker = w
-            w.inflight.append(task)
-            if len(w.inflight) == 1:
+            if slot.host is not None:
+                slot.host.sent(msg)
+            task.slot = slot
+            slot.inflight.append(task)
+            if len(slot.inflight) == 1:
                 self._start(task)
 
     def _start(self, task: _Task) -> None:
         task.started = time.monotonic()
         task.future.set_running_or_notify_cancel()
-
-    def _send(self, w: _Worker, msg: tuple) -> bool:
-        try:
-            w.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-            return True
-        except (OSError, ValueError):
-            return False  # the worker is gone; the loop notices through its sentinel
 
     def _finish(self, task: _Task, outcome: Outcome, done: list) -> None:
         self._tasks.pop(task.launch.job_id, None)
@@ -206,9 +220,9 @@ class ParallelJobHandler(JobHandler):
                 task.cancel_why = why
                 self._finish(task, self._cancelled_outcome(task.launch, why), done)
             self._pending.clear()
-            for w in list(self._workers):
-                if w.inflight:
-                    self._kill_worker(w, done, head_outcome=None)
+            for slot in list(self._slots):
+                if slot.inflight:
+                    self._kill_slot(slot, done, head_outcome=None)
         self._complete(done)
 
     # ---------------------------------------------------------------- workers
@@ -227,69 +241,123 @@ class ParallelJobHandler(JobHandler):
         except OSError:
             pass
 
-    def _spawn(self) -> _Worker:
-        parent, child = self._ctx.Pipe(duplex=True)
-        init = {"cwd": os.getcwd(), "sys_path": list(sys.path)}
-        proc = self._ctx.Process(target=_worker.serve_connection, args=(child, init),
-                                 name="hither-worker", daemon=True)
-        proc.start()
-        child.close()
-        w = _Worker(proc, parent)
-        assert self._sel is not None
-        self._sel.register(parent.fileno(), selectors.EVENT_READ, ("msg", w))
-        self._sel.register(proc.sentinel, selectors.EVENT_READ, ("exit", w))
-        return w
+    def _plan_spawns(self) -> list[Hashable]:
+        """Which pools get a new worker now (lock held); counted as starting."""
+        keys = []
+        total = len(self._slots) + sum(self._starting.values())
+        for key, q in self._pending.items():
+            if not q or self._starting.get(key):
+                continue
+            if any(s.key == key and len(s.inflight) < s.limit for s in self._slots):
+                continue  # a worker of this pool can take it
+            if total >= self.num_workers:
+                idle = next((s for s in self._slots if not s.inflight and s.key != key
+                             and not self._pending.get(s.key)), None)
+                if idle is None:
+                    continue
+                self._retire(idle)
+                total -= 1
+            self._starting[key] = self._starting.get(key, 0) + 1
+            total += 1
+            keys.append(key)
+        return keys
 
-    def _kill_worker(self, w: _Worker, done: list, head_outcome: Outcome | None) -> None:
-        """Kill ``w`` and its process group; its head ends with ``head_outcome`` and the
-        jobs it was sent ahead go back to the front of the queue."""
-        _kill_group(w)
-        self._drop_worker(w)
-        if w.inflight:
-            head = w.inflight.popleft()
+    def _spawn(self, key: Hashable) -> None:
+        """Start a worker for pool ``key`` (lock NOT held: a container takes a while)."""
+        try:
+            if key is None:
+                slot = _Slot(None, host=HostWorker(self._ctx), limit=self.prefetch)
+            else:
+                runtime, store = self._runtimes[key]
+                slot = _Slot(key, stdio=StdioWorker(runtime, store))
+        except Exception as e:  # noqa: BLE001 - e.g. a missing image: fail its jobs
+            done: list[tuple[_Task, Outcome]] = []
+            with self._lock:
+                self._starting[key] -= 1
+                for task in self._pending.pop(key, deque()):
+                    self._finish(task, Outcome(False, error=e), done)
+            self._complete(done)
+            return
+        sel = self._sel
+        assert sel is not None
+        with self._lock:
+            self._starting[key] -= 1
+            if self._stop_loop:
+                self._stop_slot(slot, graceful=False)
+                return
+            if slot.host is not None:
+                sel.register(slot.host.conn.fileno(), selectors.EVENT_READ, ("msg", slot))
+                sel.register(slot.host.proc.sentinel, selectors.EVENT_READ, ("exit", slot))
+            else:
+                out, err = slot.stdio.fds()  # type: ignore[union-attr]
+                sel.register(out, selectors.EVENT_READ, ("out", slot))
+                sel.register(err, selectors.EVENT_READ, ("err", slot))
+            self._slots.append(slot)
+
+    def _retire(self, slot: _Slot) -> None:
+        self._drop_slot(slot)
+        self._stop_slot(slot, graceful=True)
+
+    def _kill_slot(self, slot: _Slot, done: list, head_outcome: Outcome | None) -> None:
+        """Kill ``slot``'s worker; its head ends with ``head_outcome`` and the jobs sent
+        ahead go back to the front of their queue."""
+        self._drop_slot(slot)
+        self._stop_slot(slot, graceful=False)
+        if slot.inflight:
+            head = slot.inflight.popleft()
             if head_outcome is not None:
                 self._finish(head, head_outcome, done)
-            for task in reversed(w.inflight):
-                task.worker = None
+            q = self._pending.setdefault(slot.key, deque())
+            for task in reversed(slot.inflight):
+                task.slot = None
                 if task.cancel_why is not None:
                     self._finish(task, self._cancelled_outcome(task.launch), done)
                 else:
-                    self._pending.appendleft(task)
-            w.inflight.clear()
+                    q.appendleft(task)
+            slot.inflight.clear()
         self._wake()
 
-    def _drop_worker(self, w: _Worker) -> None:
-        if w in self._workers:
-            self._workers.remove(w)
-            for fd in (w.conn.fileno(), w.proc.sentinel):
-                try:
-                    assert self._sel is not None
-                    self._sel.unregister(fd)
-                except (KeyError, ValueError, OSError):
-                    pass
+    def _drop_slot(self, slot: _Slot) -> None:
+        if slot not in self._slots:
+            return
+        self._slots.remove(slot)
+        fds = ((slot.host.conn.fileno(), slot.host.proc.sentinel) if slot.host is not None
+               else slot.stdio.fds())  # type: ignore[union-attr]
+        for fd in fds:
             try:
-                w.conn.close()
-            except OSError:
+                assert self._sel is not None
+                self._sel.unregister(fd)
+            except (KeyError, ValueError, OSError):
                 pass
-            threading.Thread(target=w.proc.join, args=(5,), daemon=True).start()
+
+    @staticmethod
+    def _stop_slot(slot: _Slot, graceful: bool) -> None:
+        if slot.host is not None:
+            if graceful and not slot.inflight:
+                slot.host.send(("stop",))
+            else:
+                slot.host.kill()
+            slot.host.close()
+            threading.Thread(target=slot.host.proc.join, args=(5,), daemon=True).start()
+        else:
+            slot.stdio.stop(graceful=graceful and not slot.inflight)  # type: ignore[union-attr]
 
     def _stop_workers(self, graceful: bool) -> None:
         with self._lock:
-            workers = list(self._workers)
+            slots = list(self._slots)
             self._stop_loop = True
-            for w in workers:
-                if graceful and not w.inflight:
-                    self._send(w, ("stop",))
+            for slot in slots:
+                self._drop_slot(slot)
             self._wake()
-        deadline = time.monotonic() + (2.0 if graceful else 0.0)
-        for w in workers:
-            w.proc.join(max(0.0, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                _kill_group(w)
-                w.proc.join(2)
-        with self._lock:
-            for w in workers:
-                self._drop_worker(w)
+        for slot in slots:
+            self._stop_slot(slot, graceful)
+        deadline = time.monotonic() + (2.0 if graceful else 0.5)
+        for slot in slots:
+            if slot.host is not None:
+                slot.host.proc.join(max(0.0, deadline - time.monotonic()))
+                if slot.host.proc.is_alive():
+                    slot.host.kill()
+                    slot.host.proc.join(2)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(2)
@@ -303,15 +371,17 @@ class ParallelJobHandler(JobHandler):
             with self._lock:
                 if self._stop_loop:
                     return
-                while (self._pending or self._tasks) and \
-                        len(self._workers) < self.num_workers:
-                    if not self._pending and len(self._workers) > 0:
-                        break
-                    self._workers.append(self._spawn())
-                for w in self._workers:
-                    self._fill(w, done)
+                spawns = self._plan_spawns()
+                for depth in range(1, self.prefetch + 1):  # idle workers first, then ahead
+                    for slot in sorted(self._slots, key=_load):
+                        if len(slot.inflight) < depth:
+                            self._fill(slot, done, limit=depth - len(slot.inflight))
                 timeout = self._next_deadline()
             self._complete(done)
+            if spawns:
+                for key in spawns:
+                    self._spawn(key)
+                continue
             events = sel.select(timeout)
             done = []
             with self._lock:
@@ -323,23 +393,52 @@ class ParallelJobHandler(JobHandler):
                         except BlockingIOError:
                             pass
                         continue
-                    kind, w = key.data
-                    if w not in self._workers:
-                        continue
-                    if kind == "msg":
-                        self._read_messages(w, done)
-                    else:
-                        self._read_messages(w, done)  # answers sent before it died
-                        self._on_worker_exit(w, done)
+                    kind, slot = key.data
+                    if slot in self._slots:
+                        self._on_event(kind, slot, done)
                 self._check_deadlines(done)
             self._complete(done)
+
+    def _on_event(self, kind: str, slot: _Slot, done: list) -> None:
+        if kind == "msg":  # one message per event: the selector reports the rest
+            try:
+                self._on_message(slot, slot.host.recv(), done)  # type: ignore[union-attr]
+            except (EOFError, OSError):
+                pass
+        elif kind == "exit":
+            host = slot.host
+            assert host is not None
+            try:
+                while host.conn.poll():  # answers sent before it died
+                    self._on_message(slot, host.recv(), done)
+            except (EOFError, OSError):
+                pass
+            self._on_worker_exit(slot, done)
+        elif kind == "out":
+            sw = slot.stdio
+            assert sw is not None
+            try:
+                msgs = sw.read_stdout()
+            except EOFError:
+                sw.read_stderr()
+                self._on_worker_exit(slot, done)
+                return
+            for msg in msgs:
+                self._on_message(slot, msg, done)
+        elif kind == "err":
+            if not slot.stdio.read_stderr():  # type: ignore[union-attr]
+                try:
+                    assert self._sel is not None
+                    self._sel.unregister(slot.stdio.fds()[1])  # type: ignore[union-attr]
+                except (KeyError, ValueError):
+                    pass
 
     def _next_deadline(self) -> float | None:
         now = time.monotonic()
         best = None
-        for w in self._workers:
-            if w.inflight:
-                head = w.inflight[0]
+        for slot in self._slots:
+            if slot.inflight:
+                head = slot.inflight[0]
                 if head.launch.timeout and head.started is not None:
                     left = head.started + head.launch.timeout - now
                     best = left if best is None else min(best, left)
@@ -347,109 +446,62 @@ class ParallelJobHandler(JobHandler):
 
     def _check_deadlines(self, done: list) -> None:
         now = time.monotonic()
-        for w in list(self._workers):
-            if not w.inflight:
+        for slot in list(self._slots):
+            if not slot.inflight:
                 continue
-            head = w.inflight[0]
+            head = slot.inflight[0]
             t = head.launch.timeout
-            if t and head.started is not None and now >= head.started + t:
-                err = JobTimeoutError(
+            if not t or head.started is None or now < head.started + t:
+                continue
+            started = time.time() - (now - head.started)
+            if slot.stdio is not None:
+                outcome = slot.stdio.timeout_outcome(head.launch, started)
+            else:
+                outcome = Outcome(False, error=JobTimeoutError(
                     f"job {head.launch.label!r} ran longer than its job_timeout of {t} s; its "
                     "worker process was killed and replaced. Raise job_timeout in hi.Config "
-                    "if the job needs more time.", job_label=head.launch.label)
-                self._kill_worker(w, done, head_outcome=Outcome(
-                    False, error=err, start_time=time.time() - (now - head.started),
-                    end_time=time.time(), info={"worker_pid": w.pid}))
+                    "if the job needs more time.", job_label=head.launch.label),
+                    start_time=started, end_time=time.time(), info={"worker_pid": slot.pid})
+            self._kill_slot(slot, done, head_outcome=outcome)
 
-    def _read_messages(self, w: _Worker, done: list) -> None:
-        conn = w.conn
-        try:
-            while conn.poll():
-                data = conn.recv_bytes()
-                self._on_message(w, pickle.loads(data), done)
-        except (EOFError, OSError):
-            pass
-
-    def _on_message(self, w: _Worker, msg: tuple, done: list) -> None:
-        if not w.inflight or w.inflight[0].launch.job_id != msg[1]:
-            return  # stale answer of a job already given up on
-        task = w.inflight.popleft()
-        if w.inflight:
-            self._start(w.inflight[0])
-        if msg[0] == "skipped" or task.cancel_why is not None:
-            outcome = self._cancelled_outcome(task.launch)
+    def _on_message(self, slot: _Slot, msg, done: list) -> None:
+        if slot.host is not None:
+            job_id, kind = msg[1], msg[0]
         else:
+            job_id, kind = msg.get("id"), msg.get("op")
+        if not slot.inflight or slot.inflight[0].launch.job_id != job_id:
+            return  # stale answer of a job already given up on
+        task = slot.inflight.popleft()
+        if slot.inflight:
+            self._start(slot.inflight[0])
+        if kind == "skipped" or task.cancel_why is not None:
+            outcome = self._cancelled_outcome(task.launch)
+        elif slot.host is not None:
             _, _, ok, payload, lines, start, end = msg
-            outcome = _decode_outcome(task.launch, ok, payload, lines, start, end)
-            outcome.info["worker_pid"] = w.pid
+            outcome = decode_outcome(task.launch, ok, payload, lines, start, end)
+            outcome.info["worker_pid"] = slot.pid
+        else:
+            outcome = slot.stdio.outcome(task.launch, msg)  # type: ignore[union-attr]
         self._finish(task, outcome, done)
-        self._fill(w, done)
+        self._fill(slot, done, limit=1)  # the loop tops the others up, idle workers first
 
-    def _on_worker_exit(self, w: _Worker, done: list) -> None:
-        w.proc.join(1)
-        code = w.proc.exitcode
-        if w.inflight:
-            head = w.inflight[0]
-            err = WorkerCrashedError(
-                f"the worker process (pid {w.pid}) running job {head.launch.label!r} died: "
-                f"{_describe_exit(code)}. If it ran out of memory, give the job less data or "
-                "the machine more memory; the worker was replaced and other jobs go on.",
-                job_label=head.launch.label)
+    def _on_worker_exit(self, slot: _Slot, done: list) -> None:
+        if not slot.inflight:
+            self._drop_slot(slot)
+            self._stop_slot(slot, graceful=False)
+            return
+        head = slot.inflight[0]
+        if slot.host is not None:
+            slot.host.proc.join(1)
+            code = slot.host.proc.exitcode
             now = time.time()
             started = now - (time.monotonic() - head.started) if head.started else None
-            self._kill_worker(w, done, head_outcome=Outcome(
-                False, error=err, start_time=started, end_time=now,
-                info={"worker_pid": w.pid, "exit_code": code}))
+            outcome = Outcome(False, error=WorkerCrashedError(
+                f"the worker process (pid {slot.pid}) running job {head.launch.label!r} died: "
+                f"{describe_exit(code)}. If it ran out of memory, give the job less data or "
+                "the machine more memory; the worker was replaced and other jobs go on.",
+                job_label=head.launch.label), start_time=started, end_time=now,
+                info={"worker_pid": slot.pid, "exit_code": code})
         else:
-            self._drop_worker(w)
-
-
-def _kill_group(w: _Worker) -> None:
-    """SIGKILL a worker and every process of its group (what its job started)."""
-    try:
-        os.killpg(w.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    if w.proc.exitcode is None:  # not reaped yet, so the pid is still ours
-        try:
-            os.kill(w.pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "it stopped answering"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        extra = " (SIGKILL: often the kernel's out-of-memory killer)" if -code == 9 else ""
-        return f"killed by {name}{extra}"
-    return f"it exited with code {code} (the function or a library called exit)"
-
-
-def _decode_outcome(launch: Launch, ok: bool, payload, lines, start, end) -> Outcome:
-    if ok:
-        try:
-            value = pickle.loads(payload)
-        except Exception as e:  # noqa: BLE001
-            err = JobFailedError(
-                f"the result of job {launch.label!r} could not be unpickled in the parent "
-                f"process: {type(e).__name__}: {e}", remote_type=type(e).__name__,
-                job_label=launch.label)
-            return Outcome(False, error=err, console=lines, start_time=start, end_time=end)
-        return Outcome(True, value=value, console=lines, start_time=start, end_time=end)
-    pickled, type_name, message, tb = payload
-    exc: BaseException | None = None
-    if pickled is not None:
-        try:
-            exc = pickle.loads(pickled)
-        except Exception:  # noqa: BLE001
-            exc = None
-    if exc is None:
-        exc = JobFailedError(message, remote_type=type_name, job_label=launch.label,
-                             traceback_text=tb)
-    return Outcome(False, error=exc, traceback_text=tb, console=lines,
-                   start_time=start, end_time=end)
+            outcome = slot.stdio.crash_outcome(head.launch)  # type: ignore[union-attr]
+        self._kill_slot(slot, done, head_outcome=outcome)

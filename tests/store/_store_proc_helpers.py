@@ -86,7 +86,7 @@ def stalled_blob_writer(root: str, total: int, ready: Any) -> None:
 
 def stalled_record_writer(root: str, key: str, body: dict[str, Any], ready: Any) -> None:
     """Write a record's temp file, signal ``ready`` before it is renamed, hang until killed."""
-    store = LocalStore(root)
+    store = LocalStore(root, fsync=True)  # the fsync is where this writer stalls
 
     def hang(fd: int) -> None:
         ready.set()

@@ -1,0 +1,112 @@
+"""Host worker processes: ``multiprocessing`` children speaking pickled messages."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+from typing import Any
+
+from .. import _worker
+from ..errors import JobFailedError
+from ..launch import Launch, Outcome
+
+
+class HostWorker:
+    """One warm worker process on this machine (see :mod:`hither._worker`)."""
+
+    def __init__(self, ctx: Any) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        init = {"cwd": os.getcwd(), "sys_path": list(sys.path)}
+        self.proc = ctx.Process(target=_worker.serve_connection, args=(child, init),
+                                name="hither-worker", daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self.pid: int = self.proc.pid
+        self.fids: set[str] = set()
+
+    def run_message(self, launch: Launch) -> tuple:
+        """The message running ``launch`` (the function is sent once per worker)."""
+        kw = launch.pickled_kwargs()
+        fn = None if launch.fid in self.fids else launch.fn_pickle()
+        return ("run", launch.job_id, launch.fid, fn, kw, launch.label, launch.stream_prefix,
+                launch.sys_path)
+
+    def sent(self, msg: tuple) -> None:
+        """Note that ``msg`` reached the worker (its function is now loaded there)."""
+        if msg[0] == "run" and msg[3] is not None:
+            self.fids.add(msg[2])
+
+    def send(self, msg: tuple) -> bool:
+        """Send a message; False when the worker is gone."""
+        try:
+            self.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def recv(self) -> tuple:
+        """Read one message (raises EOFError/OSError when the worker is gone)."""
+        return pickle.loads(self.conn.recv_bytes())
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process of its group (what its job started)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if self.proc.exitcode is None:  # not reaped yet, so the pid is still ours
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Release the connection."""
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+def describe_exit(code: int | None) -> str:
+    """Why a worker process ended, from its exit code, in words."""
+    if code is None:
+        return "it stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        extra = " (SIGKILL: often the kernel's out-of-memory killer)" if -code == 9 else ""
+        return f"killed by {name}{extra}"
+    return f"it exited with code {code} (the function or a library called exit)"
+
+
+def decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,
+                   end: float) -> Outcome:
+    """The Outcome of a host worker's ``done`` message."""
+    if ok:
+        try:
+            value = pickle.loads(payload)
+        except Exception as e:  # noqa: BLE001
+            err = JobFailedError(
+                f"the result of job {launch.label!r} could not be unpickled in the parent "
+                f"process: {type(e).__name__}: {e}", remote_type=type(e).__name__,
+                job_label=launch.label)
+            return Outcome(False, error=err, console=lines, start_time=start, end_time=end)
+        return Outcome(True, value=value, console=lines, start_time=start, end_time=end)
+    pickled, type_name, message, tb = payload
+    exc: BaseException | None = None
+    if pickled is not None:
+        try:
+            exc = pickle.loads(pickled)
+        except Exception:  # noqa: BLE001
+            exc = None
+    if exc is None:
+        exc = JobFailedError(message, remote_type=type_name, job_label=launch.label,
+                             traceback_text=tb)
+    return Outcome(False, error=exc, traceback_text=tb, console=lines,
+                   start_time=start, end_time=end)

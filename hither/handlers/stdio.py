@@ -1,0 +1,255 @@
+"""A warm worker inside a runtime (container or environment), driven over stdin/stdout.
+
+The worker process runs ``_worker.py --stdio`` and speaks JSON lines (see
+:mod:`hither._worker`). Values cross through the store: arguments are encoded into blobs the
+worker reads from a read-only mount; result blobs come back through a per-worker folder and
+are moved into the store. The handler owns these workers; both the inline and the parallel
+handler use this class.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import select
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .. import _codec, values
+from ..errors import JobFailedError, JobTimeoutError, WorkerCrashedError, rebuild_exception
+from ..launch import Launch, Outcome
+from ..runtimes.base import Mount, Runtime, WorkerSpec
+from ..runtimes.bundle import code_root, worker_dir
+
+_names = itertools.count()
+_STDERR_KEEP = 200  # lines of a worker's stderr kept to explain a crash
+
+
+class StdioWorker:
+    """One worker process in ``runtime``, exchanging values through ``store``."""
+
+    max_inflight = 1  # a job is written only to an idle worker: no pipe can fill both ways
+
+    def __init__(self, runtime: Runtime, store: Any) -> None:
+        self.runtime = runtime
+        self.store = store
+        root = Path(store.root)
+        name = f"hither-{os.getpid()}-{next(_names)}-{uuid.uuid4().hex[:6]}"
+        self.out_dir = root / "tmp" / f"out-{name}"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.out_dir, 0o777)  # the container user may be anyone; the folder is ours
+        blobs = root / "blobs"
+        self.spec = WorkerSpec(mounts=(
+            Mount(str(worker_dir(root)), "/hither/worker"),
+            Mount(str(code_root(root)), "/hither/code"),
+            Mount(str(blobs), "/hither/blobs"),
+            Mount(str(self.out_dir), "/hither/out", readonly=False),
+        ), env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}, name=name)
+        self._paths = {m.target: runtime.path_in_worker(m.target, self.spec)
+                       for m in self.spec.mounts}
+        self.proc = runtime.start_worker(self.spec)
+        self.pid = self.proc.pid
+        self._out_buf = b""
+        self._err_buf = b""
+        self.stderr_tail: list[str] = []
+        self.head_console: list[tuple[float, str, bool]] = []
+        self.hello: dict[str, Any] | None = None
+        self.closed = False
+        for f in (self.proc.stdout, self.proc.stderr):
+            os.set_blocking(f.fileno(), False)
+
+    # ------------------------------------------------------------------ sending
+    def message(self, launch: Launch) -> bytes:
+        """The JSON line that runs ``launch`` (arguments are written to the store now)."""
+        bundle = launch.code
+        args = values.encode(launch.kwargs, self.store, path="kw")
+        code_dir = f"{self._paths['/hither/code']}/{bundle.digest}"
+        msg = {"op": "run", "id": launch.job_id, "label": launch.label,
+               "module": {"name": bundle.module, "dir": code_dir},
+               "function": bundle.function, "args": args,
+               "sys_path": [code_dir], "blobs": self._paths["/hither/blobs"],
+               "out": self._paths["/hither/out"], "stream": launch.stream_prefix}
+        return (json.dumps(msg, allow_nan=True) + "\n").encode()
+
+    def send(self, data: bytes) -> bool:
+        """Write a message; False when the worker is gone."""
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    # ------------------------------------------------------------------ reading
+    def fds(self) -> tuple[int, int]:
+        """The worker's stdout and stderr file descriptors."""
+        return self.proc.stdout.fileno(), self.proc.stderr.fileno()
+
+    def read_stdout(self) -> list[dict[str, Any]]:
+        """Messages available on stdout; raises EOFError when the worker closed it."""
+        data = _read_available(self.proc.stdout.fileno())
+        if data is None:
+            raise EOFError
+        self._out_buf += data
+        *lines, self._out_buf = self._out_buf.split(b"\n")
+        msgs = []
+        for line in lines:
+            if line.strip():
+                msg = json.loads(line)
+                if msg.get("op") == "hello":
+                    self.hello = msg
+                else:
+                    msgs.append(msg)
+        return msgs
+
+    def read_stderr(self) -> bool:
+        """Collect stderr lines (output written straight to the file descriptors by a job,
+        or by the engine); they join the running job's console. False at EOF."""
+        data = _read_available(self.proc.stderr.fileno())
+        if data is None:
+            return False
+        self._err_buf += data
+        *lines, self._err_buf = self._err_buf.split(b"\n")
+        now = time.time()
+        for raw in lines:
+            text = raw.decode("utf-8", "replace")
+            self.head_console.append((now, text, True))
+            self.stderr_tail.append(text)
+        del self.stderr_tail[:-_STDERR_KEEP]
+        return True
+
+    # ------------------------------------------------------------------ outcomes
+    def outcome(self, launch: Launch, msg: dict[str, Any]) -> Outcome:
+        """Turn a ``done`` message into an Outcome (result blobs moved into the store)."""
+        console = [tuple(x) for x in msg.get("console") or []] + self.head_console
+        self.head_console = []
+        console.sort(key=lambda x: x[0])
+        info: dict[str, Any] = {"worker_pid": self.pid, "runtime": self.runtime.describe()}
+        start, end = msg.get("start"), msg.get("end")
+        if msg.get("ok"):
+            try:
+                manifest = self._ingest(msg["result"])
+                value = values.decode(manifest, self.store)
+            except Exception as e:  # noqa: BLE001
+                err = JobFailedError(f"the result of job {launch.label!r} could not be read "
+                                     f"back from the worker: {e}", remote_type=type(e).__name__,
+                                     job_label=launch.label)
+                return Outcome(False, error=err, console=console, start_time=start,
+                               end_time=end, info=info)
+            info["result_manifest"] = manifest
+            return Outcome(True, value=value, console=console, start_time=start,
+                           end_time=end, info=info)
+        e = msg.get("error") or {}
+        exc = rebuild_exception(e.get("type", "Exception"), e.get("message", ""),
+                                e.get("traceback"), job_label=launch.label)
+        return Outcome(False, error=exc, traceback_text=e.get("traceback"), console=console,
+                       start_time=start, end_time=end, info=info)
+
+    def _ingest(self, manifest: Any) -> Any:
+        """Move ``out:`` blobs the worker wrote into the store; refs become sha256 URIs."""
+        if isinstance(manifest, list):
+            return [self._ingest(x) for x in manifest]
+        if isinstance(manifest, dict):
+            if manifest.get(_codec.TAG) in ("npy", "bytes", "file") and \
+                    str(manifest.get("ref", "")).startswith("out:"):
+                node = dict(manifest)
+                node["ref"] = self.store.put_file(self.out_dir / manifest["ref"][4:], move=True)
+                return node
+            return {k: self._ingest(v) for k, v in manifest.items()}
+        return manifest
+
+    def crash_outcome(self, launch: Launch, why: str | None = None) -> Outcome:
+        """The outcome of a job whose worker died under it."""
+        code = self.proc.poll()
+        tail = "\n".join(self.stderr_tail[-20:])
+        err = WorkerCrashedError(
+            f"the worker for job {launch.label!r} in {self.runtime.describe()} "
+            f"{why or f'exited with code {code}'}"
+            + (f"; its last output:\n{tail}" if tail else "")
+            + "\nThe worker was replaced; other jobs go on.", job_label=launch.label)
+        console, self.head_console = self.head_console, []
+        return Outcome(False, error=err, console=console, info={"exit_code": code})
+
+    def timeout_outcome(self, launch: Launch, started: float) -> Outcome:
+        """The outcome of a job stopped at its ``job_timeout``."""
+        err = JobTimeoutError(
+            f"job {launch.label!r} ran longer than its job_timeout of {launch.timeout} s in "
+            f"{self.runtime.describe()}; its worker was stopped and replaced. Raise "
+            "job_timeout in hi.Config if the job needs more time.", job_label=launch.label)
+        console, self.head_console = self.head_console, []
+        return Outcome(False, error=err, console=console, start_time=started,
+                       end_time=time.time())
+
+    # ------------------------------------------------------------------ life
+    def alive(self) -> bool:
+        """True while the worker process runs."""
+        return not self.closed and self.proc.poll() is None
+
+    def stop(self, graceful: bool = False) -> None:
+        """Stop the worker and remove what it leaves (container, output folder)."""
+        if self.closed:
+            return
+        self.closed = True
+        if graceful:
+            self.send(b'{"op": "stop"}\n')
+            try:
+                self.proc.wait(2)
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            self.runtime.stop_worker(self.proc, self.spec)
+        finally:
+            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+
+    def call(self, launch: Launch) -> Outcome:
+        """Run ``launch`` and wait for its outcome, in this thread (inline handler)."""
+        started = time.time()
+        if not self.send(self.message(launch)):
+            return self.crash_outcome(launch, "could not be reached")
+        deadline = None if not launch.timeout else time.monotonic() + launch.timeout
+        out_fd, err_fd = self.fds()
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([out_fd, err_fd], [], [], wait)
+            if not ready:
+                self.stop()
+                return self.timeout_outcome(launch, started)
+            if err_fd in ready:
+                self.read_stderr()
+            if out_fd in ready:
+                try:
+                    msgs = self.read_stdout()
+                except EOFError:
+                    self.read_stderr()
+                    out = self.crash_outcome(launch)
+                    self.stop()
+                    return out
+                for msg in msgs:
+                    if msg.get("op") == "done" and msg.get("id") == launch.job_id:
+                        return self.outcome(launch, msg)
+
+
+def _read_available(fd: int) -> bytes | None:
+    """What can be read now without blocking (b"" if nothing); None at EOF."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not data:
+            return b"".join(chunks) if chunks else None
+        chunks.append(data)
+        if len(data) < 1 << 16:
+            break
+    return b"".join(chunks)
+

@@ -10,6 +10,7 @@ from . import scheduler as _scheduler
 from ._codec import File
 from .cache import JobCache
 from .config import Config
+from .explain import explain
 from .errors import (
     CacheError,
     DuplicateFunctionException,
@@ -38,6 +39,7 @@ from .handlers.base import JobHandler
 from .handlers.inline import DefaultJobHandler
 from .handlers.parallel import ParallelJobHandler
 from .job import Job, JobStatus
+from .runtimes.venv import PythonEnv
 from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
 
 __version__ = "0.5.0"
@@ -78,6 +80,7 @@ __all__ = [
     "JobStatus",
     "JobTimeoutError",
     "ParallelJobHandler",
+    "PythonEnv",
     "RuntimeUnavailableError",
     "SerializationError",
     "ShellScript",
@@ -87,6 +90,7 @@ __all__ = [
     "__version__",
     "additional_files",
     "container",
+    "explain",
     "function",
     "get_function",
     "local_modules",

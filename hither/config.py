@@ -31,6 +31,8 @@ class Settings:
     cache_failing: bool = False
     show_console: bool = False
     environment: Any = None
+    network: bool | None = None
+    gpus: bool | None = None
     jhparams: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,6 +70,10 @@ class Config:
         cache_failing: store failures, and use stored failures unless ``rerun_failing``.
         show_console: stream each job's console output live, prefixed by its label.
         environment: a runtime override for every job (e.g. a ``hi.PythonEnv``).
+        network: give container jobs a network (``None``: as each function declares;
+            containers have no network by default).
+        gpus: give container jobs the GPUs (``--gpus all`` for Docker/Podman, ``--nv``
+            for Apptainer; ``None``: as each function declares).
         jhparams: free-form parameters for the handler.
 
     Unknown keywords raise ``TypeError``.
@@ -77,7 +83,8 @@ class Config:
                  job_cache: Any = _UNSET, job_timeout: float | None = _UNSET,
                  force_run: bool = _UNSET, rerun_failing: bool = _UNSET,
                  cache_failing: bool = _UNSET, show_console: bool = _UNSET,
-                 environment: Any = _UNSET, jhparams: dict[str, Any] | None = _UNSET) -> None:
+                 environment: Any = _UNSET, network: bool | None = _UNSET,
+                 gpus: bool | None = _UNSET, jhparams: dict[str, Any] | None = _UNSET) -> None:
         given = {k: v for k, v in locals().items() if k != "self" and v is not _UNSET}
         _validate(given)
         if "jhparams" in given:
@@ -123,6 +130,9 @@ def _validate(given: dict[str, Any]) -> None:
     for flag in ("force_run", "rerun_failing", "cache_failing", "show_console"):
         if flag in given and not isinstance(given[flag], bool):
             raise TypeError(f"{flag} must be True or False, got {given[flag]!r}")
+    for flag in ("network", "gpus"):
+        if given.get(flag) is not None and not isinstance(given[flag], bool):
+            raise TypeError(f"{flag} must be True, False or None, got {given[flag]!r}")
     h = given.get("job_handler")
     if h is not None:
         from .handlers.base import JobHandler

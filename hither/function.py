@@ -209,7 +209,8 @@ def function_def(fn: Callable[..., Any]) -> FunctionDef:
 
 # ------------------------------------------------------------------------- decorators
 def function(name: str, version: str, container: str | None = None,
-             environment: Any = None) -> Callable[[F], F]:
+             environment: Any = None, *, network: bool = False,
+             gpus: bool = False) -> Callable[[F], F]:
     """Register ``f`` as a hither function.
 
     The decorated function is returned unchanged (calling it is a plain call, never
@@ -217,7 +218,8 @@ def function(name: str, version: str, container: str | None = None,
     ``name`` must equal the function's name; ``version`` is any string (bump it to mark
     a change of behaviour that the code identity cannot see). ``container`` is the same
     as stacking ``@hi.container(...)``; ``environment`` declares a Python environment
-    (e.g. ``hi.PythonEnv(requirements=[...])``).
+    (e.g. ``hi.PythonEnv(requirements=[...])``). In a container the function has no network
+    unless ``network=True``, and no GPU unless ``gpus=True`` (``--gpus all`` / ``--nv``).
     """
     def wrap(f: F) -> F:
         if getattr(f, "__name__", None) != name:
@@ -227,6 +229,10 @@ def function(name: str, version: str, container: str | None = None,
             _set_container(f, container)
         if environment is not None:
             f._hither_environment = environment  # type: ignore[attr-defined]
+        if network:
+            f._hither_network = True  # type: ignore[attr-defined]
+        if gpus:
+            f._hither_gpus = True  # type: ignore[attr-defined]
         fdef = FunctionDef(f, name, version)
         f._hither = fdef  # type: ignore[attr-defined]
 

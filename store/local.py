@@ -21,7 +21,7 @@ from ._atomic import (
     remove_quietly,
 )
 from ._maintenance import clear_store, collect_garbage, store_info
-from ._paths import Layout, blob_uri, check_key, parse_blob_uri
+from ._paths import _RECORD_SUFFIX, Layout, blob_uri, check_key, parse_blob_uri
 from ._records import BadRecord, decode_record, encode_record
 from ._verify import VERIFIED, hash_stream, signature
 from .errors import BlobNotFoundError, CorruptBlobError, StoreWarning
@@ -64,6 +64,7 @@ class LocalStore:
         self.fsync = fsync
         self._layout = Layout(Path(os.fspath(root)).expanduser().resolve())
         self._layout.create()
+        self._records_root = str(self._layout.records_dir)
 
     @property
     def root(self) -> Path:
@@ -301,9 +302,12 @@ class LocalStore:
         A damaged record file (truncated, not JSON, checksum mismatch) is never returned:
         it is moved to quarantine, a :class:`StoreWarning` is issued, and None returned.
         """
-        return self._read_record(self.record_path(key), key)
+        check_key(key)
+        # a plain string path: this is the hot path of every cache lookup
+        path = f"{self._records_root}/{key[:2]}/{key}{_RECORD_SUFFIX}"
+        return self._read_record(path, key)
 
-    def _read_record(self, path: Path, key: str) -> dict[str, Any] | None:
+    def _read_record(self, path: Path | str, key: str) -> dict[str, Any] | None:
         # A second attempt covers a damaged file being replaced by a writer as we look.
         for _ in range(2):
             try:
@@ -317,7 +321,7 @@ class LocalStore:
                 return decode_record(key, raw)
             except BadRecord as e:
                 reason = str(e)
-            moved = quarantine_file(self._layout.quarantine_dir, path, st, "record")
+            moved = quarantine_file(self._layout.quarantine_dir, Path(path), st, "record")
             fate = f"moved to {moved}" if moved is not None else "it was not moved aside"
             warnings.warn(
                 f"corrupt record {key!r} at {path} ignored: {reason}; {fate}",

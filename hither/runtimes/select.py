@@ -49,26 +49,28 @@ def container_engine(settings: Settings | None = None) -> str:
     return choice
 
 
-def runtime_for_image(image: str, engine: str = "docker") -> Runtime:
+def runtime_for_image(image: str, engine: str = "docker", *, network: bool = False,
+                      gpus: bool = False) -> Runtime:
     """The runtime running ``image`` (a URI, an image name, a ``.sif`` or a folder)."""
+    opts = {"network": network, "gpus": gpus}
     if "://" in image:
         scheme, rest = image.split("://", 1)
         if scheme == "podman":
-            return DockerRuntime(rest, engine="podman")
+            return DockerRuntime(rest, engine="podman", **opts)
         if scheme == "docker":
             if engine == "apptainer":
-                return ApptainerRuntime(image)
-            return DockerRuntime(rest, engine=engine)
+                return ApptainerRuntime(image, **opts)
+            return DockerRuntime(rest, engine=engine, **opts)
         if scheme == "file":
-            return ApptainerRuntime(rest)
+            return ApptainerRuntime(rest, **opts)
         if scheme in _APPTAINER_SCHEMES:
-            return ApptainerRuntime(rest if scheme == "sif" else image)
+            return ApptainerRuntime(rest if scheme == "sif" else image, **opts)
         raise ValueError(f"unsupported container URI scheme {scheme!r} in {image!r}")
     if image.endswith(".sif") or os.path.isdir(image):
-        return ApptainerRuntime(image)
+        return ApptainerRuntime(image, **opts)
     if engine == "apptainer":
-        return ApptainerRuntime("docker://" + image)
-    return DockerRuntime(image, engine=engine)
+        return ApptainerRuntime("docker://" + image, **opts)
+    return DockerRuntime(image, engine=engine, **opts)
 
 
 def runtime_for(fdef: Any, settings: Settings) -> Runtime | None:
@@ -81,7 +83,12 @@ def runtime_for(fdef: Any, settings: Settings) -> Runtime | None:
     elif isinstance(c, str) and c:
         image = c
     if image:
-        return runtime_for_image(image, container_engine(settings))
+        network = settings.network if settings.network is not None else \
+            bool(getattr(fdef.fn, "_hither_network", False))
+        gpus = settings.gpus if settings.gpus is not None else \
+            bool(getattr(fdef.fn, "_hither_gpus", False))
+        return runtime_for_image(image, container_engine(settings), network=network,
+                                 gpus=gpus)
     env = settings.environment if settings.environment is not None else fdef.environment
     return _environment_runtime(env)
 

@@ -10,7 +10,6 @@ from . import scheduler as _scheduler
 from ._codec import File
 from .cache import JobCache
 from .config import Config
-from .explain import explain
 from .errors import (
     CacheError,
     DuplicateFunctionException,
@@ -26,6 +25,7 @@ from .errors import (
     UpstreamJobError,
     WorkerCrashedError,
 )
+from .explain import explain
 from .function import (
     additional_files,
     container,

@@ -98,14 +98,17 @@ class capture_console(object):
     every line is also written to the original stream, prefixed.
     """
 
-    def __init__(self, stream_prefix=None):
+    def __init__(self, stream_prefix=None, echo=None):
         self.lines = []
         self._prefix = stream_prefix
+        self._echo = echo
 
     def __enter__(self):
         self._saved = (sys.stdout, sys.stderr)
-        echo_out = self._saved[0] if self._prefix is not None else None
-        echo_err = self._saved[1] if self._prefix is not None else None
+        echo_out = echo_err = None
+        if self._prefix is not None:
+            echo_out = self._echo or self._saved[0]
+            echo_err = self._echo or self._saved[1]
         prefix = self._prefix or ""
         self._out = _LineRecorder(self.lines, False, echo_out, prefix)
         self._err = _LineRecorder(self.lines, True, echo_err, prefix)
@@ -126,7 +129,7 @@ class _Alarm(BaseException):
     """Raised by SIGALRM inside an inline job that ran past its timeout."""
 
 
-def run_call(fn, kwargs, stream_prefix=None, timeout=None):
+def run_call(fn, kwargs, stream_prefix=None, timeout=None, echo=None):
     """Run ``fn(**kwargs)`` with console capture.
 
     Returns ``(ok, value_or_exception, traceback_text, lines, start, end)``. With ``timeout``
@@ -135,19 +138,23 @@ def run_call(fn, kwargs, stream_prefix=None, timeout=None):
     """
     use_alarm = bool(timeout) and _in_main_thread() and hasattr(signal, "setitimer")
     old_handler = None
-    cap = capture_console(stream_prefix)
+    old_timer = (0.0, 0.0)
+    cap = capture_console(stream_prefix, echo)
     start = time.time()
     try:
         with cap:
             if use_alarm:
                 old_handler = signal.signal(signal.SIGALRM, _raise_alarm)
-                signal.setitimer(signal.ITIMER_REAL, float(timeout))
+                old_timer = signal.setitimer(signal.ITIMER_REAL, float(timeout))
             try:
                 value = fn(**kwargs)
             finally:
                 if use_alarm:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                     signal.signal(signal.SIGALRM, old_handler)
+                    if old_timer[0] > 0:  # the caller's own timer goes on, minus our time
+                        left = max(old_timer[0] - (time.time() - start), 0.001)
+                        signal.setitimer(signal.ITIMER_REAL, left, old_timer[1])
         return True, value, None, cap.lines, start, time.time()
     except _Alarm:
         err = TimeoutError("job ran longer than its job_timeout of %s s" % timeout)
@@ -272,6 +279,7 @@ def serve_connection(conn, init):
     queue = []
     skipped = set()
     send_bytes = conn.send_bytes
+    echo = _EchoPipe(send_bytes)
     while True:
         if not queue:
             queue.append(inbox.get())
@@ -284,12 +292,14 @@ def serve_connection(conn, init):
             skipped.add(msg[1])
             continue
         _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path = msg
+        if fn_bytes is not None and fid not in functions:
+            functions[fid] = _Unloaded(fn_bytes)  # kept even if this job is skipped
         if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
             skipped.discard(job_id)
             send_bytes(pickle.dumps(("skipped", job_id)))
             continue
         add_sys_path(extra_path)
-        answer = _run_message(functions, fid, fn_bytes, kwargs_bytes, prefix)
+        answer = _run_message(functions, fid, kwargs_bytes, prefix, echo)
         try:
             send_bytes(pickle.dumps(("done", job_id) + answer, protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):
@@ -322,20 +332,43 @@ class _Inbox(object):
             return items
 
 
-def _run_message(functions, fid, fn_bytes, kwargs_bytes, prefix):
+class _EchoPipe(object):
+    """Live console lines of a job, sent to the parent, which prints them where its own
+    output goes (a forkserver's or a notebook's worker has no useful stdout of its own)."""
+
+    def __init__(self, send_bytes):
+        self._send_bytes = send_bytes
+
+    def write(self, text):
+        self._send_bytes(pickle.dumps(("echo", text)))
+
+    def flush(self):
+        pass
+
+
+class _Unloaded(object):
+    """Function bytes received but not unpickled yet."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+
+def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
     start = time.time()
     try:
         fn = functions.get(fid)
         if fn is None:
-            if fn_bytes is None:
-                raise RuntimeError("worker protocol error: function %s was never sent" % fid)
-            fn = functions[fid] = _loads_function(fn_bytes)
+            raise RuntimeError("worker protocol error: function %s was never sent" % fid)
+        if isinstance(fn, _Unloaded):
+            fn = functions[fid] = _loads_function(fn.data)
         kwargs = pickle.loads(kwargs_bytes)
     except BaseException as e:  # noqa: BLE001
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         note = "the worker could not load the job's function or arguments"
         return (False, _error_payload(e, note + "\n" + tb), [], start, time.time())
-    ok, value, tb, lines, start, end = run_call(fn, kwargs, prefix)
+    ok, value, tb, lines, start, end = run_call(fn, kwargs, prefix, echo=echo)
     if ok:
         try:
             return (True, _dumps(value), lines, start, end)
@@ -356,6 +389,7 @@ def _run_message(functions, fid, fn_bytes, kwargs_bytes, prefix):
 # parent -> worker:         {"op": "ping"} -> {"op": "pong"};  {"op": "stop"} -> exit 0
 #   {"op": "run", "id", "label", "module": {"name", "dir"}, "function", "args": manifest,
 #    "sys_path": [...], "blobs": dir, "out": dir, "stream": prefix|null}
+#   -> {"op": "echo", "text"} lines streamed live while the job runs (when "stream" is set)
 #   -> {"op": "done", "id", "ok", "result": manifest|null,
 #       "error": {"type", "message", "traceback"}|null, "console": [[t, text, is_stderr]],
 #       "start": t, "end": t}
@@ -372,14 +406,11 @@ def _import_codec():
 
 
 def _numpy_version():
+    """numpy's version from its metadata, without importing it (that takes 0.1 s)."""
     try:
-        import importlib.util
+        from importlib import metadata
 
-        if importlib.util.find_spec("numpy") is None:
-            return None
-        import numpy
-
-        return numpy.__version__
+        return metadata.version("numpy")
     except Exception:
         return None
 
@@ -446,7 +477,20 @@ def _load_function(spec):
     return fn
 
 
-def _run_json(msg):
+class _EchoMessages(object):
+    """Live console lines of a job, sent to the parent as protocol messages."""
+
+    def __init__(self, send):
+        self._send = send
+
+    def write(self, text):
+        self._send({"op": "echo", "text": text})
+
+    def flush(self):
+        pass
+
+
+def _run_json(msg, echo=None):
     codec = _import_codec()
     start = time.time()
     try:
@@ -460,7 +504,7 @@ def _run_json(msg):
                           "message": str(e),
                           "traceback": "the worker could not load the job's function or "
                                        "arguments\n" + tb}}
-    ok, value, tb, lines, start, end = run_call(fn, kwargs, msg.get("stream"))
+    ok, value, tb, lines, start, end = run_call(fn, kwargs, msg.get("stream"), echo=echo)
     out = {"ok": ok, "console": [list(x) for x in lines], "start": start, "end": end,
            "result": None, "error": None}
     if ok:
@@ -502,7 +546,7 @@ def serve_stdio():
         elif op == "stop":
             return
         elif op == "run":
-            answer = _run_json(msg)
+            answer = _run_json(msg, _EchoMessages(send))
             answer["op"] = "done"
             answer["id"] = msg.get("id")
             send(answer)

@@ -18,7 +18,7 @@ class JobCache:
     ``JobCache()`` uses ``$HITHER_STORE`` or the user cache directory (e.g.
     ``~/.cache/hither/store``); ``JobCache(path=...)`` a directory of your choice (a
     shared disk works: writes are atomic and reads verified); ``JobCache(use_tempdir=True)``
-    a folder in the system temp dir. ``readonly=True`` reads results but never writes.
+    a folder of this user in the system temp dir. ``readonly=True`` reads results but never writes.
 
     Whether failures are stored and reused is set per block with ``hi.Config(
     cache_failing=..., rerun_failing=..., force_run=...)``.
@@ -34,7 +34,8 @@ class JobCache:
             if path is not None:
                 root = Path(os.fspath(path))
             elif use_tempdir:
-                root = Path(tempfile.gettempdir()) / "hither_job_cache"
+                suffix = f"_{os.getuid()}" if hasattr(os, "getuid") else ""
+                root = Path(tempfile.gettempdir()) / f"hither_job_cache{suffix}"
             else:
                 root = default_store_path()
             try:

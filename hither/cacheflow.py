@@ -126,7 +126,8 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
             return None
         err = rec.get("error") or {}
         out = Outcome(False, error=rebuild_exception(err.get("type", "Exception"),
-                                                    err.get("message", ""), err.get("traceback")),
+                                                    err.get("message", ""), err.get("traceback"),
+                                                    args=err.get("args")),
                       traceback_text=err.get("traceback"))
     else:
         return None
@@ -150,6 +151,8 @@ def record(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> str | None:
     if outcome.ok:
         try:
             result_hash = hash_value(outcome.value, path="result")
+            if cache.readonly:
+                return result_hash
             manifest = outcome.info.get("result_manifest")  # a runtime worker stored it
             if manifest is None:
                 manifest = values.encode(outcome.value, cache.store, path="result")
@@ -165,8 +168,11 @@ def record(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> str | None:
         type_name = getattr(err, "remote_type", None) or \
             f"{type(err).__module__}.{type(err).__qualname__}"
         message = err.args[0] if isinstance(err, JobFailedError) and err.args else str(err)
-        rec.update(status="error", error={"type": type_name, "message": message,
-                                          "traceback": outcome.traceback_text or ""})
+        error = {"type": type_name, "message": message, "traceback": outcome.traceback_text or ""}
+        if not isinstance(err, JobFailedError) and all(
+                isinstance(a, (str, int, float, bool, type(None))) for a in err.args):
+            error["args"] = list(err.args)  # e.g. KeyError('k'): its str() is quoted
+        rec.update(status="error", error=error)
     if cache.readonly:
         return result_hash
     rec["console"] = [list(x) for x in outcome.console]

@@ -125,7 +125,7 @@ class RuntimeUnavailableError(HitherError):
 
 
 def rebuild_exception(type_name: str, message: str, traceback_text: str | None = None, *,
-                      job_label: str | None = None) -> BaseException:
+                      job_label: str | None = None, args: list | None = None) -> BaseException:
     """An exception described by name and message, without unpickling anything.
 
     Built-in exception types (``builtins.ValueError``) come back as themselves, with the
@@ -138,7 +138,7 @@ def rebuild_exception(type_name: str, message: str, traceback_text: str | None =
     cls = getattr(builtins, name, None) if module in ("builtins", "") else None
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
-            return cls(message)
+            return cls(*args) if args is not None else cls(message)
         except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs 5 arguments
             pass
     return JobFailedError(message, remote_type=type_name, job_label=job_label,

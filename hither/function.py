@@ -67,6 +67,16 @@ class FunctionDef:
         return getattr(self.fn, "_hither_environment", None)
 
     @property
+    def network(self) -> bool:
+        """Whether the function asked for a network in its container."""
+        return bool(getattr(self.fn, "_hither_network", False))
+
+    @property
+    def gpus(self) -> bool:
+        """Whether the function asked for GPUs in its container."""
+        return bool(getattr(self.fn, "_hither_gpus", False))
+
+    @property
     def source_file(self) -> str | None:
         """The file the function was defined in."""
         try:
@@ -251,9 +261,10 @@ def function(name: str, version: str, container: str | None = None,
 
 
 def _set_container(f: Callable[..., Any], uri: str) -> None:
-    if not isinstance(uri, str) or "://" not in uri:
-        raise ValueError(f"container must be an image URI such as 'docker://image:tag', "
-                         f"got {uri!r}")
+    ok = isinstance(uri, str) and ("://" in uri or uri.endswith(".sif") or os.path.isdir(uri))
+    if not ok:
+        raise ValueError(f"container must be an image URI such as 'docker://image:tag', an "
+                         f"Apptainer .sif file or a sandbox folder, got {uri!r}")
     f._hither_container = uri  # type: ignore[attr-defined]
 
 

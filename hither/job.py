@@ -88,7 +88,7 @@ class Job(Future):
         Raises the job's error, :class:`JobCancelledException` if it was cancelled, or
         ``TimeoutError`` when ``timeout`` passes first (the job goes on).
         """
-        self._drive(timeout)
+        timeout = self._drive(timeout)
         try:
             return super().result(timeout)
         except CancelledError as e:
@@ -96,11 +96,14 @@ class Job(Future):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The job's error (None when it succeeded); waits like :meth:`result`."""
-        self._drive(timeout)
+        timeout = self._drive(timeout)
         try:
-            return super().exception(timeout)
+            exc = super().exception(timeout)
         except CancelledError as e:
             raise self._as_cancelled(e) from None
+        if self._cancelled:  # the Future contract: a cancelled future raises here
+            raise self._as_cancelled(exc or CancelledError())
+        return exc
 
     def cancel(self) -> bool:
         """Cancel the job: a waiting or queued job never runs; a running job is stopped.
@@ -124,11 +127,13 @@ class Job(Future):
             return e
         return JobCancelledException(f"job {self._label!r} was cancelled")
 
-    def _drive(self, timeout: float | None) -> None:
-        if not self.done() and self._handler.drives_in_caller:
-            from .scheduler import drive_until_done
+    def _drive(self, timeout: float | None) -> float | None:
+        """Run inline work this job may wait for; returns the time left of ``timeout``."""
+        if self.done():
+            return timeout
+        from .scheduler import drive_until_done
 
-            drive_until_done(self, timeout)
+        return drive_until_done(self, timeout)
 
     # ------------------------------------------------------------ hither 0.4.2 names
     def wait(self, timeout: float | None = None) -> Any:

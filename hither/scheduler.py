@@ -9,6 +9,7 @@ result is stored.
 
 from __future__ import annotations
 
+import copy
 import pickle
 import threading
 import time
@@ -25,6 +26,7 @@ from .errors import (
     UpstreamJobError,
 )
 from .function import FunctionDef
+from .handlers import inline as _inline
 from .handlers.base import JobHandler
 from .handlers.inline import DefaultJobHandler
 from .job import Job, JobStatus
@@ -32,6 +34,7 @@ from .launch import Launch, Outcome
 
 _live: dict[int, Job] = {}
 _live_lock = threading.Lock()
+_inline_live = 0  # live jobs of inline handlers: waiting on any job may need to run them
 _default_handler: DefaultJobHandler | None = None
 _JOB_LEAVES = (str, int, float, bool, type(None), bytes)
 
@@ -92,8 +95,11 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
     if not upstream:
         # arguments are known now: problems with them are raised by .run() itself
         plan = _plan(job, kwargs)
+    global _inline_live
     with _live_lock:
         _live[id(job)] = job
+        if handler.drives_in_caller:
+            _inline_live += 1
     job.add_done_callback(_forget)
     if upstream:
         job._waiting_on = len(upstream)  # type: ignore[attr-defined]
@@ -106,8 +112,10 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
 
 
 def _forget(job: Future) -> None:
+    global _inline_live
     with _live_lock:
-        _live.pop(id(job), None)
+        if _live.pop(id(job), None) is not None and job._handler.drives_in_caller:
+            _inline_live -= 1
 
 
 def _find_jobs(value: Any) -> list[Job]:
@@ -130,15 +138,29 @@ def _find_jobs(value: Any) -> list[Job]:
 
 
 def _replace_jobs(value: Any) -> Any:
+    """``value`` with every job replaced by its result; container types are kept
+    (an OrderedDict or a defaultdict stays one, a namedtuple stays one)."""
     if isinstance(value, Job):
         return value.result(0)
     if isinstance(value, dict):
-        return {k: _replace_jobs(v) for k, v in value.items()}
+        if type(value) is dict:
+            return {k: _replace_jobs(v) for k, v in value.items()}
+        new = copy.copy(value)
+        for k, v in value.items():
+            new[k] = _replace_jobs(v)
+        return new
     if isinstance(value, list):
-        return [_replace_jobs(v) for v in value]
+        items = [_replace_jobs(v) for v in value]
+        if type(value) is list:
+            return items
+        new = copy.copy(value)
+        new[:] = items
+        return new
     if isinstance(value, tuple):
         items = [_replace_jobs(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+        if type(value) is tuple:
+            return tuple(items)
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value
 
 
@@ -157,14 +179,27 @@ def _plan(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
         if plan["hit"] is not None:
             return plan
     if runtime is not None:
-        from .runtimes.bundle import code_bundle
-
         store = plan["store"] = exchange_store(settings)
-        plan["code"] = code_bundle(fdef.fn, store.root, local_modules=fdef.local_modules,
-                                   additional_files=fdef.additional_files)
+        plan["code"] = _bundle_of(fdef, store)
     elif not job._handler.drives_in_caller:
         plan["kwargs_pickle"] = pickle_kwargs(fdef, kwargs)
     return plan
+
+
+def _bundle_of(fdef: FunctionDef, store: Any) -> Any:
+    """The function's code bundle in ``store``, published once per function and store:
+    what runs in the runtime is the code as it was when the function was first run there,
+    like the function object the host holds."""
+    bundles = fdef.__dict__.setdefault("_bundles", {})
+    root = str(store.root)
+    bundle = bundles.get(root)
+    if bundle is None:
+        from .runtimes.bundle import code_bundle
+
+        bundle = bundles[root] = code_bundle(fdef.fn, store.root,
+                                             local_modules=fdef.local_modules,
+                                             additional_files=fdef.additional_files)
+    return bundle
 
 
 def _runtime_for(fdef: FunctionDef, settings: _config.Settings) -> Any:
@@ -227,7 +262,7 @@ def _upstream_done(job: Job, upstream: Future) -> None:
     with job._wait_lock:  # type: ignore[attr-defined]
         if job.done() or job._status is not JobStatus.PENDING:
             return
-        failed = upstream.cancelled() or upstream.exception(0) is not None
+        failed = upstream.cancelled() or Future.exception(upstream, 0) is not None
         if failed:
             job._waiting_on = -1  # type: ignore[attr-defined]
         else:
@@ -236,7 +271,7 @@ def _upstream_done(job: Job, upstream: Future) -> None:
                 return
     if failed:
         assert isinstance(upstream, Job)
-        err = upstream.exception(0)
+        err = Future.exception(upstream, 0)  # also the JobCancelledException of a cancel
         what = "was cancelled" if upstream.cancelled() else f"failed: {err}"
         e = UpstreamJobError(
             f"job {job.label!r} did not run because the job it depends on, "
@@ -347,9 +382,7 @@ def _finish(job: Job, outcome: Outcome, status: JobStatus, *, cache_hit: bool = 
             Future.set_exception(job, err)
     except Exception:  # noqa: BLE001 - InvalidStateError: completed concurrently
         pass
-    h = job._handler
-    if h.drives_in_caller:
-        h.notify()  # type: ignore[attr-defined]
+    _inline.notify_drivers()
 
 
 class RemoteTraceback(Exception):
@@ -371,9 +404,14 @@ def cancel_job(job: Job) -> bool:
     return job._handler.cancel(job.job_id)
 
 
-def drive_until_done(job: Job, timeout: float | None) -> None:
-    """Let the job's inline handler run queued work in this thread until ``job`` is done."""
-    job._handler.drive(job.done, timeout)
+def drive_until_done(job: Job, timeout: float | None) -> float | None:
+    """Run inline work in this thread until ``job`` is done, when any job of an inline
+    handler is still live (the job may wait for it); returns the time left of ``timeout``."""
+    if not _inline_live:
+        return timeout
+    start = time.monotonic()
+    _inline.drive(job.done, timeout)
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
 
 
 def live_jobs() -> list[Job]:

@@ -18,7 +18,8 @@ class HostWorker:
 
     def __init__(self, ctx: Any) -> None:
         parent, child = ctx.Pipe(duplex=True)
-        init = {"cwd": os.getcwd(), "sys_path": list(sys.path)}
+        # a forkserver was started earlier: give the worker the caller's environment of now
+        init = {"cwd": os.getcwd(), "sys_path": list(sys.path), "env": dict(os.environ)}
         self.proc = ctx.Process(target=_worker.serve_connection, args=(child, init),
                                 name="hither-worker", daemon=True)
         self.proc.start()

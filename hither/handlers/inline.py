@@ -30,7 +30,7 @@ class DefaultJobHandler(JobHandler):
     def __init__(self) -> None:
         super().__init__()
         self._queue: deque[tuple[Launch, Future[Outcome]]] = deque()
-        self._cond = threading.Condition()
+        self._cond = _cond
         self._workers: dict[tuple, StdioWorker] = {}  # warm runtime workers, one per runtime
 
     def submit(self, launch: Launch) -> Future[Outcome]:
@@ -79,32 +79,20 @@ class DefaultJobHandler(JobHandler):
         super().shutdown(wait, cancel=cancel)
 
     def notify(self) -> None:
-        """Wake a caller blocked in :meth:`drive` (a job it waits for has completed)."""
-        with self._cond:
-            self._cond.notify_all()
+        """Wake callers blocked in :meth:`drive` (a job they wait for has completed)."""
+        notify_drivers()
 
     def drive(self, until: Callable[[], bool], timeout: float | None) -> None:
-        """Run queued jobs in this thread until ``until()`` holds, the queue is empty and
-        ``until`` cannot become true without more work, or ``timeout`` expires."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not until():
-            with self._cond:
-                item = self._queue.popleft() if self._queue else None
-                if item is None:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return
-                    if until is _never:
-                        return
-                    # a job on another handler may still complete and queue work here
-                    self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
-                    continue
-            launch, fut = item
-            if fut.set_running_or_notify_cancel():
-                if launch.runtime is None:
-                    fut.set_result(execute_inline(launch))
-                else:
-                    fut.set_result(self._execute_in_runtime(launch))
+        """Run queued jobs of every inline handler in this thread until ``until()`` holds
+        or ``timeout`` expires (an awaited job may depend on any of them)."""
+        drive(until, timeout)
+
+    def _run(self, launch: Launch, fut: Future[Outcome]) -> None:
+        if fut.set_running_or_notify_cancel():
+            if launch.runtime is None:
+                fut.set_result(execute_inline(launch))
+            else:
+                fut.set_result(self._execute_in_runtime(launch))
 
     def _execute_in_runtime(self, launch: Launch) -> Outcome:
         """Run in the launch's runtime, on a warm worker kept for the next job there."""
@@ -127,8 +115,49 @@ class DefaultJobHandler(JobHandler):
         return outcome
 
 
+_cond = threading.Condition()
+_drivers = 0  # threads blocked in drive(): only then do completions need to notify
+
+
 def _never() -> bool:
     return False
+
+
+def notify_drivers() -> None:
+    """Wake the threads driving inline work (cheap when there are none)."""
+    if _drivers:
+        with _cond:
+            _cond.notify_all()
+
+
+def drive(until: Callable[[], bool], timeout: float | None) -> None:
+    """Run queued inline jobs in this thread, oldest first, until ``until()`` holds.
+
+    With ``until`` never true, return once no inline work is queued.
+    """
+    global _drivers
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not until():
+        item = None
+        with _cond:
+            for h in list(JobHandler._instances):
+                if isinstance(h, DefaultJobHandler) and h._queue:
+                    item = (h, *h._queue.popleft())
+                    break
+            if item is None:
+                if until is _never:
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                _drivers += 1
+                try:  # the timeout is a safety net: completions and submissions notify
+                    _cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+                finally:
+                    _drivers -= 1
+                continue
+        handler, launch, fut = item
+        handler._run(launch, fut)
 
 
 def execute_inline(launch: Launch) -> Outcome:

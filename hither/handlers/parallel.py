@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import selectors
+import sys
 import threading
 import time
 from collections import deque
@@ -44,6 +45,11 @@ class _Slot:
         self.inflight: deque[_Task] = deque()
         self.pid = host.pid if host is not None else stdio.pid  # type: ignore[union-attr]
         self.limit = limit if host is not None else StdioWorker.max_inflight
+
+
+def _echo(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _load(s: _Slot) -> int:
@@ -119,7 +125,7 @@ class ParallelJobHandler(JobHandler):
             mine = [s for s in self._slots if s.key == key]
             room = len(self._slots) + sum(self._starting.values()) < self.num_workers
             s = min(mine, key=_load, default=None)
-            if s is not None and (not s.inflight or not room):
+            if s is not None and (not s.inflight or (not room and not self._starting.get(key))):
                 self._fill(s, done, limit=1)
             else:
                 self._wake()  # the loop starts a worker
@@ -142,6 +148,7 @@ class ParallelJobHandler(JobHandler):
             else:  # sent ahead to a host worker, not started: the worker will skip it
                 assert slot.host is not None
                 slot.host.send(("skip", job_id))
+                self._finish(task, self._cancelled_outcome(task.launch), done)
         self._complete(done)
         return True
 
@@ -198,7 +205,8 @@ class ParallelJobHandler(JobHandler):
 
     def _start(self, task: _Task) -> None:
         task.started = time.monotonic()
-        task.future.set_running_or_notify_cancel()
+        if not task.future.done():  # a job cancelled while sent ahead is already complete
+            task.future.set_running_or_notify_cancel()
 
     def _finish(self, task: _Task, outcome: Outcome, done: list) -> None:
         self._tasks.pop(task.launch.job_id, None)
@@ -248,8 +256,11 @@ class ParallelJobHandler(JobHandler):
         for key, q in self._pending.items():
             if not q or self._starting.get(key):
                 continue
-            if any(s.key == key and len(s.inflight) < s.limit for s in self._slots):
-                continue  # a worker of this pool can take it
+            mine = [s for s in self._slots if s.key == key]
+            if len(q) <= sum(not s.inflight for s in mine):
+                continue  # idle workers of this pool take them all
+            if total >= self.num_workers and any(len(s.inflight) < s.limit for s in mine):
+                continue  # the pool is full: send it ahead to a busy worker of this pool
             if total >= self.num_workers:
                 idle = next((s for s in self._slots if not s.inflight and s.key != key
                              and not self._pending.get(s.key)), None)
@@ -374,6 +385,8 @@ class ParallelJobHandler(JobHandler):
                 spawns = self._plan_spawns()
                 for depth in range(1, self.prefetch + 1):  # idle workers first, then ahead
                     for slot in sorted(self._slots, key=_load):
+                        if depth > 1 and self._starting.get(slot.key):
+                            continue  # a new worker of this pool is coming: keep it for it
                         if len(slot.inflight) < depth:
                             self._fill(slot, done, limit=depth - len(slot.inflight))
                 timeout = self._next_deadline()
@@ -466,6 +479,9 @@ class ParallelJobHandler(JobHandler):
 
     def _on_message(self, slot: _Slot, msg, done: list) -> None:
         if slot.host is not None:
+            if msg[0] == "echo":  # a live console line (show_console)
+                _echo(msg[1])
+                return
             job_id, kind = msg[1], msg[0]
         else:
             job_id, kind = msg.get("id"), msg.get("op")

@@ -14,6 +14,7 @@ import json
 import os
 import select
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -100,8 +101,12 @@ class StdioWorker:
         for line in lines:
             if line.strip():
                 msg = json.loads(line)
-                if msg.get("op") == "hello":
+                op = msg.get("op")
+                if op == "hello":
                     self.hello = msg
+                elif op == "echo":  # a live console line (show_console)
+                    sys.stdout.write(msg.get("text", ""))
+                    sys.stdout.flush()
                 else:
                     msgs.append(msg)
         return msgs

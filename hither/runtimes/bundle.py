@@ -110,6 +110,7 @@ def _module_file(fn: Callable[..., Any]) -> str | None:
     import inspect
 
     try:
-        return inspect.getsourcefile(inspect.unwrap(fn))
+        src = inspect.getsourcefile(inspect.unwrap(fn))
     except TypeError:
         return None
+    return src if src and os.path.isfile(src) else None  # not "<stdin>" or "<string>"

@@ -84,9 +84,8 @@ def runtime_for(fdef: Any, settings: Settings) -> Runtime | None:
         image = c
     if image:
         network = settings.network if settings.network is not None else \
-            bool(getattr(fdef.fn, "_hither_network", False))
-        gpus = settings.gpus if settings.gpus is not None else \
-            bool(getattr(fdef.fn, "_hither_gpus", False))
+            bool(getattr(fdef, "network", False))
+        gpus = settings.gpus if settings.gpus is not None else bool(getattr(fdef, "gpus", False))
         return runtime_for_image(image, container_engine(settings), network=network,
                                  gpus=gpus)
     env = settings.environment if settings.environment is not None else fdef.environment

@@ -25,8 +25,9 @@ Not in it: modules, and functions, classes or objects of *other* modules (numpy,
 library, packages, sibling files not declared as local modules), which belong to the runtime
 identity; module-level objects that are not simple constants (arrays, instances, big containers)
 and module attributes such as ``__file__``. These are named in ``CodeIdentity.external`` so that
-a key can be explained. Also not in it: the function's own decorators, argument and return
-annotations, the file and line where the code sits, the module's name.
+a key can be explained. Also not in it: the function's own decorators, the objects that
+annotations name (the annotation text itself is part of the source), the file and line where
+the code sits, the module's name.
 
 Code without readable source (lambdas, ``exec``-defined functions, builtins) is identified by
 its bytecode instead and ``source_available`` is ``False`` (bytecode differs between Python

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from typing import Any
 
 from ..errors import RuntimeUnavailableError
 from ..utils import FileLock
-from .base import Runtime, WorkerSpec
+from .base import Runtime, WorkerSpec, kill_process_group
 
 _BUILD_TIMEOUT = float(os.environ.get("HITHER_APPTAINER_BUILD_TIMEOUT", "3600"))
 
@@ -227,15 +226,7 @@ class ApptainerRuntime(Runtime):
 
     def stop_worker(self, proc: subprocess.Popen, spec: WorkerSpec) -> None:
         """Kill the worker's process group; the container's PID namespace dies with it."""
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_process_group(proc)
 
 
 def _tree_digest(root: str) -> str:

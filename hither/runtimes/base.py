@@ -20,6 +20,8 @@ them at their host paths, through :meth:`Runtime.path_in_worker`):
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,3 +85,19 @@ class Runtime:
     def describe(self) -> str:
         """A short text naming the runtime in error messages (``docker image X``)."""
         return self.kind
+
+
+def kill_process_group(proc: subprocess.Popen, timeout: float = 30) -> bool:
+    """SIGKILL a worker started with ``start_new_session=True`` and its whole process group,
+    then reap it. Returns whether it was still running. Safe on an exited process."""
+    was_running = proc.poll() is None
+    if was_running:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    return was_running

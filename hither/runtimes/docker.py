@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -40,7 +39,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from ..errors import RuntimeUnavailableError
-from .base import Mount, Runtime, WorkerSpec
+from .base import Mount, Runtime, WorkerSpec, kill_process_group
 
 log = logging.getLogger("hither.runtimes")
 
@@ -199,16 +198,7 @@ class DockerRuntime(Runtime):
 
     def stop_worker(self, proc: subprocess.Popen, spec: WorkerSpec) -> None:
         """Kill the CLI process, then remove the container by name (safe to repeat)."""
-        was_running = proc.poll() is None
-        if was_running:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            log.warning("%s: CLI process %d did not exit after SIGKILL", spec.name, proc.pid)
+        was_running = kill_process_group(proc)
         try:
             engine = _engine(self.engine, self.endpoint())
             removed = engine.remove(spec.name)

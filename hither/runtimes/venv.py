@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 
 from ..errors import RuntimeUnavailableError
 from ..utils import FileLock
-from .base import Runtime, WorkerSpec
+from .base import Runtime, WorkerSpec, kill_process_group
 
 _MARKER = "hither-env.json"
 _BUILD_TIMEOUT = float(os.environ.get("HITHER_ENV_BUILD_TIMEOUT", "3600"))
@@ -309,12 +308,5 @@ class VenvRuntime(Runtime):
                                 start_new_session=True)
 
     def stop_worker(self, proc: subprocess.Popen, spec: WorkerSpec) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
+        """Kill the worker and everything it started."""
+        kill_process_group(proc)

@@ -498,12 +498,15 @@ def _run_json(msg, echo=None):
         kwargs = codec.decode(msg["args"], _blob_getter(msg["blobs"]))
     except BaseException as e:  # noqa: BLE001
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        message = None
+        if isinstance(e, ImportError) and "numpy" in str(e):
+            message = ("numpy is not installed in this runtime, but the job's arguments hold "
+                       "numpy arrays or scalars: install numpy in the image or environment, "
+                       "or pass plain lists (%s)" % e)
         return {"ok": False, "result": None, "console": [], "start": start,
                 "end": time.time(),
-                "error": {"type": "%s.%s" % (type(e).__module__, type(e).__qualname__),
-                          "message": str(e),
-                          "traceback": "the worker could not load the job's function or "
-                                       "arguments\n" + tb}}
+                "error": _error_dict(e, message, "the worker could not load the job's "
+                                                 "function or arguments\n" + tb)}
     ok, value, tb, lines, start, end = run_call(fn, kwargs, msg.get("stream"), echo=echo)
     out = {"ok": ok, "console": [list(x) for x in lines], "start": start, "end": end,
            "result": None, "error": None}
@@ -512,41 +515,95 @@ def _run_json(msg, echo=None):
             out["result"] = codec.encode(value, _blob_putter(msg["out"]), path="result")
         except BaseException as e:  # noqa: BLE001
             out["ok"] = False
-            out["error"] = {"type": "%s.%s" % (type(e).__module__, type(e).__qualname__),
-                            "message": "the job's return value cannot be sent back: %s" % e,
-                            "traceback": ""}
+            out["error"] = _error_dict(
+                e, "the job's return value cannot be sent back: %s" % e)
     else:
-        out["error"] = {"type": "%s.%s" % (type(value).__module__, type(value).__qualname__),
-                        "message": str(value), "traceback": tb or ""}
+        out["error"] = _error_dict(value, None, tb or "")
     return out
 
 
-def serve_stdio():
-    """Serve JSON-line requests on stdin/stdout until stdin closes or "stop" arrives."""
-    import json
+def _error_dict(e, message=None, traceback_text=""):
+    """An exception as JSON: type, message, traceback and (when plain) its arguments."""
+    out = {"type": "%s.%s" % (type(e).__module__, type(e).__qualname__),
+           "message": str(e) if message is None else message,
+           "traceback": traceback_text}
+    args = list(e.args)
+    if isinstance(e, OSError) and e.filename is not None and len(args) == 2:
+        args.append(e.filename)
+    if message is None and all(isinstance(a, (str, int, float, bool, type(None))) for a in args):
+        out["args"] = args
+    return out
 
+
+def _become_init():
+    """As PID 1 of a container without an init, fork: the child is the worker, this
+    process only waits for it. The kernel ignores signals a namespace's PID 1 sends itself,
+    so a job killing its own worker would otherwise do nothing."""
+    if os.getpid() != 1:
+        return
+    pid = os.fork()
+    if pid == 0:
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: os.kill(pid, signal.SIGKILL))
+    while True:
+        try:
+            done, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if done == pid:
+            os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status)
+                     else 128 + os.WTERMSIG(status))
+
+
+def serve_stdio():
+    """Serve JSON-line requests on stdin/stdout until stdin closes or "stop" arrives.
+
+    A reader thread owns the protocol's stdin: when it closes (the parent exited, even by
+    SIGKILL) the worker exits at once, also in the middle of a job, so no container outlives
+    its parent. Jobs get /dev/null as stdin and stderr as stdout.
+    """
+    import json
+    import threading
+
+    _become_init()
+    proto_in = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdin = open(os.devnull, "r")
     proto_out = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="\n")
     os.dup2(2, 1)  # output written straight to fd 1 by a job must not corrupt the protocol
     sys.stdout = os.fdopen(1, "w", encoding="utf-8", errors="replace", closefd=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lock = threading.Lock()
 
     def send(obj):
-        proto_out.write(json.dumps(obj, allow_nan=True) + "\n")
-        proto_out.flush()
+        with lock:
+            proto_out.write(json.dumps(obj, allow_nan=True) + "\n")
+            proto_out.flush()
+
+    inbox = _Inbox()
+
+    def read():
+        for line in proto_in:
+            if line.strip():
+                inbox.put(json.loads(line))
+        os._exit(0)  # the parent is gone or done with us
 
     send({"op": "hello", "python": "%d.%d.%d" % sys.version_info[:3], "pid": os.getpid(),
           "numpy": _numpy_version()})
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        msg = json.loads(line)
+    threading.Thread(target=read, name="hither-worker-reader", daemon=True).start()
+    echo = _EchoMessages(send)
+    while True:
+        msg = inbox.get()
         op = msg.get("op")
         if op == "ping":
             send({"op": "pong"})
         elif op == "stop":
             return
         elif op == "run":
-            answer = _run_json(msg, _EchoMessages(send))
+            answer = _run_json(msg, echo)
             answer["op"] = "done"
             answer["id"] = msg.get("id")
             send(answer)

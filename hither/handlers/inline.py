@@ -89,10 +89,15 @@ class DefaultJobHandler(JobHandler):
 
     def _run(self, launch: Launch, fut: Future[Outcome]) -> None:
         if fut.set_running_or_notify_cancel():
-            if launch.runtime is None:
-                fut.set_result(execute_inline(launch))
-            else:
-                fut.set_result(self._execute_in_runtime(launch))
+            try:
+                if launch.runtime is None:
+                    outcome = execute_inline(launch)
+                else:
+                    outcome = self._execute_in_runtime(launch)
+            except BaseException:  # Ctrl-C: the job ends cancelled, the caller sees it
+                fut.set_result(self._cancelled_outcome(launch, "was interrupted"))
+                raise
+            fut.set_result(outcome)
 
     def _execute_in_runtime(self, launch: Launch) -> Outcome:
         """Run in the launch's runtime, on a warm worker kept for the next job there."""
@@ -106,6 +111,8 @@ class DefaultJobHandler(JobHandler):
             self._workers[key] = worker
         try:
             outcome = worker.call(launch)
+        except Exception as e:  # noqa: BLE001 - e.g. an argument the codec cannot encode
+            outcome = Outcome(False, error=e)
         except BaseException:  # Ctrl-C while waiting: leave no container behind
             self._workers.pop(key, None)
             worker.stop()

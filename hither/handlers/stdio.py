@@ -150,7 +150,7 @@ class StdioWorker:
                            end_time=end, info=info)
         e = msg.get("error") or {}
         exc = rebuild_exception(e.get("type", "Exception"), e.get("message", ""),
-                                e.get("traceback"), job_label=launch.label)
+                                e.get("traceback"), job_label=launch.label, args=e.get("args"))
         return Outcome(False, error=exc, traceback_text=e.get("traceback"), console=console,
                        start_time=start, end_time=end, info=info)
 

@@ -32,6 +32,7 @@ def env_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("envs")
     old = os.environ.get("HITHER_ENV_DIR")
     os.environ["HITHER_ENV_DIR"] = str(root)
+    clear_lock_cache()  # locks resolved by earlier tests live in another env folder
     yield root
     if old is None:
         del os.environ["HITHER_ENV_DIR"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
 import uuid
 import warnings
@@ -20,6 +22,9 @@ def unique(prefix: str) -> str:
 def load_module(path, modname=None):
     """Import the file at ``path`` as a fresh module (a new module object every call)."""
     modname = modname or unique("mod")
+    # a rewrite of the same size within the same second would otherwise load the old .pyc
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(importlib.util.cache_from_source(str(path)))
     spec = importlib.util.spec_from_file_location(modname, str(path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module

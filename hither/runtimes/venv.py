@@ -83,11 +83,20 @@ def find_uv() -> list[str]:
         "(or install uv: https://docs.astral.sh/uv/getting-started/installation/)")
 
 
+def _uv_env() -> dict[str, str]:
+    """uv's environment: the caller's, plus the system certificate store, which uv ignores
+    by default (pip, curl and the rest use it; a site with its own CA or a TLS proxy needs
+    it). ``UV_NATIVE_TLS=0`` in the caller's environment turns this off."""
+    env = dict(os.environ)
+    env.setdefault("UV_NATIVE_TLS", "1")
+    return env
+
+
 def _uv(args: list[str], what: str) -> subprocess.CompletedProcess:
     cmd = find_uv() + args
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT,
-                           stdin=subprocess.DEVNULL)
+                           stdin=subprocess.DEVNULL, env=_uv_env())
     except subprocess.TimeoutExpired as e:
         raise RuntimeUnavailableError(f"{what}: uv took over {_BUILD_TIMEOUT:.0f} s") from e
     if r.returncode != 0:

@@ -251,8 +251,8 @@ def function(name: str, version: str, container: str | None = None,
 
             return create_job(fdef, fdef.bind(args, kwargs))
 
-        run.__doc__ = f"Create a job running {name}({', '.join('...' for _ in ())}); " \
-                      "returns a hither.Job without waiting."
+        run.__doc__ = (f"Create a job running {name}(...) with the settings in force; "
+                       "returns a hither.Job without waiting.")
         f.run = run  # type: ignore[attr-defined]
         _register(fdef)
         return f

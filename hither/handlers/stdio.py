@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,9 @@ class StdioWorker:
                 pass
         try:
             self.runtime.stop_worker(self.proc, self.spec)
+        except Exception as e:  # noqa: BLE001 - cleanup goes on; say what may be left
+            warnings.warn(f"could not remove worker {self.spec.name} of "
+                          f"{self.runtime.describe()}: {e}", RuntimeWarning, stacklevel=2)
         finally:
             for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
                 try:

@@ -295,10 +295,18 @@ class _SdkEngine(_Engine):
         self.client.images.pull(repo, tag=tag or "latest")
 
     def remove(self, name: str) -> bool:
-        try:
-            container = self.client.containers.get(name)
-        except self._errors.NotFound:
-            return False
+        for attempt in range(5):
+            try:
+                container = self.client.containers.get(name)
+                break
+            except self._errors.NotFound:
+                return False
+            except self._errors.APIError:
+                # podman answers 500 ("read /proc/N/cgroup: no such process") while the
+                # container is exiting: ask again in a moment
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
         # podman's forced removal first stops with SIGTERM and a 10 s grace period, which
         # a worker (PID 1) ignores; SIGKILL first makes removal immediate on both engines
         try:

@@ -43,7 +43,6 @@ import ast
 import builtins
 import copy
 import functools
-import glob
 import hashlib
 import inspect
 import json
@@ -59,6 +58,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ._codefiles import PathArg, add_file, code_files
+
 __all__ = ["FORMAT", "MAX_CONSTANT_ELEMENTS", "CodeIdentity", "clear_code_identity_cache",
            "code_identity", "source_files"]
 
@@ -70,7 +71,6 @@ _MODULE_DUNDERS = frozenset({"__builtins__", "__cached__", "__doc__", "__file__"
                              "__name__", "__package__", "__path__", "__spec__"})
 _FUNC_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
-PathArg = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
@@ -444,51 +444,6 @@ def _source_file(fn: Any) -> str | None:
     return os.path.abspath(filename) if filename and os.path.isfile(filename) else None
 
 
-def _walk_files(root: str, prefix: str, suffix: str = "") -> Iterable[tuple[str, str]]:
-    """(relative name under ``prefix``, path) of the files under ``root``, sorted."""
-    for here, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
-        for name in sorted(files):
-            if name.endswith(suffix) and not name.startswith("."):
-                rel = os.path.normpath(os.path.join(prefix, os.path.relpath(here, root), name))
-                yield rel.replace(os.sep, "/"), os.path.join(here, name)
-
-
-def _add_file(found: dict[str, str], rel: str, path: str) -> None:
-    if found.setdefault(rel, path) != path:
-        raise ValueError(f"two files would be shipped as {rel!r}: {found[rel]} and {path}")
-
-
-def _code_files(base: str, local_modules: Iterable[PathArg], patterns: Iterable[PathArg]
-                ) -> tuple[dict[str, str], dict[str, str]]:
-    """Relative name -> path of the local modules' ``*.py`` files, and of the additional files.
-
-    A local directory ``.../mylib`` gives ``mylib/...`` (``import mylib`` works from the bundle
-    root), a local file its base name; a directory matching a pattern gives all its files.
-    """
-    modules: dict[str, str] = {}
-    for entry in local_modules:
-        path = os.path.abspath(os.path.join(base, os.fspath(entry)))
-        if os.path.isfile(path):
-            _add_file(modules, os.path.basename(path), path)
-        elif os.path.isdir(path):
-            for rel, full in _walk_files(path, os.path.basename(path), ".py"):
-                _add_file(modules, rel, full)
-        else:
-            raise FileNotFoundError(f"local module {os.fspath(entry)!r} not found at {path}")
-    files: dict[str, str] = {}
-    for pattern in patterns:
-        for match in sorted(glob.glob(os.fspath(pattern), root_dir=base, recursive=True)):
-            full = os.path.abspath(os.path.join(base, match))
-            rel = os.path.relpath(full, base).replace(os.sep, "/")
-            if os.path.isdir(full):
-                for sub_rel, sub_full in _walk_files(full, rel):
-                    _add_file(files, sub_rel, sub_full)
-            elif os.path.isfile(full):
-                _add_file(files, rel, full)
-    return modules, files
-
-
 def _file_digest(path: str, python: bool) -> str:
     """sha256 of a file (of its normalized source if ``python``), memoized by its stat."""
     st = os.stat(path)
@@ -526,7 +481,7 @@ def _with_files(core: CodeIdentity, fn: Any, files_key: Any) -> CodeIdentity:
     if files_key is _NO_FILES:
         return core
     own = _source_file(fn)
-    modules, files = _code_files(os.path.dirname(own) if own else os.getcwd(), *files_key)
+    modules, files = code_files(os.path.dirname(own) if own else os.getcwd(), *files_key)
     parts = {**core.parts,
              **{f"local_module:{rel}": _file_digest(path, True) for rel, path in modules.items()},
              **{f"file:{rel}": _file_digest(path, False) for rel, path in files.items()}}
@@ -594,8 +549,8 @@ def source_files(fn: Callable[..., Any], local_modules: Iterable[PathArg] = (),
     """
     own = _source_file(fn)
     found = {os.path.basename(own): own} if own else {}
-    modules, files = _code_files(os.path.dirname(own) if own else os.getcwd(),
+    modules, files = code_files(os.path.dirname(own) if own else os.getcwd(),
                                  local_modules, additional_files)
     for rel, path in (*modules.items(), *files.items()):
-        _add_file(found, rel, path)
+        add_file(found, rel, path)
     return found

@@ -255,55 +255,46 @@ def _set_parent_death_signal():
 def serve_connection(conn, init):
     """Run jobs sent over ``conn`` until told to stop or the parent goes away.
 
-    A reader thread drains the connection at all times, so the parent's sends never wait
-    for a job to finish: with large messages in both directions, a worker blocked writing
-    its result while the parent is blocked writing the next job would otherwise deadlock.
+    The worker reads its connection between jobs only; the parent never blocks writing to
+    it (it hands large messages to a sender thread), so a large argument and a large
+    result crossing each other cannot deadlock.
     """
-    import threading
+    import selectors
 
     _init_worker(init)
-    inbox = _Inbox()
-
-    def read():
-        try:
-            while True:
-                msg = pickle.loads(conn.recv_bytes())
-                inbox.put(msg)
-                if msg[0] == "stop":
-                    return
-        except (EOFError, OSError):
-            inbox.put(("stop",))
-
-    threading.Thread(target=read, name="hither-worker-reader", daemon=True).start()
+    sel = selectors.DefaultSelector()  # one poll set for the life of the worker
+    sel.register(conn.fileno(), selectors.EVENT_READ)
     functions = {}
     queue = []
     skipped = set()
     send_bytes = conn.send_bytes
     echo = _EchoPipe(send_bytes)
-    while True:
-        if not queue:
-            queue.append(inbox.get())
-        queue.extend(inbox.get_all())  # jobs sent ahead, so a "skip" is seen in time
-        msg = queue.pop(0)
-        kind = msg[0]
-        if kind == "stop":
-            return
-        if kind == "skip":
-            skipped.add(msg[1])
-            continue
-        _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path = msg
-        if fn_bytes is not None and fid not in functions:
-            functions[fid] = _Unloaded(fn_bytes)  # kept even if this job is skipped
-        if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
-            skipped.discard(job_id)
-            send_bytes(pickle.dumps(("skipped", job_id)))
-            continue
-        add_sys_path(extra_path)
-        answer = _run_message(functions, fid, kwargs_bytes, prefix, echo)
-        try:
-            send_bytes(pickle.dumps(("done", job_id) + answer, protocol=pickle.HIGHEST_PROTOCOL))
-        except (EOFError, OSError):
-            return
+    try:
+        while True:
+            if not queue:
+                queue.append(pickle.loads(conn.recv_bytes()))
+            while sel.select(0):  # what was sent ahead, so a "skip" is seen in time
+                queue.append(pickle.loads(conn.recv_bytes()))
+            msg = queue.pop(0)
+            kind = msg[0]
+            if kind == "stop":
+                return
+            if kind == "skip":
+                skipped.add(msg[1])
+                continue
+            _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path = msg
+            if fn_bytes is not None and fid not in functions:
+                functions[fid] = _Unloaded(fn_bytes)  # kept even if this job is skipped
+            if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
+                skipped.discard(job_id)
+                send_bytes(pickle.dumps(("skipped", job_id)))
+                continue
+            add_sys_path(extra_path)
+            answer = _run_message(functions, fid, kwargs_bytes, prefix, echo)
+            send_bytes(pickle.dumps(("done", job_id) + answer,
+                                    protocol=pickle.HIGHEST_PROTOCOL))
+    except (EOFError, OSError):
+        return
 
 
 class _Inbox(object):

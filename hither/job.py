@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import string
 import sys
@@ -36,14 +37,16 @@ class JobStatus(enum.Enum):
         return self in (JobStatus.FINISHED, JobStatus.ERROR, JobStatus.CANCELLED)
 
 
-# 256 byte values onto 52 letters: a bias of one in a few hundred, harmless for ids
-_TO_LETTERS = bytes((string.ascii_letters * 5).encode()[:256])
+# A random prefix per process and a counter: unique across processes, and much cheaper than
+# drawing randomness per job (os.urandom is a system call, ~10 us on some VMs).
+_PREFIX = os.urandom(7).translate(bytes((string.ascii_letters * 5).encode()[:256])).decode()
+_HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "ABCDEFGHIJKLMNOP")
+_counter = itertools.count()
 
 
 def _new_job_id() -> str:
-    """15 random ASCII letters, as in hither 0.4.2 (``os.urandom`` is much cheaper than
-    ``random.choices`` here)."""
-    return os.urandom(15).translate(_TO_LETTERS).decode()
+    """15 ASCII letters, as in hither 0.4.2: 7 random per process, then 8 from a counter."""
+    return _PREFIX + format(next(_counter) & 0xFFFFFFFF, "08x").translate(_HEX_TO_LETTERS)
 
 
 class Job(Future):

@@ -6,11 +6,17 @@ import os
 import pickle
 import signal
 import sys
+import threading
+from collections import deque
 from typing import Any
 
 from .. import _worker
 from ..errors import JobFailedError
 from ..launch import Launch, Outcome
+
+#: messages up to this size are written directly: with the jobs sent ahead (prefetch) they fit
+#: in a pipe's buffer (64 KiB on Linux), so the write cannot block
+_DIRECT_SEND = 4 * 1024
 
 
 class HostWorker:
@@ -27,6 +33,8 @@ class HostWorker:
         self.conn = parent
         self.pid: int = self.proc.pid
         self.fids: set[str] = set()
+        self._outbox: deque[bytes] | None = None
+        self._outbox_lock = threading.Lock()
 
     def run_message(self, launch: Launch) -> tuple:
         """The message running ``launch`` (the function is sent once per worker)."""
@@ -41,12 +49,44 @@ class HostWorker:
             self.fids.add(msg[2])
 
     def send(self, msg: tuple) -> bool:
-        """Send a message; False when the worker is gone."""
-        try:
-            self.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-            return True
-        except (OSError, ValueError):
+        """Send a message without ever blocking the caller for long; False when the
+        worker is gone.
+
+        A small message fits in the pipe's buffer next to what was sent ahead, so it is
+        written here. A large one goes through a sender thread: the worker reads only
+        between jobs, and a parent blocked writing to a busy worker could not read the
+        result that worker is trying to send (a deadlock with large values both ways).
+        """
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._outbox is None and len(data) <= _DIRECT_SEND:
+            try:
+                self.conn.send_bytes(data)
+                return True
+            except (OSError, ValueError):
+                return False
+        if self.proc.exitcode is not None:
             return False
+        with self._outbox_lock:
+            if self._outbox is None:
+                self._outbox = deque()
+                threading.Thread(target=self._drain_outbox, name="hither-sender",
+                                 daemon=True).start()
+            self._outbox.append(data)
+        return True
+
+    def _drain_outbox(self) -> None:
+        while True:
+            with self._outbox_lock:
+                if not self._outbox:
+                    self._outbox = None  # small messages may be written directly again
+                    return
+                data = self._outbox.popleft()
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError):
+                with self._outbox_lock:
+                    self._outbox = None
+                return  # the worker is gone; the handler sees it through its sentinel
 
     def recv(self) -> tuple:
         """Read one message (raises EOFError/OSError when the worker is gone)."""

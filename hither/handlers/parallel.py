@@ -235,7 +235,7 @@ class ParallelJobHandler(JobHandler):
 
     # ---------------------------------------------------------------- workers
     def _ensure_loop(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        if self._thread is None or self._stop_loop:
             self._stop_loop = False
             self._sel = selectors.DefaultSelector()
             self._sel.register(self._wake_r, selectors.EVENT_READ, None)
@@ -382,8 +382,9 @@ class ParallelJobHandler(JobHandler):
             with self._lock:
                 if self._stop_loop:
                     return
-                spawns = self._plan_spawns()
-                for depth in range(1, self.prefetch + 1):  # idle workers first, then ahead
+                waiting = any(self._pending.values())
+                spawns = self._plan_spawns() if waiting else []
+                for depth in range(1, (self.prefetch if waiting else 0) + 1):  # idle first
                     for slot in sorted(self._slots, key=_load):
                         if depth > 1 and self._starting.get(slot.key):
                             continue  # a new worker of this pool is coming: keep it for it

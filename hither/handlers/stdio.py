@@ -1,7 +1,7 @@
 """A warm worker inside a runtime (container or environment), driven over stdin/stdout.
 
 The worker process runs ``_worker.py --stdio`` and speaks JSON lines (see
-:mod:`hither._worker`). Values cross through the store: arguments are encoded into blobs the
+:mod:`hither._stdio_worker`). Values cross through the store: arguments are encoded into blobs the
 worker reads from a read-only mount; result blobs come back through a per-worker folder and
 are moved into the store. The handler owns these workers; both the inline and the parallel
 handler use this class.
@@ -73,7 +73,7 @@ class StdioWorker:
         msg = {"op": "run", "id": launch.job_id, "label": launch.label,
                "module": {"name": bundle.module, "dir": code_dir},
                "function": bundle.function, "args": args,
-               "sys_path": [code_dir], "blobs": self._paths["/hither/blobs"],
+               "blobs": self._paths["/hither/blobs"],
                "out": self._paths["/hither/out"], "stream": launch.stream_prefix}
         return (json.dumps(msg, allow_nan=True) + "\n").encode()
 

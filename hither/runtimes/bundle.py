@@ -21,6 +21,7 @@ from ..codeid import source_files
 _HERE = Path(__file__).resolve().parent.parent  # the hither package
 _WORKER_FILES = {
     "_worker.py": _HERE / "_worker.py",
+    "_stdio_worker.py": _HERE / "_stdio_worker.py",
     "_codec.py": _HERE / "_codec.py",
     "hither/__init__.py": _HERE / "_shim" / "hither" / "__init__.py",
 }
@@ -70,7 +71,7 @@ def _publish(root: Path, files: dict[str, Path]) -> tuple[str, Path]:
 
 
 def worker_dir(store_root: Path) -> Path:
-    """The folder holding ``_worker.py``, ``_codec.py`` and the ``hither`` stand-in."""
+    """The folder holding the worker's modules, ``_codec.py`` and the ``hither`` stand-in."""
     key = (str(store_root), "worker")
     with _lock:
         if key not in _done:

@@ -134,7 +134,7 @@ def make_folders(root: Path, *, real_worker: bool = False) -> dict[str, Path]:
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     if real_worker:
-        for f in ("_worker.py", "_codec.py"):
+        for f in ("_worker.py", "_stdio_worker.py", "_codec.py"):
             shutil.copy(REPO / "hither" / f, dirs["worker"] / f)
     else:
         (dirs["worker"] / "_worker.py").write_text(STANDIN_WORKER)

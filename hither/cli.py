@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hither_store import LocalStore, StoreError, parse_blob_uri
-from hither_store._paths import Layout
 from rich import box
 from rich.console import Console
 from rich.filesize import decimal as _size
@@ -323,11 +322,10 @@ def cmd_gc(args: argparse.Namespace, out: Console) -> int:
     if args.min_age < 0:
         raise CliError("--min-age must be >= 0", code=2)
     keep, nrec = _referenced(store)
-    layout = Layout(store.root)
     cutoff = time.time() - args.min_age
     doomed: list[tuple[str, int]] = []
     recent = 0
-    for hexdigest, entry in layout.iter_blob_files():
+    for hexdigest, entry in store.iter_blob_files():
         if hexdigest in keep:
             continue
         try:
@@ -342,7 +340,7 @@ def cmd_gc(args: argparse.Namespace, out: Console) -> int:
     verb = "would free" if args.dry_run else "freed"
     if args.dry_run:
         tmp_n = tmp_bytes = 0
-        for entry in os.scandir(layout.tmp_dir) if layout.tmp_dir.is_dir() else ():
+        for entry in os.scandir(store.tmp_dir) if store.tmp_dir.is_dir() else ():
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from hither_store import LocalStore, default_store_path
-from hither_store._paths import Layout
 
 from ._codec import TAG
 from .cache import JobCache
@@ -97,14 +96,9 @@ def resolve_key(store: LocalStore, text: str) -> str:
                              f"{MIN_PREFIX} hex characters)", reason="invalid")
     if len(text) >= 8 and store.has_record(text):
         return text
-    shard = Layout(store.root).records_dir / text[:2]
-    try:
-        names = sorted(e.name for e in os.scandir(shard) if e.name.endswith(".json"))
-    except (FileNotFoundError, NotADirectoryError):
-        names = []
-    found = tuple(n[:-5] for n in names if n.startswith(text))
+    found = tuple(store.record_keys(text))
     if not found:
-        empty = not any(Layout(store.root).iter_record_files())
+        empty = not store.record_keys()
         raise KeyLookupError(f"no record with key {text!r} in {store.root}"
                              + (" (the store is empty)" if empty else ""))
     if len(found) > 1:

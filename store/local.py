@@ -351,6 +351,27 @@ class LocalStore:
             if body is not None:
                 yield key, body
 
+    def record_keys(self, prefix: str = "") -> list[str]:
+        """Keys of the record files starting with ``prefix`` (sorted; not validated)."""
+        if len(prefix) >= 2:
+            shard = self._layout.records_dir / prefix[:2]
+            try:
+                names = [e.name for e in os.scandir(shard) if e.name.endswith(_RECORD_SUFFIX)]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            keys = (n[: -len(_RECORD_SUFFIX)] for n in names)
+            return sorted(k for k in keys if k.startswith(prefix))
+        return [k for k, _ in self._layout.iter_record_files() if k.startswith(prefix)]
+
+    def iter_blob_files(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """``(hexdigest, directory entry)`` of every blob file (not verified)."""
+        return self._layout.iter_blob_files()
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The folder of in-flight writes."""
+        return self._layout.tmp_dir
+
     # ------------------------------------------------------------------ maintenance
 
     def info(self) -> dict[str, Any]:

@@ -152,6 +152,7 @@ def _run_json(msg, echo=None):
                 e, "the job's return value cannot be sent back: %s" % e)
     else:
         out["error"] = _error_dict(value, None, tb or "")
+        out["error"]["raised"] = True  # by the job's function: the failure may be cached
     return out
 
 
@@ -265,7 +266,3 @@ class _Inbox(object):
                 self._cond.wait()
             return self._items.pop(0)
 
-    def get_all(self):
-        with self._cond:
-            items, self._items = self._items, []
-            return items

@@ -197,8 +197,10 @@ def _dumps(obj):
         return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _error_payload(exc, tb_text):
-    """Pickle an exception if it can make the round trip; always keep type, message, tb."""
+def _error_payload(exc, tb_text, raised=False):
+    """Pickle an exception if it can make the round trip; always keep type, message, tb.
+
+    ``raised`` says the job's function raised it (only such failures may be cached)."""
     type_name = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
     try:
         message = str(exc)
@@ -211,7 +213,7 @@ def _error_payload(exc, tb_text):
         pickled = data
     except Exception:
         pickled = None
-    return (pickled, type_name, message, tb_text)
+    return (pickled, type_name, message, tb_text, raised)
 
 
 def add_sys_path(paths):
@@ -343,7 +345,7 @@ def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
                 % (type(value).__module__, type(value).__qualname__, e)
             )
             return (False, _error_payload(err, ""), lines, start, end)
-    return (False, _error_payload(value, tb), lines, start, end)
+    return (False, _error_payload(value, tb, True), lines, start, end)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,10 @@ def record(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> str | None:
         rec.update(status="finished", result=manifest, result_hash=result_hash)
     else:
         err = outcome.error
-        if not settings.cache_failing or isinstance(err, _TRANSIENT) or err is None:
+        # only what the function itself raised says something about its inputs; a missing
+        # image, a store error or a crash says something about the machine
+        if not settings.cache_failing or err is None or isinstance(err, _TRANSIENT) \
+                or not outcome.info.get("raised"):
             return None
         type_name = getattr(err, "remote_type", None) or \
             f"{type(err).__module__}.{type(err).__qualname__}"

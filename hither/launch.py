@@ -42,7 +42,6 @@ class Launch:
     """The function's code bundle, for a runtime worker (:mod:`hither.runtimes.bundle`)."""
     store: Any = None
     """The store values cross through, for a runtime worker."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def pickled_kwargs(self) -> bytes:
         """The arguments as pickle bytes (computed now if ``.run()`` could not)."""

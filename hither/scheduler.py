@@ -187,11 +187,14 @@ def _plan(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bundle_of(fdef: FunctionDef, store: Any) -> Any:
-    """The function's code bundle in ``store``, published once per function and store:
-    what runs in the runtime is the code as it was when the function was first run there,
-    like the function object the host holds."""
+    """The function's code bundle in ``store``, published once per code identity: an edit
+    of a local module or an additional file (which changes the job key) ships anew."""
+    from .codeid import code_identity
+
+    code = code_identity(fdef.fn, local_modules=fdef.local_modules,
+                         additional_files=fdef.additional_files)
     bundles = fdef.__dict__.setdefault("_bundles", {})
-    root = str(store.root)
+    root = (str(store.root), code.digest)
     bundle = bundles.get(root)
     if bundle is None:
         from .runtimes.bundle import code_bundle
@@ -291,6 +294,8 @@ def _upstream_done(job: Job, upstream: Future) -> None:
 
 # ------------------------------------------------------------------------ dispatch
 def _execute(job: Job, kwargs: dict[str, Any], plan: dict[str, Any]) -> None:
+    if job.done():  # cancelled meanwhile
+        return
     settings = job._settings
     fdef = job._fdef
     keyinfo = plan.get("key")
@@ -317,6 +322,8 @@ def _execute(job: Job, kwargs: dict[str, Any], plan: dict[str, Any]) -> None:
         store=plan.get("store"),
         sys_path=tuple(fdef.local_module_paths()),
     )
+    if job.done():  # cancelled while the launch was prepared
+        return
     job._status = JobStatus.QUEUED
     hfut = job._handler.submit(launch)
     job._hfuture = hfut
@@ -397,7 +404,11 @@ def cancel_job(job: Job) -> bool:
     """Cancel ``job`` (see :meth:`Job.cancel`)."""
     if job.done():
         return False
+    lock = getattr(job, "_wait_lock", None)
     if job._hfuture is None:
+        if lock is not None:  # not while its last upstream is handing it over
+            with lock:
+                job._waiting_on = -1  # type: ignore[attr-defined]
         _finish(job, Outcome(False, error=JobCancelledException(
             f"job {job.label!r} was cancelled")), JobStatus.CANCELLED)
         return True
@@ -450,13 +461,15 @@ JobHandler._wait_for_jobs_hook = staticmethod(_wait_for_handler)  # type: ignore
 
 def reset() -> None:
     """Cancel every job, stop every handler's workers and restore default settings."""
+    def cancelled(job: Job) -> Outcome:
+        return Outcome(False, error=JobCancelledException(
+            f"job {job.label!r} was cancelled by hi.reset()"))
+
     for job in live_jobs():
         if job._hfuture is None:
-            _finish(job, Outcome(False, error=JobCancelledException(
-                f"job {job.label!r} was cancelled by hi.reset()")), JobStatus.CANCELLED)
+            _finish(job, cancelled(job), JobStatus.CANCELLED)
     for handler in list(JobHandler._instances):
         handler.reset()
     for job in live_jobs():  # anything a handler did not report
-        _finish(job, Outcome(False, error=JobCancelledException(
-            f"job {job.label!r} was cancelled by hi.reset()")), JobStatus.CANCELLED)
+        _finish(job, cancelled(job), JobStatus.CANCELLED)
     _config._set_defaults()

@@ -139,7 +139,7 @@ def decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: f
                 job_label=launch.label)
             return Outcome(False, error=err, console=lines, start_time=start, end_time=end)
         return Outcome(True, value=value, console=lines, start_time=start, end_time=end)
-    pickled, type_name, message, tb = payload
+    pickled, type_name, message, tb, raised = payload
     exc: BaseException | None = None
     if pickled is not None:
         try:
@@ -150,4 +150,4 @@ def decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: f
         exc = JobFailedError(message, remote_type=type_name, job_label=launch.label,
                              traceback_text=tb)
     return Outcome(False, error=exc, traceback_text=tb, console=lines,
-                   start_time=start, end_time=end)
+                   start_time=start, end_time=end, info={"raised": raised})

@@ -12,7 +12,7 @@ from .. import _worker
 from ..errors import JobTimeoutError
 from ..launch import Launch, Outcome
 from .base import JobHandler, completed_future
-from .stdio import StdioWorker
+from .stdio import StdioWorker, pool_key
 
 
 class DefaultJobHandler(JobHandler):
@@ -78,10 +78,6 @@ class DefaultJobHandler(JobHandler):
                 w.stop(graceful=True)
         super().shutdown(wait, cancel=cancel)
 
-    def notify(self) -> None:
-        """Wake callers blocked in :meth:`drive` (a job they wait for has completed)."""
-        notify_drivers()
-
     def drive(self, until: Callable[[], bool], timeout: float | None) -> None:
         """Run queued jobs of every inline handler in this thread until ``until()`` holds
         or ``timeout`` expires (an awaited job may depend on any of them)."""
@@ -101,24 +97,26 @@ class DefaultJobHandler(JobHandler):
 
     def _execute_in_runtime(self, launch: Launch) -> Outcome:
         """Run in the launch's runtime, on a warm worker kept for the next job there."""
-        key = (launch.runtime.pool_key(), str(launch.store.root))
-        worker = self._workers.get(key)
+        key = pool_key(launch)
+        with self._cond:  # taken out while in use: two waiting threads never share one
+            worker = self._workers.pop(key, None)
         if worker is None or not worker.alive():
             try:
                 worker = StdioWorker(launch.runtime, launch.store)
             except Exception as e:  # noqa: BLE001 - e.g. a missing image: the job fails
                 return Outcome(False, error=e)
-            self._workers[key] = worker
         try:
             outcome = worker.call(launch)
         except Exception as e:  # noqa: BLE001 - e.g. an argument the codec cannot encode
             outcome = Outcome(False, error=e)
         except BaseException:  # Ctrl-C while waiting: leave no container behind
-            self._workers.pop(key, None)
             worker.stop()
             raise
-        if not worker.alive():
-            self._workers.pop(key, None)
+        if worker.alive():
+            with self._cond:
+                spare = self._workers.setdefault(key, worker)
+            if spare is not worker:  # another thread put one back meanwhile
+                worker.stop(graceful=True)
         return outcome
 
 
@@ -174,9 +172,11 @@ def execute_inline(launch: Launch) -> Outcome:
         launch.fn, launch.kwargs, launch.stream_prefix, launch.timeout)
     if ok:
         return Outcome(True, value=value, console=lines, start_time=start, end_time=end)
+    raised = True
     if isinstance(value, TimeoutError) and launch.timeout and not tb:
         value = JobTimeoutError(
             f"job {launch.label!r} ran longer than its job_timeout of {launch.timeout} s and "
             "was interrupted", job_label=launch.label)
+        raised = False
     return Outcome(False, error=value, traceback_text=tb, console=lines,
-                   start_time=start, end_time=end)
+                   start_time=start, end_time=end, info={"raised": raised})

@@ -10,13 +10,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Hashable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 from ..errors import JobTimeoutError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from .base import JobHandler, completed_future
 from .host import HostWorker, decode_outcome, describe_exit
-from .stdio import StdioWorker
+from .stdio import StdioWorker, pool_key
 
 _START_METHODS = ("spawn", "forkserver", "fork")
 
@@ -57,9 +57,7 @@ def _load(s: _Slot) -> int:
 
 
 def _pool_key(launch: Launch) -> Hashable:
-    if launch.runtime is None:
-        return None
-    return (launch.runtime.pool_key(), str(launch.store.root))
+    return None if launch.runtime is None else pool_key(launch)
 
 
 class ParallelJobHandler(JobHandler):
@@ -94,7 +92,9 @@ class ParallelJobHandler(JobHandler):
             raise ValueError(f"start_method must be one of {_START_METHODS}, got {start_method!r}")
         self.num_workers = int(num_workers)
         self.start_method = start_method
-        self.prefetch = max(1, int(prefetch))
+        # small messages are written straight into the pipe: a bounded number sent ahead
+        # keeps them within its buffer (see host.HostWorker.send)
+        self.prefetch = min(max(1, int(prefetch)), 8)
         self._ctx = multiprocessing.get_context(start_method)
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
@@ -127,6 +127,8 @@ class ParallelJobHandler(JobHandler):
             s = min(mine, key=_load, default=None)
             if s is not None and (not s.inflight or (not room and not self._starting.get(key))):
                 self._fill(s, done, limit=1)
+                if launch.timeout:
+                    self._wake()  # the loop must watch its deadline
             else:
                 self._wake()  # the loop starts a worker
         self._complete(done)
@@ -160,7 +162,7 @@ class ParallelJobHandler(JobHandler):
         self._closed = True
         if cancel:
             self._cancel_all("was cancelled: its handler was shut down")
-        elif wait:
+        elif wait and threading.current_thread() is not self._thread:
             with self._idle:
                 while self._tasks:
                     self._idle.wait(0.1)
@@ -209,7 +211,8 @@ class ParallelJobHandler(JobHandler):
             task.future.set_running_or_notify_cancel()
 
     def _finish(self, task: _Task, outcome: Outcome, done: list) -> None:
-        self._tasks.pop(task.launch.job_id, None)
+        if self._tasks.pop(task.launch.job_id, None) is None:
+            return  # already finished (e.g. cancelled while sent ahead)
         done.append((task, outcome))
         if not self._tasks:
             self._idle.notify_all()
@@ -218,8 +221,10 @@ class ParallelJobHandler(JobHandler):
     def _complete(done: list[tuple[_Task, Outcome]]) -> None:
         # outside the lock: completing a future runs callbacks that may submit more jobs
         for task, outcome in done:
-            if not task.future.done():
+            try:
                 task.future.set_result(outcome)
+            except InvalidStateError:
+                pass
 
     def _cancel_all(self, why: str) -> None:
         done: list[tuple[_Task, Outcome]] = []
@@ -372,46 +377,82 @@ class ParallelJobHandler(JobHandler):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(2)
+        if self._closed and (thread is None or not thread.is_alive()):
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
 
     # ---------------------------------------------------------------- the event loop
     def _loop(self) -> None:
+        while True:
+            try:
+                if self._loop_once():
+                    return
+            except Exception as e:  # noqa: BLE001 - keep serving; fail what was in hand
+                import traceback
+
+                traceback.print_exc()
+                self._fail_all(e)
+
+    def _fail_all(self, error: BaseException) -> None:
+        done: list[tuple[_Task, Outcome]] = []
+        with self._lock:
+            for task in list(self._tasks.values()):
+                self._finish(task, Outcome(False, error=error), done)
+            self._pending.clear()
+            for slot in list(self._slots):
+                if slot.inflight:
+                    self._kill_slot(slot, done, head_outcome=None)
+        self._complete(done)
+
+    def _loop_once(self) -> bool:
+        """One turn of the event loop; True when the loop must end."""
         sel = self._sel
         assert sel is not None
-        while True:
-            done: list[tuple[_Task, Outcome]] = []
-            with self._lock:
-                if self._stop_loop:
-                    return
-                waiting = any(self._pending.values())
-                spawns = self._plan_spawns() if waiting else []
-                for depth in range(1, (self.prefetch if waiting else 0) + 1):  # idle first
-                    for slot in sorted(self._slots, key=_load):
-                        if depth > 1 and self._starting.get(slot.key):
-                            continue  # a new worker of this pool is coming: keep it for it
-                        if len(slot.inflight) < depth:
-                            self._fill(slot, done, limit=depth - len(slot.inflight))
-                timeout = self._next_deadline()
-            self._complete(done)
-            if spawns:
-                for key in spawns:
-                    self._spawn(key)
-                continue
-            events = sel.select(timeout)
-            done = []
-            with self._lock:
-                for key, _mask in events:
-                    if key.data is None:
-                        try:
-                            while os.read(self._wake_r, 4096):
-                                pass
-                        except BlockingIOError:
+        done: list[tuple[_Task, Outcome]] = []
+        with self._lock:
+            if self._stop_loop:
+                return True
+            waiting = any(self._pending.values())
+            spawns = self._plan_spawns() if waiting else []
+            for depth in range(1, (self.prefetch if waiting else 0) + 1):  # idle first
+                for slot in sorted(self._slots, key=_load):
+                    if depth > 1 and self._starting.get(slot.key):
+                        continue  # a new worker of this pool is coming: keep it for it
+                    if len(slot.inflight) < depth:
+                        self._fill(slot, done, limit=depth - len(slot.inflight))
+            timeout = self._next_deadline()
+        self._complete(done)
+        if spawns:
+            for key in spawns:
+                self._spawn(key)
+            return False
+        events = sel.select(timeout)
+        done = []
+        with self._lock:
+            for key, _mask in events:
+                if key.data is None:
+                    try:
+                        while os.read(self._wake_r, 4096):
                             pass
-                        continue
-                    kind, slot = key.data
-                    if slot in self._slots:
-                        self._on_event(kind, slot, done)
-                self._check_deadlines(done)
-            self._complete(done)
+                    except BlockingIOError:
+                        pass
+                    continue
+                kind, slot = key.data
+                if slot in self._slots:
+                    self._on_event(kind, slot, done)
+            self._check_deadlines(done)
+        self._complete(done)
+        return False
 
     def _on_event(self, kind: str, slot: _Slot, done: list) -> None:
         if kind == "msg":  # one message per event: the selector reports the rest

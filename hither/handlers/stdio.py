@@ -28,6 +28,11 @@ from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
 
 _names = itertools.count()
+
+
+def pool_key(launch: Launch) -> tuple:
+    """Launches with equal keys can share a worker: same runtime, same exchange store."""
+    return (launch.runtime.pool_key(), str(launch.store.root))
 _STDERR_KEEP = 200  # lines of a worker's stderr kept to explain a crash
 
 
@@ -53,7 +58,11 @@ class StdioWorker:
         ), env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}, name=name)
         self._paths = {m.target: runtime.path_in_worker(m.target, self.spec)
                        for m in self.spec.mounts}
-        self.proc = runtime.start_worker(self.spec)
+        try:
+            self.proc = runtime.start_worker(self.spec)
+        except BaseException:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+            raise
         self.pid = self.proc.pid
         self._out_buf = b""
         self._err_buf = b""
@@ -101,7 +110,15 @@ class StdioWorker:
         msgs = []
         for line in lines:
             if line.strip():
-                msg = json.loads(line)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = None
+                if not isinstance(msg, dict):  # not the protocol: e.g. an image's banner
+                    text = line.decode("utf-8", "replace")
+                    self.head_console.append((time.time(), text, True))
+                    self.stderr_tail.append(text)
+                    continue
                 op = msg.get("op")
                 if op == "hello":
                     self.hello = msg
@@ -152,6 +169,7 @@ class StdioWorker:
         e = msg.get("error") or {}
         exc = rebuild_exception(e.get("type", "Exception"), e.get("message", ""),
                                 e.get("traceback"), job_label=launch.label, args=e.get("args"))
+        info["raised"] = bool(e.get("raised"))
         return Outcome(False, error=exc, traceback_text=e.get("traceback"), console=console,
                        start_time=start, end_time=end, info=info)
 

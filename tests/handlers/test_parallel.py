@@ -481,3 +481,36 @@ def test_local_modules_work_on_the_host(handler, tmp_path, monkeypatch):
     finally:
         sys.modules.pop("mypkg", None)
         sys.modules.pop(name, None)
+
+
+@pytest.mark.timeout(60)
+def test_timeout_of_a_job_given_straight_to_an_idle_worker_is_enforced():
+    """submit() may hand a job to an idle worker itself; the loop must still watch its
+    deadline (it would otherwise sleep in select until some other event)."""
+    h = hi.ParallelJobHandler(1, start_method="spawn")
+    try:
+        with hi.Config(job_handler=h):
+            assert jf_add.run(x=1, y=1).result(timeout=RESULT_TIMEOUT) == 2  # warm, idle
+            with hi.Config(job_timeout=1):
+                job = jf_sleep.run(seconds=30)
+            t0 = time.monotonic()
+            with pytest.raises(hi.JobTimeoutError):
+                job.result(timeout=20)
+        assert time.monotonic() - t0 < 15
+    finally:
+        h.shutdown(wait=False, cancel=True)
+
+
+def test_shut_down_handlers_release_their_file_descriptors():
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def one_round() -> None:
+        with hi.ParallelJobHandler(1, start_method="spawn") as h, hi.Config(job_handler=h):
+            assert jf_add.run(x=1, y=2).result(timeout=RESULT_TIMEOUT) == 3
+
+    one_round()
+    before = open_fds()
+    for _ in range(5):
+        one_round()
+    assert open_fds() - before < 5

@@ -123,11 +123,6 @@ def require(component: str) -> None:
         _fail_or_skip(why)
 
 
-def real_worker_ready() -> bool:
-    """Whether hither's own worker has its stdio mode yet."""
-    return "--stdio" in (REPO / "hither" / "_worker.py").read_text()
-
-
 def make_folders(root: Path, *, real_worker: bool = False) -> dict[str, Path]:
     """The four worker folders under ``root`` with a worker in ``worker/``."""
     dirs = {name: root / name for name in ("worker", "code", "blobs", "out")}
@@ -233,8 +228,7 @@ class HostListener:
 # a folder, starts a stand-in worker and asserts one property of the sandbox.
 
 def check_hello_ping_stop(runtime: Runtime, root: Path, workers) -> dict[str, Any]:
-    real = real_worker_ready()
-    dirs = make_folders(root, real_worker=real)
+    dirs = make_folders(root, real_worker=True)
     w = workers(runtime, make_spec(dirs))
     hello = w.recv()
     assert hello["op"] == "hello"

@@ -19,7 +19,7 @@ from hither.errors import RuntimeUnavailableError
 from hither.runtimes import PythonEnv, VenvRuntime, clear_lock_cache
 from hither.runtimes import venv as venv_mod
 
-from .conftest import make_folders, make_spec, real_worker_ready, require
+from .conftest import make_folders, make_spec, require
 
 NUMPY_OLD = "numpy==1.26.4"
 NUMPY_NEW = "numpy>=2"
@@ -134,8 +134,6 @@ def test_worker_in_env(env_root, tmp_path, workers):
 
 
 def test_real_worker_in_env(env_root, tmp_path, workers):
-    if not real_worker_ready():
-        pytest.skip("hither/_worker.py has no --stdio mode yet")
     w = workers(VenvRuntime(PythonEnv([NUMPY_NEW])),
                 make_spec(make_folders(tmp_path, real_worker=True)))
     hello = w.recv()

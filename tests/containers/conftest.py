@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import hither as hi
+from tests.components import require as _require
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE = os.environ.get("HITHER_TEST_IMAGE", "local/py3numpy:bookworm")
@@ -31,67 +32,10 @@ OWNER_LABEL = "hither.owner_pid"
 
 
 # ------------------------------------------------------------------ availability
-def _fail_or_skip(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI needs {message}")
-    pytest.skip(f"needs {message}")
-
-
-def _docker_client(url: str | None):
-    import docker
-
-    return docker.DockerClient(base_url=url, timeout=10) if url else \
-        docker.from_env(timeout=10)
-
-
-@cache
-def _missing(component: str) -> str | None:
-    """Why ``component`` cannot be used here (None when it can)."""
-    if component in ("docker", "podman"):
-        try:
-            import docker  # noqa: F401
-        except ImportError:
-            return "the docker Python package"
-        url = None
-        if component == "podman":
-            url = os.environ.get("HITHER_PODMAN_SOCKET")
-            if not url:
-                return "HITHER_PODMAN_SOCKET (a podman API service)"
-        if shutil.which(component) is None:
-            return f"the {component} CLI"
-        try:
-            client = _docker_client(url)
-            for image in (IMAGE, IMAGE_ALT, IMAGE_NONUMPY):
-                client.images.get(image)
-        except Exception as e:  # noqa: BLE001
-            return f"a {component} engine with the test images ({e})"
-        return None
-    if component == "apptainer":
-        exe = os.environ.get("HITHER_APPTAINER") or shutil.which("apptainer")
-        sandbox = os.environ.get("HITHER_TEST_SANDBOX")
-        if not exe or not sandbox or not os.path.isdir(sandbox):
-            return "apptainer (HITHER_APPTAINER) and a sandbox (HITHER_TEST_SANDBOX)"
-        return None
-    if component == "uv":
-        try:
-            from hither.runtimes.venv import find_uv
-
-            find_uv()
-        except Exception as e:  # noqa: BLE001
-            return f"uv ({e})"
-        return None
-    raise ValueError(f"unknown component {component!r}")
-
-
 def require(component: str) -> None:
-    """Skip (developer machine) or fail (CI) unless ``component`` is usable."""
-    why = _missing(component)
-    if why is not None:
-        _fail_or_skip(why)
-
-
-def available(component: str) -> bool:
-    return _missing(component) is None
+    """Skip (developer machine) or fail (CI) unless ``component`` is usable here, with the
+    three test images in a Docker or Podman engine."""
+    _require(component, (IMAGE, IMAGE_ALT, IMAGE_NONUMPY))
 
 
 # ------------------------------------------------------------------ runtimes

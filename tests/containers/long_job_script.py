@@ -10,6 +10,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))  # the repo: tests.components
 
 from cfuncs import c_sleep  # noqa: E402
 from conftest import IMAGE, leftovers  # noqa: E402

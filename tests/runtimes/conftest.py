@@ -15,16 +15,16 @@ import socket
 import subprocess
 import threading
 import uuid
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hither.runtimes import Mount, Runtime, WorkerSpec
+from tests.components import TEST_IMAGE, missing, require  # noqa: F401 - for the tests here
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_IMAGE = os.environ.get("HITHER_TEST_IMAGE", "local/py3numpy:bookworm")
+
 TEST_IMAGE_ALT = os.environ.get("HITHER_TEST_IMAGE_ALT", "local/py3numpy:alt")
 
 # Answers hello/ping/stop like hither's worker, plus {"op": "exec", "code": ...} so tests
@@ -55,72 +55,6 @@ for line in sys.stdin:
             send({"op": "result", "ok": False,
                   "error": "%s: %s" % (type(e).__name__, e), "errno": getattr(e, "errno", None)})
 '''
-
-
-def _fail_or_skip(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI needs {message}")
-    pytest.skip(message)
-
-
-@cache
-def _missing(component: str) -> str | None:
-    """Why ``component`` cannot be used here (None when it can)."""
-    if component in ("docker", "podman"):
-        try:
-            import docker
-        except ImportError:
-            return "the docker Python package"
-        if component == "docker":
-            cli, url = "docker", None
-        else:
-            cli, url = "podman", os.environ.get("HITHER_PODMAN_SOCKET")
-            if not url:
-                return "HITHER_PODMAN_SOCKET (a podman API service)"
-        if shutil.which(cli) is None:
-            return f"the {cli} CLI"
-        try:
-            client = docker.DockerClient(base_url=url, timeout=10) if url else \
-                docker.from_env(timeout=10)
-            client.images.get(TEST_IMAGE)
-        except Exception as e:
-            return f"a {component} engine with image {TEST_IMAGE} ({e})"
-        return None
-    if component == "podman-cli":
-        if shutil.which("podman") is None:
-            return "the podman CLI"
-        r = subprocess.run(["podman", "image", "inspect", TEST_IMAGE], capture_output=True,
-                           text=True)
-        if r.returncode != 0:
-            return f"podman with image {TEST_IMAGE} ({r.stderr.strip()})"
-        return None
-    if component == "apptainer":
-        exe = os.environ.get("HITHER_APPTAINER") or shutil.which("apptainer")
-        sandbox = os.environ.get("HITHER_TEST_SANDBOX")
-        if not exe or not sandbox or not os.path.isdir(sandbox):
-            return "apptainer (HITHER_APPTAINER) and a sandbox (HITHER_TEST_SANDBOX)"
-        return None
-    if component == "apptainer-sif":
-        sif = os.environ.get("HITHER_TEST_SIF")
-        if not sif or not os.path.isfile(sif):
-            return "a SIF image (HITHER_TEST_SIF)"
-        return _missing("apptainer")
-    if component == "uv":
-        try:
-            from hither.runtimes.venv import find_uv
-
-            find_uv()
-        except Exception as e:
-            return f"uv ({e})"
-        return None
-    raise ValueError(f"unknown component {component!r}")
-
-
-def require(component: str) -> None:
-    """Skip (developer machine) or fail (CI) unless ``component`` is usable."""
-    why = _missing(component)
-    if why is not None:
-        _fail_or_skip(why)
 
 
 def make_folders(root: Path, *, real_worker: bool = False) -> dict[str, Path]:

@@ -4,18 +4,24 @@ This module runs wherever a job runs: in a host worker process, in a container, 
 uv-built environment. It therefore uses only the standard library (``cloudpickle`` only when
 a host worker meets a function pickled by value) and stays valid Python 3.8.
 
-Protocol of a host worker (messages pickled over a ``multiprocessing`` connection):
+Protocol of a host worker (messages pickled over a ``multiprocessing`` connection; the
+process is started by :mod:`hither._hostworker`):
 
 parent -> worker
+    {"cwd", "sys_path", "env"}   first, once: the parent's, applied by the worker
     ("run", job_id, fid, fn_bytes | None, kwargs_bytes, label, stream_prefix | None,
-     sys_path)
+     sys_path, sources | None)
+        sources: {file name: source lines} of a function sent by value (a script's or a
+        notebook's), put in ``linecache`` so that tracebacks show its lines
     ("skip", job_id)       drop a job sent ahead that has not started yet
     ("stop",)              exit after the current job
 worker -> parent
     ("done", job_id, ok, payload, console_lines, start_time, end_time)
         ok=True:  payload is the pickled return value
-        ok=False: payload is (pickled exception | None, type name, message, traceback text)
+        ok=False: payload is (pickled exception | None, type name, message, traceback text,
+        raised by the function)
     ("skipped", job_id)
+    ("echo", text)         a live console line (``show_console``)
 
 A worker answers jobs in the order it received them, so the parent knows which job is
 running without a "started" message.
@@ -207,13 +213,35 @@ def _error_payload(exc, tb_text, raised=False):
     except Exception:
         message = "<str() of the exception failed>"
     pickled = None
-    try:
-        data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(data)  # an exception that pickles but cannot be rebuilt is common
-        pickled = data
-    except Exception:
-        pickled = None
+    dumpers = [pickle.dumps]
+    if type(exc).__module__ == "__main__":  # a script's class: by value, as its functions
+        dumpers.append(_cloudpickle_dumps)
+    for dumps in dumpers:
+        try:
+            data = dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(data)  # an exception that pickles but cannot be rebuilt is common
+            pickled = data
+            break
+        except Exception:
+            pickled = None
     return (pickled, type_name, message, tb_text, raised)
+
+
+def _cloudpickle_dumps(obj, protocol=None):
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=protocol)
+
+
+def _register_sources(sources):
+    """Make ``linecache`` (and so tracebacks) show these files' lines: the source of a
+    function sent by value, whose file this process may not have (a notebook cell)."""
+    import linecache
+
+    for filename, lines in (sources or {}).items():
+        lines = list(lines)
+        # no mtime: linecache.checkcache() keeps the entry
+        linecache.cache[filename] = (sum(len(x) for x in lines), None, lines, filename)
 
 
 def add_sys_path(paths):
@@ -224,34 +252,26 @@ def add_sys_path(paths):
 
 
 def _init_worker(init):
-    """Set up a fresh worker process from the parent's description."""
-    try:
-        os.setpgid(0, 0)  # own process group: killing the job kills what it started too
-    except OSError:
-        pass
-    _set_parent_death_signal()
+    """Give this worker the parent's working directory, ``sys.path`` and environment as
+    they were when the parent asked for it (a fork server was started earlier than that).
+
+    Process-level set-up (process group, parent-death signal, SIGINT) is done by
+    :mod:`hither._hostworker` before the connection is served.
+    """
     if init.get("cwd"):
         try:
             os.chdir(init["cwd"])
         except OSError:
             pass
-    add_sys_path(init.get("sys_path"))
-    for k, v in init.get("env", {}).items():
-        os.environ[k] = v
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
-def _set_parent_death_signal():
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:
-        pass
+    if init.get("sys_path") is not None:
+        sys.path[:] = init["sys_path"]
+    env = init.get("env")
+    if env is not None:
+        for k in [k for k in os.environ if k not in env]:
+            del os.environ[k]
+        for k, v in env.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
 
 
 def serve_connection(conn, init):
@@ -284,9 +304,10 @@ def serve_connection(conn, init):
             if kind == "skip":
                 skipped.add(msg[1])
                 continue
-            _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path = msg
+            _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path, sources = msg
             if fn_bytes is not None and fid not in functions:
                 functions[fid] = _Unloaded(fn_bytes)  # kept even if this job is skipped
+                _register_sources(sources)
             if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
                 skipped.discard(job_id)
                 send_bytes(pickle.dumps(("skipped", job_id)))

@@ -1,47 +1,464 @@
-"""Host worker processes: ``multiprocessing`` children speaking pickled messages."""
+"""Host worker processes: fresh interpreters (or forks) speaking pickled messages.
+
+A host worker never imports the user's ``__main__``: it runs :mod:`hither._hostworker`
+(standard library only) and receives each function by reference (importable modules) or
+by value (functions of a script or notebook, through cloudpickle). Three start methods:
+
+``"spawn"``
+    one fresh interpreter per worker (``sys.executable`` on ``_hostworker.py``).
+``"forkserver"`` (the default)
+    one fresh interpreter per parent process, the fork server, started on first use; it
+    has no threads and forks each worker from a clean state (hither and cloudpickle
+    already imported). It reaps its workers and reports each exit status through a pipe
+    that is also the worker's sentinel.
+``"fork"``
+    ``os.fork()`` of the calling process (hither 0.4.2's way): the worker is a copy of the
+    parent, ``__main__`` included. Unsafe when the parent has other threads (locks held by
+    them stay held in the child); opt-in only.
+
+Every worker gets the parent's working directory, ``sys.path`` and environment at the
+time it is started, its own process group (killing it kills what its job started), a
+parent-death signal (SIGKILL) and ignores SIGINT (Ctrl-C is the parent's to handle).
+"""
 
 from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
+import socket
+import struct
+import subprocess
 import sys
 import threading
+import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
-from .. import _worker
+from .. import _hostworker
 from ..errors import JobFailedError
 from ..launch import Launch, Outcome
 
+#: start methods of host workers, see the module docstring
+START_METHODS = ("spawn", "forkserver", "fork")
+
 #: messages up to this size are written directly: with the jobs sent ahead (prefetch) they fit
-#: in a pipe's buffer (64 KiB on Linux), so the write cannot block
+#: in a socket's buffer, so the write cannot block
 _DIRECT_SEND = 4 * 1024
 
+_HOSTWORKER_FILE = os.path.abspath(_hostworker.__file__)
+_STATUS = struct.Struct("<i")
+_PID = struct.Struct("<q")
+#: imported once by the fork server, so that its workers start with them
+_FORKSERVER_PRELOAD = ["cloudpickle", "hither"]
 
+T = TypeVar("T")
+
+
+def default_start_method() -> str:
+    """``"forkserver"`` where the platform can fork, else ``"spawn"``."""
+    return "forkserver" if hasattr(os, "fork") and hasattr(socket, "send_fds") else "spawn"
+
+
+# ---------------------------------------------------------------------------- the launcher
+class _Launcher:
+    """The thread of this process that starts every host worker process.
+
+    Linux sends a parent-death signal when the *thread* that started a process ends, not
+    the process. Workers (and the fork server) are started from this thread, which lives as
+    long as the process, so that no other thread's end can kill them.
+    """
+
+    def __init__(self) -> None:
+        self._calls: SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="hither-launcher",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, fut = self._calls.get()
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run in the launcher thread."""
+        if threading.current_thread() is self._thread or sys.is_finalizing():
+            return fn()
+        fut: Future[T] = Future()
+        self._calls.put((fn, fut))
+        return fut.result()
+
+
+_launcher: _Launcher | None = None
+_forkserver: _ForkServer | None = None
+_global_lock = threading.Lock()
+
+
+def _launch(fn: Callable[[], T]) -> T:
+    global _launcher
+    with _global_lock:
+        if _launcher is None:
+            _launcher = _Launcher()
+        launcher = _launcher
+    return launcher.call(fn)
+
+
+def _after_fork_in_child() -> None:
+    # the launcher thread does not exist in a forked child, and the fork server is the
+    # parent's: closing our copy of its socket lets it see the parent's end
+    global _launcher, _forkserver, _global_lock
+    _global_lock = threading.Lock()
+    _launcher = None
+    server, _forkserver = _forkserver, None
+    if server is not None:
+        server.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _interpreter() -> list[str]:
+    if not sys.executable:
+        raise RuntimeError("hither cannot start host worker processes: sys.executable is "
+                           "empty (an embedded interpreter); use start_method='fork'")
+    flags = getattr(subprocess, "_args_from_interpreter_flags", None)
+    return [sys.executable, *(flags() if flags is not None else [])]
+
+
+_NEW_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {}
+
+
+def _has_pidfd() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+_PIDFD = _has_pidfd()
+
+
+# ---------------------------------------------------------------------------- processes
+class _Child:
+    """A worker that is this process's child (spawn, fork): waited for with waitpid."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen | None, sentinel: int) -> None:
+        self.pid = pid
+        self.sentinel = sentinel  # a pidfd, or the read end of a pipe the child holds
+        self._popen = popen  # kept: a dropped Popen would be reaped behind our back
+        self._lock = threading.Lock()
+
+    def poll(self) -> tuple[bool, int | None]:
+        """(ended, exit code) without blocking."""
+        if self._popen is not None:
+            code = self._popen.poll()
+            return code is not None, code
+        with self._lock:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return True, None  # reaped by someone else (SIGCHLD ignored)
+            if pid == 0:
+                return False, None
+            return True, os.waitstatus_to_exitcode(status)
+
+
+class _Served:
+    """A worker forked by the fork server: its exit code arrives on the status pipe."""
+
+    def __init__(self, pid: int, status_r: int) -> None:
+        self.pid = pid
+        self.sentinel = status_r
+        os.set_blocking(status_r, False)
+
+    def poll(self) -> tuple[bool, int | None]:
+        try:
+            data = os.read(self.sentinel, _STATUS.size)
+        except BlockingIOError:
+            return False, None
+        except OSError:
+            return True, None
+        if len(data) < _STATUS.size:  # the fork server ended without saying
+            return True, None
+        return True, _STATUS.unpack(data)[0]
+
+
+class _ForkServer:
+    """The client side of this process's fork server (see :mod:`hither._hostworker`)."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc: subprocess.Popen | None = subprocess.Popen(
+                [*_interpreter(), _HOSTWORKER_FILE, "forkserver", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, **_NEW_GROUP)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        setup = pickle.dumps({"sys_path": list(sys.path), "preload": _FORKSERVER_PRELOAD},
+                             protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            ours.sendall(_STATUS.pack(len(setup)) + setup)
+        except OSError:
+            pass  # seen at the first fork request
+
+    def fork(self, conn_fd: int, status_w: int) -> int:
+        """Have the server fork a worker serving ``conn_fd``; its pid."""
+        socket.send_fds(self.sock, [b"F"], [conn_fd, status_w])
+        data = b""
+        while len(data) < _PID.size:
+            chunk = self.sock.recv(_PID.size - len(data))
+            if not chunk:
+                raise EOFError("hither's fork server ended")
+            data += chunk
+        (pid,) = _PID.unpack(data)
+        if pid < 0:
+            raise OSError(-pid, f"hither's fork server could not fork: {os.strerror(-pid)}")
+        return pid
+
+    def close(self) -> None:
+        """Let the server end (it sees its socket close) and reap it."""
+        self.sock.close()
+        if self.proc is not None:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def forget(self) -> None:
+        """In a forked child: drop our copy of the parent's server (never reap it)."""
+        self.proc = None
+        self.sock.close()
+
+
+def _start_spawn(conn_fd: int) -> _Child:
+    lifeline: tuple[int, ...] = () if _PIDFD else os.pipe()
+    args = [*_interpreter(), _HOSTWORKER_FILE, "worker", str(conn_fd), str(os.getpid())]
+    if lifeline:
+        args.append(str(lifeline[1]))
+    try:
+        popen = subprocess.Popen(args, pass_fds=(conn_fd, *lifeline[1:]),
+                                 stdin=subprocess.DEVNULL, **_NEW_GROUP)
+    except BaseException:
+        for fd in lifeline:
+            os.close(fd)
+        raise
+    if lifeline:
+        os.close(lifeline[1])
+        return _Child(popen.pid, popen, lifeline[0])
+    return _Child(popen.pid, popen, os.pidfd_open(popen.pid))
+
+
+def _start_fork(conn_fd: int, close_in_child: int) -> _Child:
+    lifeline: tuple[int, ...] = () if _PIDFD else os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(close_in_child)  # the parent's end: its close must reach the worker
+            if lifeline:
+                os.close(lifeline[0])
+            signal.set_wakeup_fd(-1)  # the parent's event loop, if it has one
+        except (OSError, ValueError):
+            pass
+        _hostworker.run_forked_worker(conn_fd, parent)
+    try:
+        os.setpgid(pid, pid)  # also done by the child: whichever runs first
+    except OSError:
+        pass
+    if lifeline:
+        os.close(lifeline[1])
+        return _Child(pid, None, lifeline[0])
+    return _Child(pid, None, os.pidfd_open(pid))
+
+
+def _start_served(conn_fd: int) -> _Served:
+    global _forkserver
+    status_r, status_w = os.pipe()
+    try:
+        for attempt in (1, 2):
+            if _forkserver is None:
+                _forkserver = _ForkServer()
+            try:
+                pid = _forkserver.fork(conn_fd, status_w)
+                break
+            except (EOFError, ConnectionError, BrokenPipeError) as e:
+                old, _forkserver = _forkserver, None  # it died: start a new one, once
+                old.close()
+                if attempt == 2:
+                    raise RuntimeError(f"hither's fork server failed: {e}") from e
+    except BaseException:
+        os.close(status_r)
+        raise
+    finally:
+        os.close(status_w)
+    return _Served(pid, status_r)
+
+
+def stop_forkserver() -> None:
+    """End this process's fork server (its workers end with it); the next worker started
+    with ``"forkserver"`` starts a new one."""
+    def stop() -> None:
+        global _forkserver
+        server, _forkserver = _forkserver, None
+        if server is not None:
+            server.close()
+
+    _launch(stop)
+
+
+def forkserver_pid() -> int | None:
+    """The pid of this process's fork server, if one runs."""
+    server = _forkserver
+    return server.proc.pid if server is not None and server.proc is not None else None
+
+
+# ---------------------------------------------------------------------------- the worker
 class HostWorker:
-    """One warm worker process on this machine (see :mod:`hither._worker`)."""
+    """One warm worker process on this machine (see :mod:`hither._worker`).
 
-    def __init__(self, ctx: Any) -> None:
-        parent, child = ctx.Pipe(duplex=True)
-        # a forkserver was started earlier: give the worker the caller's environment of now
-        init = {"cwd": os.getcwd(), "sys_path": list(sys.path), "env": dict(os.environ)}
-        self.proc = ctx.Process(target=_worker.serve_connection, args=(child, init),
-                                name="hither-worker", daemon=True)
-        self.proc.start()
-        child.close()
-        self.conn = parent
-        self.pid: int = self.proc.pid
+    ``pid``, ``conn`` (its :class:`~multiprocessing.connection.Connection`), ``sentinel``
+    (a file descriptor that becomes readable when the worker has ended) and ``exitcode``
+    (None while it runs, then its exit code or ``-signal``) describe the process.
+    Unregister ``sentinel`` from any selector before :meth:`close`: its file descriptor is
+    released once the worker is closed and its end has been seen.
+    """
+
+    def __init__(self, start_method: str = "forkserver") -> None:
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, "
+                             f"got {start_method!r}")
+        self.start_method = start_method
+        ours, theirs = socket.socketpair()
+        try:
+            if start_method == "spawn":
+                self._proc: _Child | _Served = _launch(lambda: _start_spawn(theirs.fileno()))
+            elif start_method == "fork":
+                self._proc = _launch(lambda: _start_fork(theirs.fileno(), ours.fileno()))
+            else:
+                self._proc = _launch(lambda: _start_served(theirs.fileno()))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        self.pid: int = self._proc.pid
+        self.sentinel: int = self._proc.sentinel
+        self._ended = False
+        self._code: int | None = None
+        self._closed = False
+        self._released = False
+        self._state_lock = threading.Lock()
         self.fids: set[str] = set()
         self._outbox: deque[bytes] | None = None
         self._outbox_lock = threading.Lock()
+        # the worker works where the caller works now (a fork server started earlier)
+        init = {"cwd": os.getcwd(), "sys_path": list(sys.path), "env": dict(os.environ)}
+        try:
+            self.conn.send_bytes(pickle.dumps(init, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            pass  # it died already: the handler sees it through its sentinel
 
+    # ---------------------------------------------------------------- the process
+    @property
+    def exitcode(self) -> int | None:
+        """None while the worker runs; then its exit code, ``-signal`` if it was killed
+        (None also when its end could not be learned)."""
+        self._poll()
+        return self._code
+
+    def is_alive(self) -> bool:
+        """True until the worker has ended."""
+        return not self._poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the worker to end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._poll():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            with self._state_lock:
+                if self._released:
+                    return
+                fd = self.sentinel
+            try:
+                select.select([fd], [], [], 0.05 if left is None else min(left, 0.05))
+            except (OSError, ValueError):
+                time.sleep(0.01)
+
+    def _poll(self) -> bool:
+        with self._state_lock:
+            if not self._ended and not self._released:
+                self._ended, self._code = self._proc.poll()
+            if self._ended and self._closed:
+                self._release()
+            return self._ended or self._released
+
+    def _release(self) -> None:  # state lock held
+        if not self._released:
+            self._released = True
+            try:
+                os.close(self.sentinel)
+            except OSError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process of its group (what its job started)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if not self._poll():  # not reaped yet, so the pid is still the worker's
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Release the connection; the sentinel follows once the worker's end is seen."""
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        with self._state_lock:
+            self._closed = True
+        self._poll()
+
+    def __del__(self) -> None:
+        try:
+            with self._state_lock:
+                self._release()
+        except Exception:  # noqa: BLE001 - a half-built object at interpreter exit
+            pass
+
+    # ---------------------------------------------------------------- messages
     def run_message(self, launch: Launch) -> tuple:
         """The message running ``launch`` (the function is sent once per worker)."""
         kw = launch.pickled_kwargs()
-        fn = None if launch.fid in self.fids else launch.fn_pickle()
+        if self.start_method != "fork" and b"__main__" in kw:
+            kw = _by_value(launch.kwargs)  # an object of a script's class, see _by_value
+        fn = sources = None
+        if launch.fid not in self.fids:
+            fn = launch.fn_pickle()
+            sources = main_sources(launch.fn)
         return ("run", launch.job_id, launch.fid, fn, kw, launch.label, launch.stream_prefix,
-                launch.sys_path)
+                launch.sys_path, sources)
 
     def sent(self, msg: tuple) -> None:
         """Note that ``msg`` reached the worker (its function is now loaded there)."""
@@ -52,7 +469,7 @@ class HostWorker:
         """Send a message without ever blocking the caller for long; False when the
         worker is gone.
 
-        A small message fits in the pipe's buffer next to what was sent ahead, so it is
+        A small message fits in the socket's buffer next to what was sent ahead, so it is
         written here. A large one goes through a sender thread: the worker reads only
         between jobs, and a parent blocked writing to a busy worker could not read the
         result that worker is trying to send (a deadlock with large values both ways).
@@ -64,7 +481,7 @@ class HostWorker:
                 return True
             except (OSError, ValueError):
                 return False
-        if self.proc.exitcode is not None:
+        if not self.is_alive():
             return False
         with self._outbox_lock:
             if self._outbox is None:
@@ -92,38 +509,83 @@ class HostWorker:
         """Read one message (raises EOFError/OSError when the worker is gone)."""
         return pickle.loads(self.conn.recv_bytes())
 
-    def kill(self) -> None:
-        """SIGKILL the worker and every process of its group (what its job started)."""
+
+def _by_value(kwargs: dict[str, Any]) -> bytes:
+    """Arguments that refer to ``__main__`` (an object of a class defined in the script)
+    pickled with cloudpickle: a worker has no ``__main__`` of the caller to find it in, so
+    the class travels by value, as the script's functions do."""
+    import cloudpickle
+
+    return cloudpickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def main_sources(fn: Callable[..., Any]) -> dict[str, list[str]] | None:
+    """The source lines of the files that a function of ``__main__`` and the ``__main__``
+    functions and classes it uses come from (a script, notebook cells), or None.
+
+    A worker puts them in its ``linecache`` so that its tracebacks show file, line and
+    source text even where the file does not exist (a notebook's cells) or has changed.
+    """
+    import linecache
+    import types
+
+    if getattr(fn, "__module__", None) != "__main__":
+        return None
+    files: dict[str, list[str]] = {}
+    seen: set[int] = set()
+    todo: list[Any] = [fn]
+    while todo and len(seen) < 1000:
+        obj = todo.pop()
         try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        if self.proc.exitcode is None:  # not reaped yet, so the pid is still ours
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            if id(obj) in seen or getattr(obj, "__module__", None) != "__main__":
+                continue
+        except Exception:  # noqa: BLE001 - an object with a failing __getattr__
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, type):
+            for v in vars(obj).values():
+                todo.append(getattr(v, "__func__", v))  # staticmethod, classmethod
+            continue
+        if not isinstance(obj, types.FunctionType):
+            continue
+        codes = [obj.__code__]
+        while codes:
+            code = codes.pop()
+            codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+            if code.co_filename not in files:
+                files[code.co_filename] = linecache.getlines(code.co_filename,
+                                                             obj.__globals__)
+            todo.extend(obj.__globals__[n] for n in code.co_names if n in obj.__globals__)
+    return {name: lines for name, lines in files.items() if lines} or None
 
-    def close(self) -> None:
-        """Release the connection."""
-        try:
-            self.conn.close()
-        except OSError:
-            pass
 
-
+# ---------------------------------------------------------------------------- outcomes
 def describe_exit(code: int | None) -> str:
-    """Why a worker process ended, from its exit code, in words."""
+    """Why a worker process ended, from its exit code, in words a user can act on."""
     if code is None:
-        return "it stopped answering"
+        return "it ended and its exit status could not be learned"
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        extra = " (SIGKILL: often the kernel's out-of-memory killer)" if -code == 9 else ""
-        return f"killed by {name}{extra}"
-    return f"it exited with code {code} (the function or a library called exit)"
+        why = _SIGNAL_CAUSES.get(-code, "another process sent it")
+        return f"it was killed by {name}: {why}"
+    return (f"it exited with code {code}: the function or a library it calls ended the "
+            "process (os._exit(), or exit() in compiled code; sys.exit() would have "
+            "been reported as an exception)")
+
+
+_SIGNAL_CAUSES = {
+    signal.SIGKILL: "the kernel's out-of-memory killer sends it when memory runs out (then "
+                    "give the job less data or the machine more memory), or another "
+                    "process sent it",
+    signal.SIGSEGV: "a crash in compiled code (a C extension or the interpreter)",
+    signal.SIGBUS: "a crash in compiled code (a C extension or the interpreter)",
+    signal.SIGILL: "a crash in compiled code (a C extension or the interpreter)",
+    signal.SIGFPE: "a crash in compiled code (a C extension or the interpreter)",
+    signal.SIGABRT: "the process aborted (os.abort() or a failed check in compiled code)",
+}
 
 
 def decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,

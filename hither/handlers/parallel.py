@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import selectors
 import sys
@@ -15,10 +14,8 @@ from concurrent.futures import Future, InvalidStateError
 from ..errors import JobTimeoutError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from .base import JobHandler, completed_future
-from .host import HostWorker, decode_outcome, describe_exit
+from .host import START_METHODS, HostWorker, decode_outcome, default_start_method, describe_exit
 from .stdio import StdioWorker, pool_key
-
-_START_METHODS = ("spawn", "forkserver", "fork")
 
 
 class _Task:
@@ -66,11 +63,13 @@ class ParallelJobHandler(JobHandler):
     Workers start on demand and each runs many jobs: host jobs on worker processes of this
     machine, container and environment jobs on workers inside their runtime (one
     ``docker run`` per worker, not per job). Host workers are sent up to ``prefetch`` jobs
-    ahead so they never wait for the parent. ``start_method`` is a :mod:`multiprocessing`
-    start method for host workers (``"spawn"``, ``"forkserver"`` or ``"fork"``; default
-    ``"forkserver"`` where available, else ``"spawn"``); as with any multiprocessing pool,
-    a script using spawn or forkserver must guard its entry point with
-    ``if __name__ == "__main__":``.
+    ahead so they never wait for the parent. Host workers never import the caller's
+    ``__main__`` (a script needs no ``if __name__ == "__main__":`` guard; its functions
+    travel by value). ``start_method`` says how they start (see
+    :mod:`hither.handlers.host`): ``"forkserver"`` (the default where the platform can
+    fork) forks them from a clean fork server of hither's, ``"spawn"`` starts a fresh
+    interpreter for each, ``"fork"`` forks the caller itself as hither 0.4.2 did (unsafe
+    when the caller has threads).
 
     A worker that dies (signal, OOM kill, ``os._exit``, a killed container) fails its
     running job with :class:`~hither.errors.WorkerCrashedError` and is replaced; a job past
@@ -86,16 +85,14 @@ class ParallelJobHandler(JobHandler):
         if int(num_workers) < 1:
             raise ValueError(f"num_workers must be at least 1, got {num_workers!r}")
         if start_method is None:
-            available = multiprocessing.get_all_start_methods()
-            start_method = "forkserver" if "forkserver" in available else "spawn"
-        if start_method not in _START_METHODS:
-            raise ValueError(f"start_method must be one of {_START_METHODS}, got {start_method!r}")
+            start_method = default_start_method()
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
         self.num_workers = int(num_workers)
         self.start_method = start_method
         # small messages are written straight into the pipe: a bounded number sent ahead
         # keeps them within its buffer (see host.HostWorker.send)
         self.prefetch = min(max(1, int(prefetch)), 8)
-        self._ctx = multiprocessing.get_context(start_method)
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._pending: dict[Hashable, deque[_Task]] = {}
@@ -282,7 +279,7 @@ class ParallelJobHandler(JobHandler):
         """Start a worker for pool ``key`` (lock NOT held: a container takes a while)."""
         try:
             if key is None:
-                slot = _Slot(None, host=HostWorker(self._ctx), limit=self.prefetch)
+                slot = _Slot(None, host=HostWorker(self.start_method), limit=self.prefetch)
             else:
                 runtime, store = self._runtimes[key]
                 slot = _Slot(key, stdio=StdioWorker(runtime, store))
@@ -303,7 +300,7 @@ class ParallelJobHandler(JobHandler):
                 return
             if slot.host is not None:
                 sel.register(slot.host.conn.fileno(), selectors.EVENT_READ, ("msg", slot))
-                sel.register(slot.host.proc.sentinel, selectors.EVENT_READ, ("exit", slot))
+                sel.register(slot.host.sentinel, selectors.EVENT_READ, ("exit", slot))
             else:
                 out, err = slot.stdio.fds()  # type: ignore[union-attr]
                 sel.register(out, selectors.EVENT_READ, ("out", slot))
@@ -337,7 +334,7 @@ class ParallelJobHandler(JobHandler):
         if slot not in self._slots:
             return
         self._slots.remove(slot)
-        fds = ((slot.host.conn.fileno(), slot.host.proc.sentinel) if slot.host is not None
+        fds = ((slot.host.conn.fileno(), slot.host.sentinel) if slot.host is not None
                else slot.stdio.fds())  # type: ignore[union-attr]
         for fd in fds:
             try:
@@ -354,7 +351,7 @@ class ParallelJobHandler(JobHandler):
             else:
                 slot.host.kill()
             slot.host.close()
-            threading.Thread(target=slot.host.proc.join, args=(5,), daemon=True).start()
+            threading.Thread(target=slot.host.join, args=(5,), daemon=True).start()
         else:
             slot.stdio.stop(graceful=graceful and not slot.inflight)  # type: ignore[union-attr]
 
@@ -370,10 +367,10 @@ class ParallelJobHandler(JobHandler):
         deadline = time.monotonic() + (2.0 if graceful else 0.5)
         for slot in slots:
             if slot.host is not None:
-                slot.host.proc.join(max(0.0, deadline - time.monotonic()))
-                if slot.host.proc.is_alive():
+                slot.host.join(max(0.0, deadline - time.monotonic()))
+                if slot.host.is_alive():
                     slot.host.kill()
-                    slot.host.proc.join(2)
+                    slot.host.join(2)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(2)
@@ -550,14 +547,13 @@ class ParallelJobHandler(JobHandler):
             return
         head = slot.inflight[0]
         if slot.host is not None:
-            slot.host.proc.join(1)
-            code = slot.host.proc.exitcode
+            slot.host.join(1)
+            code = slot.host.exitcode
             now = time.time()
             started = now - (time.monotonic() - head.started) if head.started else None
             outcome = Outcome(False, error=WorkerCrashedError(
                 f"the worker process (pid {slot.pid}) running job {head.launch.label!r} died: "
-                f"{describe_exit(code)}. If it ran out of memory, give the job less data or "
-                "the machine more memory; the worker was replaced and other jobs go on.",
+                f"{describe_exit(code)}. The worker was replaced and other jobs go on.",
                 job_label=head.launch.label), start_time=started, end_time=now,
                 info={"worker_pid": slot.pid, "exit_code": code})
         else:

@@ -33,16 +33,25 @@ import signal  # noqa: E402
 import struct  # noqa: E402
 import types  # noqa: E402
 
-if __package__:
-    from . import _worker
-else:  # run by path: load the sibling module without importing the hither package
+
+def _load_worker() -> types.ModuleType:
+    """``_worker.py``, beside this file, loaded by path (run as a script, this process has
+    not imported the hither package, and should not: it would cost ~0.1 s)."""
     import importlib.util
 
-    _spec = importlib.util.spec_from_file_location(
-        "_hither_worker", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py"))
-    _worker = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-    sys.modules[_spec.name] = _worker  # type: ignore[union-attr]
-    _spec.loader.exec_module(_worker)  # type: ignore[union-attr]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
+    spec = importlib.util.spec_from_file_location("_hither_worker", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if __package__:
+    from . import _worker
+else:
+    _worker = _load_worker()
 
 _STATUS = struct.Struct("<i")
 _PID = struct.Struct("<q")
@@ -233,6 +242,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the user's __main__ is not here: an empty one makes a lookup of its names fail
     # (pickle then sends script classes by value) instead of finding this file's names
+    sys.modules["_hither_hostworker"] = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")
     if argv[1] == "worker":
         if len(argv) > 4:  # without pidfd: this end, held until exit, is the sentinel

@@ -11,8 +11,9 @@ parent -> worker
     {"cwd", "sys_path", "env"}   first, once: the parent's, applied by the worker
     ("run", job_id, fid, fn_bytes | None, kwargs_bytes, label, stream_prefix | None,
      sys_path, sources | None)
-        sources: {file name: source lines} of a function sent by value (a script's or a
-        notebook's), put in ``linecache`` so that tracebacks show its lines
+        sources: ({file name: source lines}, {code_key(code): file name}) of a function
+        sent by value (a script's or a notebook's): its code objects get their file names
+        back and the lines go into ``linecache``, so that tracebacks show them
     ("skip", job_id)       drop a job sent ahead that has not started yet
     ("stop",)              exit after the current job
 worker -> parent
@@ -233,15 +234,68 @@ def _cloudpickle_dumps(obj, protocol=None):
     return cloudpickle.dumps(obj, protocol=protocol)
 
 
+def code_key(code):
+    """What identifies a code object across a pickle round trip (not its file name:
+    cloudpickle replaces that)."""
+    import zlib
+
+    return (code.co_name, code.co_firstlineno, zlib.crc32(code.co_code))
+
+
 def _register_sources(sources):
     """Make ``linecache`` (and so tracebacks) show these files' lines: the source of a
     function sent by value, whose file this process may not have (a notebook cell)."""
     import linecache
 
-    for filename, lines in (sources or {}).items():
+    for filename, lines in (sources[0] if sources else {}).items():
         lines = list(lines)
         # no mtime: linecache.checkcache() keeps the entry
         linecache.cache[filename] = (sum(len(x) for x in lines), None, lines, filename)
+
+
+def _with_file_names(code, files):
+    import types
+
+    consts = tuple(_with_file_names(c, files) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    changes = {}
+    if any(consts[i] is not code.co_consts[i] for i in range(len(consts))):
+        changes["co_consts"] = consts
+    name = files.get(code_key(code))
+    if name and name != code.co_filename:
+        changes["co_filename"] = name
+    return code.replace(**changes) if changes else code
+
+
+def _restore_file_names(fn, sources):
+    """Give the code of a function received by value (and of the ``__main__`` functions
+    and classes it uses) the file names it had in the parent."""
+    import types
+
+    files = sources[1] if sources else None
+    if not files:
+        return
+    seen = set()
+    todo = [fn]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, type):
+            if obj.__module__ == "__main__":
+                todo.extend(getattr(v, "__func__", v) for v in vars(obj).values())
+            continue
+        if not isinstance(obj, types.FunctionType) or obj.__module__ != "__main__":
+            continue
+        obj.__code__ = _with_file_names(obj.__code__, files)
+        names = set()
+        stack = [obj.__code__]
+        while stack:
+            code = stack.pop()
+            names.update(code.co_names)
+            stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        todo.extend(obj.__globals__[n] for n in names if n in obj.__globals__)
 
 
 def add_sys_path(paths):
@@ -306,7 +360,7 @@ def serve_connection(conn, init):
                 continue
             _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path, sources = msg
             if fn_bytes is not None and fid not in functions:
-                functions[fid] = _Unloaded(fn_bytes)  # kept even if this job is skipped
+                functions[fid] = _Unloaded(fn_bytes, sources)  # kept even if skipped
                 _register_sources(sources)
             if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
                 skipped.discard(job_id)
@@ -337,10 +391,11 @@ class _EchoPipe(object):
 class _Unloaded(object):
     """Function bytes received but not unpickled yet."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "sources")
 
-    def __init__(self, data):
+    def __init__(self, data, sources=None):
         self.data = data
+        self.sources = sources
 
 
 def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
@@ -350,7 +405,12 @@ def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
         if fn is None:
             raise RuntimeError("worker protocol error: function %s was never sent" % fid)
         if isinstance(fn, _Unloaded):
+            sources = fn.sources
             fn = functions[fid] = _loads_function(fn.data)
+            try:
+                _restore_file_names(fn, sources)
+            except Exception:  # noqa: BLE001 - only for tracebacks
+                pass
         kwargs = pickle.loads(kwargs_bytes)
     except BaseException as e:  # noqa: BLE001
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))

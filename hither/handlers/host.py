@@ -456,7 +456,7 @@ class HostWorker:
         fn = sources = None
         if launch.fid not in self.fids:
             fn = launch.fn_pickle()
-            sources = main_sources(launch.fn)
+            sources = by_value_sources(launch.fn)
         return ("run", launch.job_id, launch.fid, fn, kw, launch.label, launch.stream_prefix,
                 launch.sys_path, sources)
 
@@ -519,19 +519,25 @@ def _by_value(kwargs: dict[str, Any]) -> bytes:
     return cloudpickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def main_sources(fn: Callable[..., Any]) -> dict[str, list[str]] | None:
-    """The source lines of the files that a function of ``__main__`` and the ``__main__``
-    functions and classes it uses come from (a script, notebook cells), or None.
+def by_value_sources(fn: Callable[..., Any]) -> tuple[dict, dict] | None:
+    """Where the code of a function of ``__main__`` comes from, for a worker's tracebacks.
 
-    A worker puts them in its ``linecache`` so that its tracebacks show file, line and
-    source text even where the file does not exist (a notebook's cells) or has changed.
+    cloudpickle sends such a function (and the ``__main__`` functions and classes it uses)
+    by value, with its file name replaced by ``<dynamic-code>``. Returns ``(files, codes)``:
+    the source lines of each file involved (a script, notebook cells) and the file of
+    each code object by :func:`hither._worker.code_key`; None for other functions. The
+    worker restores the file names and puts the lines in its ``linecache``, so that its
+    tracebacks show file, line and source text, even of a file it does not have.
     """
     import linecache
     import types
 
+    from .._worker import code_key
+
     if getattr(fn, "__module__", None) != "__main__":
         return None
     files: dict[str, list[str]] = {}
+    codes: dict[tuple, str] = {}
     seen: set[int] = set()
     todo: list[Any] = [fn]
     while todo and len(seen) < 1000:
@@ -548,15 +554,16 @@ def main_sources(fn: Callable[..., Any]) -> dict[str, list[str]] | None:
             continue
         if not isinstance(obj, types.FunctionType):
             continue
-        codes = [obj.__code__]
-        while codes:
-            code = codes.pop()
-            codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        stack = [obj.__code__]
+        while stack:
+            code = stack.pop()
+            stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+            codes[code_key(code)] = code.co_filename
             if code.co_filename not in files:
                 files[code.co_filename] = linecache.getlines(code.co_filename,
                                                              obj.__globals__)
             todo.extend(obj.__globals__[n] for n in code.co_names if n in obj.__globals__)
-    return {name: lines for name, lines in files.items() if lines} or None
+    return {name: lines for name, lines in files.items() if lines}, codes
 
 
 # ---------------------------------------------------------------------------- outcomes
@@ -576,7 +583,7 @@ def describe_exit(code: int | None) -> str:
             "been reported as an exception)")
 
 
-_SIGNAL_CAUSES = {
+_SIGNAL_CAUSES: dict[int, str] = {
     signal.SIGKILL: "the kernel's out-of-memory killer sends it when memory runs out (then "
                     "give the job less data or the machine more memory), or another "
                     "process sent it",

@@ -272,6 +272,9 @@ def _start_fork(conn_fd: int, close_in_child: int) -> _Child:
             os.close(close_in_child)  # the parent's end: its close must reach the worker
             if lifeline:
                 os.close(lifeline[0])
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)  # the terminal is the parent's to read
+            os.close(devnull)
             signal.set_wakeup_fd(-1)  # the parent's event loop, if it has one
         except (OSError, ValueError):
             pass

@@ -312,16 +312,17 @@ def _start_served(conn_fd: int) -> _Served:
     return _Served(pid, status_r)
 
 
-def stop_forkserver() -> None:
-    """End this process's fork server (its workers end with it); the next worker started
-    with ``"forkserver"`` starts a new one."""
-    def stop() -> None:
+def ensure_forkserver() -> int:
+    """Start this process's fork server now if it does not run yet; its pid."""
+    def ensure() -> int:
         global _forkserver
-        server, _forkserver = _forkserver, None
-        if server is not None:
-            server.close()
+        if _forkserver is None or _forkserver.proc is None or \
+                _forkserver.proc.poll() is not None:
+            _forkserver = _ForkServer()
+        assert _forkserver.proc is not None
+        return _forkserver.proc.pid
 
-    _launch(stop)
+    return _launch(ensure)
 
 
 def forkserver_pid() -> int | None:

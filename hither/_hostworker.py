@@ -58,13 +58,55 @@ _PID = struct.Struct("<q")
 
 
 # ---------------------------------------------------------------------------- one worker
+class _Conn:
+    """The worker's end of its connection, framed as :mod:`multiprocessing.connection`
+    frames messages (a 4-byte big-endian length; for 2 GiB and more, -1 then 8 bytes)
+    without importing :mod:`multiprocessing`, which costs a fresh worker 10-30 ms."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def send_bytes(self, data: bytes) -> None:
+        n = len(data)
+        head = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
+        if n <= 16384:
+            self._write(head + data)
+        else:
+            self._write(head)
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def recv_bytes(self) -> bytes:
+        (n,) = struct.unpack("!i", self._read(4))
+        if n == -1:
+            (n,) = struct.unpack("!Q", self._read(8))
+        return self._read(n)
+
+    def _read(self, n: int) -> bytes:
+        chunk = os.read(self._fd, n)
+        if len(chunk) == n:
+            return chunk
+        buf = bytearray(chunk)
+        while len(buf) < n:
+            chunk = os.read(self._fd, n - len(buf))
+            if not chunk:
+                raise EOFError("the parent closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+
 def become_worker(conn_fd: int, parent_pid: int) -> None:
     """Set up this process as a worker of ``parent_pid`` and serve jobs on ``conn_fd``.
 
     Returns when the parent says stop or goes away.
     """
-    from multiprocessing.connection import Connection
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         os.setpgid(0, 0)  # own process group: killing the job kills what it started too
@@ -72,7 +114,7 @@ def become_worker(conn_fd: int, parent_pid: int) -> None:
         pass
     if not _die_with_parent(parent_pid):
         return
-    conn = Connection(conn_fd)
+    conn = _Conn(conn_fd)
     try:
         import pickle
 

@@ -35,7 +35,6 @@ import pickle
 import signal
 import sys
 import time
-import traceback
 
 # ---------------------------------------------------------------------------- console capture
 
@@ -169,8 +168,13 @@ def run_call(fn, kwargs, stream_prefix=None, timeout=None, echo=None):
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 - a job's failure is data, whatever it is
-        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        return False, e, tb, cap.lines, start, time.time()
+        return False, e, _format_exception(e), cap.lines, start, time.time()
+
+
+def _format_exception(e):
+    import traceback  # imported when needed: a worker starts faster without it
+
+    return "".join(traceback.format_exception(type(e), e, e.__traceback__))
 
 
 def _raise_alarm(signum, frame):
@@ -413,7 +417,7 @@ def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
                 pass
         kwargs = pickle.loads(kwargs_bytes)
     except BaseException as e:  # noqa: BLE001
-        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        tb = _format_exception(e)
         note = "the worker could not load the job's function or arguments"
         return (False, _error_payload(e, note + "\n" + tb), [], start, time.time())
     ok, value, tb, lines, start, end = run_call(fn, kwargs, prefix, echo=echo)

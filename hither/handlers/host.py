@@ -158,6 +158,11 @@ class _Child:
         self._popen = popen  # kept: a dropped Popen would be reaped behind our back
         self._lock = threading.Lock()
 
+    @property
+    def reaped_by_us(self) -> bool:
+        """True for a forked child (a Popen reaps its own when dropped)."""
+        return self._popen is None
+
     def poll(self) -> tuple[bool, int | None]:
         """(ended, exit code) without blocking."""
         if self._popen is not None:
@@ -263,7 +268,21 @@ def _start_spawn(conn_fd: int) -> _Child:
     return _Child(popen.pid, popen, os.pidfd_open(popen.pid))
 
 
+_unreaped: list[int] = []  # forked workers dropped before their end was seen
+
+
+def _reap_dropped() -> None:
+    for pid in list(_unreaped):
+        try:
+            done = os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:
+            done = True
+        if done:
+            _unreaped.remove(pid)
+
+
 def _start_fork(conn_fd: int, close_in_child: int) -> _Child:
+    _reap_dropped()
     lifeline: tuple[int, ...] = () if _PIDFD else os.pipe()
     parent = os.getpid()
     pid = os.fork()
@@ -402,8 +421,10 @@ class HostWorker:
                     return
                 fd = self.sentinel
             try:
-                select.select([fd], [], [], 0.05 if left is None else min(left, 0.05))
-            except (OSError, ValueError):
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                poller.poll(50 if left is None else max(1, min(50, int(left * 1000))))
+            except (AttributeError, OSError, ValueError):
                 time.sleep(0.01)
 
     def _poll(self) -> bool:
@@ -447,6 +468,9 @@ class HostWorker:
     def __del__(self) -> None:
         try:
             with self._state_lock:
+                if not self._ended and isinstance(self._proc, _Child) and \
+                        self._proc.reaped_by_us:
+                    _unreaped.append(self.pid)  # no zombie: reaped at the next fork
                 self._release()
         except Exception:  # noqa: BLE001 - a half-built object at interpreter exit
             pass

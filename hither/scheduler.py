@@ -628,7 +628,7 @@ def interrupted() -> None:
     workers and containers are stopped). A second Ctrl-C skips the rest of the cleanup."""
     me = threading.get_ident()
     try:
-        for job in live_jobs():
+        for job in reversed(live_jobs()):  # downstream first: they end cancelled too
             if job.created_by == me:
                 job.cancel()
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ process is started by :mod:`hither._hostworker`):
 parent -> worker
     {"cwd", "sys_path", "env"}   first, once: the parent's, applied by the worker
     ("run", job_id, fid, fn_bytes | None, kwargs_bytes, label, stream_prefix | None,
-     sys_path, sources | None)
+     sys_path, timed, sources | None)
         sources: ({file name: source lines}, {code_key(code): file name}) of a function
         sent by value (a script's or a notebook's): its code objects get their file names
         back and the lines go into ``linecache``, so that tracebacks show them
@@ -22,7 +22,9 @@ worker -> parent
         ok=False: payload is (pickled exception | None, type name, message, traceback text,
         raised by the function)
     ("skipped", job_id)
-    ("echo", text)         a live console line (``show_console``)
+    ("started", job_id)    the function starts (only for a timed job: its timeout counts
+                           from here, not from the loading of its function and arguments)
+    ("echo", text)         a live console line (when stream_prefix is not None)
 
 A worker answers jobs in the order it received them, so the parent knows which job is
 running without a "started" message.
@@ -362,7 +364,8 @@ def serve_connection(conn, init):
             if kind == "skip":
                 skipped.add(msg[1])
                 continue
-            _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path, sources = msg
+            (_, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path, timed,
+             sources) = msg
             if fn_bytes is not None and fid not in functions:
                 functions[fid] = _Unloaded(fn_bytes, sources)  # kept even if skipped
                 _register_sources(sources)
@@ -371,7 +374,10 @@ def serve_connection(conn, init):
                 send_bytes(pickle.dumps(("skipped", job_id)))
                 continue
             add_sys_path(extra_path)
-            answer = _run_message(functions, fid, kwargs_bytes, prefix, echo)
+            started = None
+            if timed:
+                started = lambda j=job_id: send_bytes(pickle.dumps(("started", j)))  # noqa: E731
+            answer = _run_message(functions, fid, kwargs_bytes, prefix, echo, started)
             send_bytes(pickle.dumps(("done", job_id) + answer,
                                     protocol=pickle.HIGHEST_PROTOCOL))
     except (EOFError, OSError):
@@ -402,7 +408,7 @@ class _Unloaded(object):
         self.sources = sources
 
 
-def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
+def _run_message(functions, fid, kwargs_bytes, prefix, echo=None, started=None):
     start = time.time()
     try:
         fn = functions.get(fid)
@@ -420,6 +426,8 @@ def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
         tb = _format_exception(e)
         note = "the worker could not load the job's function or arguments"
         return (False, _error_payload(e, note + "\n" + tb), [], start, time.time())
+    if started is not None:
+        started()
     ok, value, tb, lines, start, end = run_call(fn, kwargs, prefix, echo=echo)
     if ok:
         try:

@@ -485,8 +485,9 @@ class HostWorker:
         if launch.fid not in self.fids:
             fn = launch.fn_pickle()
             sources = by_value_sources(launch.fn)
-        return ("run", launch.job_id, launch.fid, fn, kw, launch.label, launch.stream_prefix,
-                launch.sys_path, sources)
+        echo = "" if launch.echo_label is not None else None  # the parent adds the label
+        return ("run", launch.job_id, launch.fid, fn, kw, launch.label, echo,
+                launch.sys_path, bool(launch.timeout), sources)
 
     def sent(self, msg: tuple) -> None:
         """Note that ``msg`` reached the worker (its function is now loaded there)."""
@@ -612,9 +613,9 @@ def describe_exit(code: int | None) -> str:
 
 
 _SIGNAL_CAUSES: dict[int, str] = {
-    signal.SIGKILL: "the kernel's out-of-memory killer sends it when memory runs out (then "
-                    "give the job less data or the machine more memory), or another "
-                    "process sent it",
+    signal.SIGKILL: "another process sent it, or the kernel's out-of-memory killer when "
+                    "memory ran out (`dmesg` tells; then give the job less data or the "
+                    "machine more memory)",
     signal.SIGSEGV: "a crash in compiled code (a C extension or the interpreter)",
     signal.SIGBUS: "a crash in compiled code (a C extension or the interpreter)",
     signal.SIGILL: "a crash in compiled code (a C extension or the interpreter)",
@@ -624,8 +625,16 @@ _SIGNAL_CAUSES: dict[int, str] = {
 
 
 def decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,
-                   end: float) -> Outcome:
+                   end: float, pid: int | None = None) -> Outcome:
     """The Outcome of a host worker's ``done`` message."""
+    out = _decode_outcome(launch, ok, payload, lines, start, end)
+    if pid is not None:
+        out.info["worker_pid"] = pid
+    return out
+
+
+def _decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,
+                    end: float) -> Outcome:
     if ok:
         try:
             value = pickle.loads(payload)

@@ -480,7 +480,7 @@ class HostWorker:
         """The message running ``launch`` (the function is sent once per worker)."""
         kw = launch.pickled_kwargs()
         if self.start_method != "fork" and b"__main__" in kw:
-            kw = _by_value(launch.kwargs)  # an object of a script's class, see _by_value
+            kw = _by_value(launch.call_kwargs())  # an object of a script's class
         fn = sources = None
         if launch.fid not in self.fids:
             fn = launch.fn_pickle()

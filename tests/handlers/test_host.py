@@ -306,6 +306,22 @@ def test_describe_exit_wording():
     assert "could not be learned" in host.describe_exit(None)
 
 
+@pytest.mark.timeout(60)
+def test_fork_server_has_no_threads():
+    """Forking is safe only from a process with one thread: whatever the fork server
+    imports for its workers (hither, cloudpickle) must not start any."""
+    w = host.HostWorker("forkserver")
+    try:
+        assert run_on(w, jf_add, x=1, y=1)[2] is True
+        server = host.forkserver_pid()
+        assert server is not None
+        assert os.listdir(f"/proc/{server}/task") == [str(server)]
+        assert "hither" in open(f"/proc/{server}/cmdline").read()
+    finally:
+        w.kill()
+        w.close()
+
+
 @pytest.mark.timeout(90)
 def test_fork_server_death_fails_the_running_job_and_a_new_server_starts(tmp_path):
     h = hi.ParallelJobHandler(1, start_method="forkserver")

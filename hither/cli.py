@@ -232,6 +232,12 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
     if args.source:
         _print_sources(rec, out)
         return 0
+    if args.html:
+        from .lineage_html import write_lineage_html
+
+        graph = write_lineage_html(key, args.html, store)
+        out.print(Text(f"wrote {args.html}: the lineage of {key[:12]}, {len(graph.nodes)} jobs"))
+        return 0
     prov = rec.get("provenance") or {}
     fn = _fn(rec)
     table = _fields_table()
@@ -411,6 +417,8 @@ def _parser() -> argparse.ArgumentParser:
         group.add_argument("--source", action="store_true",
                            help="print the function's normalized source and helpers")
         group.add_argument("--json", action="store_true", help="print the record as JSON")
+        group.add_argument("--html", metavar="FILE", help="write the lineage as a "
+                           "self-contained HTML page (a drawing of the DAG; no network)")
 
     cache = sub.add_parser("cache", help="inspect and maintain the job cache",
                            description="Inspect and maintain the job cache.")

@@ -376,7 +376,8 @@ def render_page(graph: LineageGraph, *, title: str | None = None,
     back = (f'<a class="back" href="{html.escape(back_link, quote=True)}">all results</a>'
             if back_link else "")
     parts = {
-        "csp": html.escape(csp, quote=True), "title": html.escape(title), "css": css,
+        "csp": html.escape(csp, quote=False),  # it has no '"' to end the attribute
+        "title": html.escape(title), "css": css,
         "js": js, "data": json_for_script(graph.to_json()), "back": back,
     }
     return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], _asset("lineage.html"))

@@ -6,6 +6,7 @@
     hither show KEY                        a record's provenance and lineage
     hither explain KEY                     what went into a key; how it differs from the
                                            nearest other record of the same function
+    hither ui                              lineage pages of the store on 127.0.0.1
 
 Every command takes ``--store PATH`` (default: ``$HITHER_STORE`` or the user cache
 directory). Keys may be abbreviated to a unique prefix of at least 6 hex characters.
@@ -307,6 +308,15 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- ui
+def cmd_ui(args: argparse.Namespace, out: Console) -> int:
+    """``hither ui``: serve the lineage pages of the store on 127.0.0.1 until Ctrl-C."""
+    from .lineage_ui import serve
+
+    serve(_store(args), args.port)
+    return 0
+
+
 # ----------------------------------------------------------------------------- gc
 def _referenced(store: LocalStore) -> tuple[set[str], int]:
     """Hex digests of every blob referenced by a record, and the number of records."""
@@ -452,6 +462,11 @@ def _parser() -> argparse.ArgumentParser:
                              "(same as 'cache show')"))
     key_command(sub, "explain", cmd_explain, "what went into a key, and how it differs "
                 "from the nearest other record of the same function")
+    p = sub.add_parser("ui", parents=[common], help="serve lineage pages on 127.0.0.1",
+                       description="Serve the lineage pages of the store, read-only, on "
+                       "127.0.0.1 until Ctrl-C.")
+    p.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any)")
+    p.set_defaults(func=cmd_ui)
     parser.set_defaults(func=lambda a, o: _usage(parser))
     return parser
 

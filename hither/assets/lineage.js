@@ -7,7 +7,7 @@
 (function () {
   const DATA = JSON.parse(document.getElementById("lineage-data").textContent);
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const W = 210, H = 46, GAP_X = 120, GAP_Y = 18;
+  const W = 190, H = 46, GAP_X = 96, GAP_Y = 18;
   const MAX_LIST = 300; // rows shown in one list of the panel
 
   const nodes = DATA.nodes;
@@ -467,6 +467,7 @@
                                              : el("p", "dim", "none")));
       const used = [...new Set(downs.get(key).map((e) => e.to))];
       if (used.length) out.push(section("Used by", listJobs(used)));
+      out.push(section("What changed (explain)", ...explainPart(n)));
       const con = el("pre", "console");
       for (const [stamp, text, isErr] of n.console) {
         con.append(el("span", isErr ? "stderr" : null, stamp + " " + text + "\n"));
@@ -479,7 +480,6 @@
       out.push(section("Source", ...(pieces.length ? pieces.map((p) => el("div", "source",
         el("h4", null, p), el("pre", "code", sources[p])))
         : [el("p", "dim", "no source was recorded (code identified by bytecode)")])));
-      out.push(section("Explain", ...explainPart(n)));
     }
     panel.replaceChildren(...out);
     panel.scrollTop = 0;

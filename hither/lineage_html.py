@@ -39,7 +39,16 @@ from .explain import (
     resolve_key,
 )
 
-__all__ = ["LineageGraph", "lineage_graph", "lineage_page", "write_lineage_html"]
+__all__ = [
+    "LineageGraph",
+    "json_for_script",
+    "lineage_graph",
+    "lineage_page",
+    "read_graph",
+    "render_page",
+    "upstream_keys",
+    "write_lineage_html",
+]
 
 MAX_NODES = 20_000
 """Records read for one page at most; the page says how many upstream jobs were left out."""
@@ -308,7 +317,7 @@ def _subject(key: str, rec: dict[str, Any]) -> _Subject | None:
 def _job_cache_hits(job: Any) -> dict[str, bool]:
     """Whether each completed job of ``job``'s pipeline (it and its upstream jobs, also
     inside list, tuple and dict arguments) came from the cache, by key."""
-    from .scheduler import _find_jobs
+    from .scheduler import _upstream_by_name
 
     hits: dict[str, bool] = {}
     todo, seen = [job], set()
@@ -319,7 +328,7 @@ def _job_cache_hits(job: Any) -> dict[str, bool]:
         seen.add(id(j))
         if j.key and j.done():
             hits[j.key] = bool(j.cache_hit)
-        todo.extend(_find_jobs(j.kwargs))
+        todo.extend(up for ups in _upstream_by_name(j.kwargs).values() for up in ups)
     return hits
 
 

@@ -84,7 +84,7 @@ def lh_noisy(x):
 
 @hi.function("lh_sum", "1")
 def lh_sum(xs):
-    return sum(xs)
+    return sum(len(x) for x in xs)
 
 
 def three_stages(store: Path) -> hi.Job:
@@ -111,17 +111,11 @@ def binary_tree(store: Path, leaves: int = 500) -> hi.Job:
 
 
 def fan_in(store: Path, n: int = 500) -> tuple[hi.Job, list[hi.Job]]:
-    """lh_sum over a list of n lh_clean(lh_load) jobs. A job inside a list is not recorded
-    as upstream yet, so the record gets the ``jobs`` list the scheduler is to write."""
-    cache = hi.JobCache(path=store)
-    with hi.Config(job_cache=cache):
+    """lh_sum over a list of n lh_clean(lh_load) jobs (recorded as the ``jobs`` of xs)."""
+    with hi.Config(job_cache=hi.JobCache(path=store)):
         ups = [lh_clean.run(xs=lh_load.run(n=i + 1)) for i in range(n)]
-        root = lh_sum.run(xs=[1])
+        root = lh_sum.run(xs=ups)
         root.wait()
-        hi.wait()
-    rec = cache.store.get_record(root.key)
-    rec["inputs"]["xs"]["jobs"] = [j.key for j in ups]
-    cache.store.put_record(root.key, rec)
     return root, ups
 
 
@@ -167,6 +161,9 @@ def test_jobs_list_is_followed(tmp_path):
     into_root = [e for e in graph.edges if e["to"] == root.key]
     assert {e["from"] for e in into_root} == {j.key for j in ups}
     assert {e["label"] for e in into_root} == {"xs"}
+    # from the job, the cache hits of the jobs inside the list are known too
+    from_job = lineage_graph(root)
+    assert [n.get("cache_hit") for n in from_job.nodes.values()] == [False] * 25
 
 
 def test_hostile_records_never_break_the_page(tmp_path, open_page):

@@ -144,10 +144,8 @@ def _node(key: str, rec: dict[str, Any], graph: LineageGraph) -> dict[str, Any]:
     node: dict[str, Any] = {
         "key": key, "fn": _clip(fn.get("name", "?"), 200),
         "version": _clip(fn.get("version", "?"), 100), "status": status,
-        "label": _clip(prov.get("label") or "", 200), "recorded_at": None,
+        "label": _clip(prov.get("label") or "", 200),
     }
-    if isinstance(prov.get("recorded_at"), (int, float)):
-        node["recorded_at"] = prov["recorded_at"]
     if status == "finished":
         node["result"] = _clip(describe_manifest(rec.get("result")), 500)
     else:

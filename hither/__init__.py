@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import scheduler as _scheduler
 from ._codec import File
+from .aio import gather
 from .cache import JobCache
 from .config import Config
 from .errors import (
@@ -92,6 +93,7 @@ __all__ = [
     "container",
     "explain",
     "function",
+    "gather",
     "get_function",
     "local_modules",
     "opts",

@@ -23,14 +23,14 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import hither as hi  # noqa: E402
 from _common import Target, fmt_s, print_targets  # noqa: E402
 from _jobs import file_size, inc, sleep_for  # noqa: E402
+
+import hither as hi  # noqa: E402
 
 TIMEOUT = 0.5
 

@@ -14,7 +14,6 @@ import json
 import os
 import select
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from ..errors import (
     rebuild_exception,
 )
 from ..launch import Launch, Outcome
+from ..progress import echo
 from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
 
@@ -144,8 +144,7 @@ class StdioWorker:
                     self.hello = msg
                 elif op == "echo":  # a live console line (show_console)
                     prefix = self.current.stream_prefix() if self.current else None
-                    sys.stdout.write((prefix or "") + str(msg.get("text", "")))
-                    sys.stdout.flush()
+                    echo((prefix or "") + str(msg.get("text", "")))
                 else:
                     msgs.append(msg)
         return msgs

@@ -310,8 +310,9 @@ def test_describe_manifest_never_loads_blobs():
 
 
 def test_lineage_follows_jobs_nested_in_lists(tmp_path):
-    from hither.explain import lineage
     from jobfuncs import jf_add, jf_sum
+
+    from hither.explain import lineage
 
     cache = hi.JobCache(path=tmp_path / "store")
     with hi.Config(job_cache=cache):

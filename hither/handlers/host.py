@@ -41,7 +41,7 @@ from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from .. import _hostworker
-from ..errors import JobFailedError
+from ..errors import JobFailedError, UnreadableResultError
 from ..launch import Launch, Outcome
 
 #: start methods of host workers, see the module docstring
@@ -639,7 +639,7 @@ def _decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: 
         try:
             value = pickle.loads(payload)
         except Exception as e:  # noqa: BLE001
-            err = JobFailedError(
+            err = UnreadableResultError(
                 f"the result of job {launch.label!r} could not be unpickled in the parent "
                 f"process: {type(e).__name__}: {e}", remote_type=type(e).__name__,
                 job_label=launch.label)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import selectors
-import sys
 import threading
 import time
 import weakref
@@ -15,6 +14,7 @@ from functools import partial
 
 from ..errors import JobTimeoutError, WorkerCrashedError
 from ..launch import Launch, Outcome
+from ..progress import echo
 from . import _loop
 from .base import JobHandler, completed_future, in_io_thread
 from .host import START_METHODS, HostWorker, decode_outcome, default_start_method, describe_exit
@@ -57,11 +57,6 @@ class _Slot:
         return self.stdio.fds()
 
 
-def _echo(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def _load(s: _Slot) -> int:
     return len(s.inflight)
 
@@ -75,6 +70,7 @@ def _kill_now(slot: _Slot) -> None:
     if slot.host is not None:
         slot.host.kill()
         slot.host.close()
+        _reap(slot.host, 2)
     elif slot.stdio is not None:
         slot.stdio.stop()
 
@@ -370,7 +366,7 @@ class ParallelJobHandler(JobHandler):
             else:
                 slot.host.kill()
             slot.host.close()
-            threading.Thread(target=slot.host.join, args=(5,), daemon=True).start()
+            threading.Thread(target=_reap, args=(slot.host, 5), daemon=True).start()
             return
         assert slot.stdio is not None
         if not graceful:
@@ -390,17 +386,18 @@ class ParallelJobHandler(JobHandler):
             self._shared.wake()
         for slot in slots:
             if slot.host is not None:
-                self._stop_slot(slot, graceful)
+                if graceful and not slot.inflight:
+                    slot.host.send(("stop",))
+                else:
+                    slot.host.kill()
+                slot.host.close()
             else:
                 assert slot.stdio is not None
                 slot.stdio.stop(graceful=graceful and not slot.inflight)
         deadline = time.monotonic() + (2.0 if graceful else 0.5)
         for slot in slots:
             if slot.host is not None:
-                slot.host.join(max(0.0, deadline - time.monotonic()))
-                if slot.host.is_alive():
-                    slot.host.kill()
-                    slot.host.join(2)
+                _reap(slot.host, max(0.0, deadline - time.monotonic()))
         thread = self._shared.thread
         if thread is None:
             self._shared.close()
@@ -523,7 +520,7 @@ class ParallelJobHandler(JobHandler):
             kind = msg[0]
             if kind == "echo":  # a live console line (show_console)
                 prefix = slot.inflight[0].launch.stream_prefix() if slot.inflight else None
-                _echo((prefix or "") + msg[1])
+                echo((prefix or "") + msg[1])
                 return
             job_id = msg[1]
         else:
@@ -568,6 +565,15 @@ class ParallelJobHandler(JobHandler):
         else:
             outcome = slot.stdio.crash_outcome(head.launch)  # type: ignore[union-attr]
         self._kill_slot(slot, done, head_outcome=outcome)
+
+
+def _reap(host: HostWorker, timeout: float) -> None:
+    """Wait for a stopped (closed) host worker; its last descriptor is released once its
+    end is seen."""
+    host.join(timeout)
+    if host.is_alive():
+        host.kill()
+        host.join(2)
 
 
 def _settle(done: list[tuple[_Task, Settle]]) -> None:

@@ -380,6 +380,7 @@ class HostWorker:
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
+        self._conn_fd = self.conn.fileno()
         self.pid: int = self._proc.pid
         self.sentinel: int = self._proc.sentinel
         self._ended = False
@@ -398,6 +399,12 @@ class HostWorker:
             pass  # it died already: the handler sees it through its sentinel
 
     # ---------------------------------------------------------------- the process
+    def fds(self) -> tuple[int, int]:
+        """The connection's and the sentinel's file descriptors, as they were registered
+        (still given after :meth:`close`, so that whoever registered them can unregister
+        them even when another thread closed the worker first)."""
+        return self._conn_fd, self.sentinel
+
     @property
     def exitcode(self) -> int | None:
         """None while the worker runs; then its exit code, ``-signal`` if it was killed

@@ -52,7 +52,7 @@ class _Slot:
 
     def fds(self) -> tuple[int, ...]:
         if self.host is not None:
-            return (self.host.conn.fileno(), self.host.sentinel)
+            return self.host.fds()
         assert self.stdio is not None
         return self.stdio.fds()
 

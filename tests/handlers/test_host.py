@@ -130,6 +130,26 @@ def test_sentinel_and_exit_code_of_a_worker_that_dies(method, job, kwargs, code)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("direct", ["spawn", "fork"])
+def test_without_pidfd_the_sentinel_is_a_pipe_the_worker_holds(direct, monkeypatch):
+    """Where the kernel has no pidfd (macOS, old Linux), a worker started by this process
+    holds the write end of a pipe until it ends."""
+    monkeypatch.setattr(host, "_PIDFD", False)
+    w = host.HostWorker(direct)
+    try:
+        assert run_on(w, jf_add, x=1, y=1)[2] is True
+        assert select.select([w.sentinel], [], [], 0)[0] == []
+        w.send(w.run_message(launch_of(jf_exit_hard, code=7)))
+        ready, _, _ = select.select([w.sentinel], [], [], RESULT_TIMEOUT)
+        assert ready == [w.sentinel]
+        w.join(5)
+        assert w.exitcode == 7
+    finally:
+        w.kill()
+        w.close()
+
+
+@pytest.mark.timeout(60)
 def test_kill_kills_the_process_group(method, tmp_path):
     w = host.HostWorker(method)
     try:

@@ -29,6 +29,7 @@ from .function import FunctionDef
 from .handlers import inline as _inline
 from .handlers.base import JobHandler
 from .handlers.inline import DefaultJobHandler
+from .hashing import check_structure
 from .job import Job, JobStatus
 from .launch import Launch, Outcome
 
@@ -36,7 +37,6 @@ _live: dict[int, Job] = {}
 _live_lock = threading.Lock()
 _inline_live = 0  # live jobs of inline handlers: waiting on any job may need to run them
 _default_handler: DefaultJobHandler | None = None
-_JOB_LEAVES = (str, int, float, bool, type(None), bytes)
 
 
 def default_handler() -> DefaultJobHandler:
@@ -118,22 +118,14 @@ def _forget(job: Future) -> None:
             _inline_live -= 1
 
 
-def _find_jobs(value: Any) -> list[Job]:
+def _find_jobs(kwargs: dict[str, Any]) -> list[Job]:
+    """The jobs among the arguments. Raises SerializationError naming the argument path of a
+    reference cycle or of containers nested deeper than hither's limit (with or without a
+    cache: such a value could not be hashed, stored or sent to a worker)."""
     found: dict[int, Job] = {}
-
-    def walk(v: Any) -> None:
-        if isinstance(v, Job):
-            found[id(v)] = v
-        elif isinstance(v, dict):
-            for x in v.values():
-                if not isinstance(x, _JOB_LEAVES):
-                    walk(x)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                if not isinstance(x, _JOB_LEAVES):
-                    walk(x)
-
-    walk(value)
+    for name, value in kwargs.items():
+        for job in check_structure(value, f"kw[{name!r}]", collect=Job):
+            found[id(job)] = job
     return list(found.values())
 
 

@@ -2,7 +2,7 @@
 
 A job's key is the sha256 of a small canonical structure::
 
-    {"format": 1,
+    {"format": 2,
      "function": {"name", "version", "code": <code identity digest>},
      "runtime": <runtime identity: {"kind": "host"}, an image digest, an env lock hash>,
      "inputs": {<argument name>: <hash_value of the argument>}}
@@ -41,7 +41,7 @@ from .function import FunctionDef
 from .hashing import describe_value, hash_struct, hash_value
 from .launch import Outcome
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: value digests from BLAKE3 (hashing scheme v2), never xxh3
 RECORD_FORMAT = 1
 #: failures that say something about the machine, not about the function: never cached
 _TRANSIENT = (JobTimeoutError, WorkerCrashedError, HandlerClosedError, JobCancelledException)

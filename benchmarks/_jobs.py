@@ -41,3 +41,11 @@ def array_mean(a):
 def noop():
     """Used to warm up pools."""
     return None
+
+
+@hi.function("make_text", "0.1.0")
+def make_text(mb, kind):
+    """``mb`` megabytes of text, as a ``str`` or as ``bytes``: a job with a big result."""
+    unit = "hither caches big values as blobs. "
+    text = (unit * (mb * 1_000_000 // len(unit) + 1))[: mb * 1_000_000]
+    return text if kind == "str" else text.encode()

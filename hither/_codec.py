@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import mmap
 import os
 import struct
 import sys
@@ -521,10 +522,7 @@ class _Decoder:
             except OSError as exc:
                 raise DecodeError("bytes blob %s cannot be read: %s" % (node["ref"], exc)) \
                     from exc
-        size = node["size"]
-        if type(size) is not int or size != len(data):
-            raise DecodeError("blob %s holds %d bytes, its node says %r"
-                              % (node["ref"], len(data), size))
+        _check_size(node, len(data))
         return data
 
     def d_tuple(self, node: Any, depth: int) -> Any:
@@ -571,7 +569,26 @@ class _Decoder:
         return self.blob_bytes(node)
 
     def d_str(self, node: Any, depth: int) -> Any:
-        return self.blob_bytes(node).decode("utf-8", "surrogatepass")
+        got = self.blob(node, "str")
+        if isinstance(got, (bytes, bytearray, memoryview)):
+            data = bytes(got)
+            _check_size(node, len(data))
+            return data.decode("utf-8", "surrogatepass")
+        # decoded straight from the page cache: no second copy of a text of hundreds of MB
+        with open(os.fspath(got), "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            _check_size(node, size)
+            if size == 0:
+                return ""
+            try:
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # filesystems that cannot mmap
+                return fh.read().decode("utf-8", "surrogatepass")
+        try:
+            with memoryview(mapped) as view:
+                return str(view, "utf-8", "surrogatepass")
+        finally:
+            mapped.close()
 
     def d_file(self, node: Any, depth: int) -> Any:
         got = self.blob(node, "file")
@@ -620,6 +637,12 @@ class _Decoder:
             raise DecodeError("'npscalar' node has an object dtype")
         raw = base64.b64decode(_text(node, "v"), validate=True)
         return np.ndarray(shape=(), dtype=dtype, buffer=raw)[()]
+
+
+def _check_size(node: Any, actual: int) -> None:
+    size = node["size"]
+    if type(size) is not int or size != actual:
+        raise DecodeError("blob %s holds %d bytes, its node says %r" % (node["ref"], actual, size))
 
 
 def _check_depth(depth: int) -> None:

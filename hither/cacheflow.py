@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import platform
+import re
 import socket
 import sys
 import time
@@ -100,6 +101,9 @@ def compute_key(fdef: FunctionDef, raw_kwargs: dict[str, Any], kwargs: dict[str,
 
 
 # ------------------------------------------------------------------------ lookup
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 class _BadRecord(ValueError):
     """A record that is not what hither writes."""
 
@@ -135,8 +139,7 @@ def _outcome_of(rec: dict[str, Any], keyinfo: KeyInfo, settings: Settings,
     status = rec.get("status")
     if status == "finished":
         result_hash = rec.get("result_hash")
-        if not (type(result_hash) is str and len(result_hash) == 64
-                and all(c in "0123456789abcdef" for c in result_hash)):
+        if type(result_hash) is not str or not _HEX64.fullmatch(result_hash):
             raise _BadRecord(f"result_hash {result_hash!r} is not a sha256 hex digest")
         if "result" not in rec:
             raise _BadRecord("no result")

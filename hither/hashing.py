@@ -58,7 +58,6 @@ from hither.errors import SerializationError
 __all__ = [
     "MAX_DEPTH",
     "canonical_json",
-    "check_structure",
     "clear_file_hash_memo",
     "describe_value",
     "hash_file",
@@ -187,7 +186,8 @@ class _Hasher:
         elif t is complex:
             out.append(b"c" + _float_bits(value.real) + _float_bits(value.imag))
         elif isinstance(value, File):
-            out.append(b"P" + bytes.fromhex(self.file_digest(value, trail)))
+            known = value._sha256  # a snapshot: its content was hashed when it was made
+            out.append(b"P" + bytes.fromhex(known or self.file_digest(value, trail)))
         else:
             np = sys.modules.get("numpy")
             if np is not None and isinstance(value, np.ndarray):
@@ -293,60 +293,6 @@ def _buffer_digest(buf: Any) -> bytes:
         while len(_digests) > _MEMO_MAX:
             _digests.popitem(last=False)
     return digest
-
-
-# ---------------------------------------------------------------------------- structure
-
-_LEAVES = (str, int, float, bool, type(None), bytes, bytearray, complex)
-_CONTAINERS = (list, tuple, dict, set, frozenset)
-
-
-def check_structure(value: Any, path: str = "value", collect: type | None = None) -> list[Any]:
-    """Check that ``value`` can be hashed and stored as far as its shape goes.
-
-    Walks lists, tuples, dicts, sets and frozensets (subclasses included), without
-    recursion. Raises :class:`~hither.errors.SerializationError` naming the path (``path``
-    extended as ``path[2]['key']``) of a reference cycle or of containers nested deeper than
-    :data:`MAX_DEPTH`. Returns the instances of ``collect`` found (not looked into), once
-    each, e.g. the jobs among a job's arguments.
-    """
-    found: dict[int, Any] = {}
-    active: set[int] = set()
-    # (value, trail, depth); depth -1 marks leaving the container whose id is the value
-    stack: list[tuple[Any, Trail, int]] = [(value, path, 0)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        v, trail, depth = pop()
-        if depth < 0:
-            active.discard(v)
-            continue
-        if collect is not None and isinstance(v, collect):
-            found[id(v)] = v
-            continue
-        if not isinstance(v, _CONTAINERS):
-            continue
-        if depth >= MAX_DEPTH:
-            raise _fail(trail, _too_deep)
-        if id(v) in active:
-            raise _fail(trail, _cycle(v))
-        active.add(id(v))
-        push((id(v), trail, -1))
-        inner = depth + 1
-        if isinstance(v, dict):
-            for k, x in v.items():
-                if not isinstance(k, _LEAVES):
-                    push((k, (trail, k, _DICT_KEY), inner))
-                if not isinstance(x, _LEAVES):
-                    push((x, (trail, k, _KEY), inner))
-        elif isinstance(v, (list, tuple)):
-            for i, x in enumerate(v):
-                if not isinstance(x, _LEAVES):
-                    push((x, (trail, i, _IDX), inner))
-        else:
-            for x in v:
-                if not isinstance(x, _LEAVES):
-                    push((x, (trail, None, _SET_ITEM), inner))
-    return list(found.values())
 
 
 # ---------------------------------------------------------------------------- small structures

@@ -186,8 +186,8 @@ def test_cycles_and_deep_nesting_raise_at_run_naming_the_path(handler, tmp_path,
     loop: list[Any] = [1, {"k": []}]
     loop[1]["k"].append(loop)
     cases = [({"x": loop}, "kw['x'][1]['k'][0]", "reference cycle"),
-             ({"x": {"deep": _nest(MAX_DEPTH)}}, "kw['x']['deep']", "nested more than 100"),
-             ({"x": (1, _nest(5000))}, "kw['x'][1]", "nested more than 100")]
+             ({"x": {"deep": _nest(MAX_DEPTH)}}, "kw['x']['deep']", "nested more than 200"),
+             ({"x": (1, _nest(5000))}, "kw['x'][1]", "nested more than 200")]
     for kwargs, path, what in cases:
         with hi.Config(job_handler=handler, job_cache=cache):
             with pytest.raises(hi.SerializationError, match=what) as info:
@@ -199,7 +199,7 @@ def test_cycles_and_deep_nesting_raise_at_run_naming_the_path(handler, tmp_path,
 
 def test_a_too_deep_result_is_not_stored_and_later_runs_work(handler, cache, log):
     for _ in range(2):
-        with pytest.warns(UserWarning, match="nested more than 100"):
+        with pytest.warns(UserWarning, match="nested more than 200"):
             job = run(cf.cf_nested, handler, cache, depth=400)
         assert job.result() == _nest(400) and not job.cache_hit
     assert read_calls(log)["cf_nested"] == 2

@@ -77,7 +77,7 @@ def test_too_deep_result_fails_clearly_and_is_not_stored(runtime_config, tmp_pat
             for _ in range(2):
                 job = c_nested.run(depth=400)
                 err = job.exception(timeout=WAIT)
-                assert err is not None and "nested more than 100 deep" in str(err), repr(err)
+                assert err is not None and "nested more than 200" in str(err), repr(err)
                 assert not job.cache_hit
     finally:
         h.shutdown(wait=False, cancel=True)

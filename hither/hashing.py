@@ -18,11 +18,13 @@ distinct values give distinct streams:
 * containers nested deeper than :data:`~hither._codec.MAX_DEPTH` and reference cycles raise
   :class:`~hither.errors.SerializationError` naming the path.
 
-Hashing 100 MB with BLAKE3 takes ~25 ms here (two threads), four times a cached call's
-budget, so the digests of large buffers are memoized in this process: the memo is keyed by
-a seeded ``xxh3_128`` of the buffer (5 ms per 100 MB) and its length, with a seed drawn at
-random per process, so a collision cannot be prepared in advance. xxh3 only finds a digest
-computed earlier in this process; it never enters a key.
+Hashing 100 MB with BLAKE3 takes ~25 ms here (two threads), more than twice the budget of
+a cached call, so the digests of large buffers are memoized in this process: the memo is
+keyed by a seeded ``xxh3_128`` of the buffer (5 ms per 100 MB) and its length, with a seed
+drawn at random per process, so a collision cannot be prepared in advance. xxh3 only finds
+a digest computed earlier in this process; it never enters a key. A digest is memoized only
+when the buffer hashed to the same xxh3 before and after BLAKE3 read it, so a buffer
+another thread changes meanwhile does not leave a wrong entry behind.
 """
 
 from __future__ import annotations
@@ -269,8 +271,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_no_threads_after_fork)
 
 
+_AUTO_THREADS = blake3.blake3.AUTO
+
+
 def _threads() -> int:
-    return blake3.blake3.AUTO if _multithreaded["ok"] else 1
+    return _AUTO_THREADS if _multithreaded["ok"] else 1
 
 
 def _buffer_digest(buf: Any) -> bytes:
@@ -288,10 +293,11 @@ def _buffer_digest(buf: Any) -> bytes:
             _digests.move_to_end(probe)
             return hit
     digest = blake3.blake3(buf, max_threads=_threads()).digest()
-    with _digests_lock:
-        _digests[probe] = digest
-        while len(_digests) > _MEMO_MAX:
-            _digests.popitem(last=False)
+    if xxhash.xxh3_128(buf, seed=_SEED).digest() + _pack_len(size) == probe:
+        with _digests_lock:
+            _digests[probe] = digest
+            while len(_digests) > _MEMO_MAX:
+                _digests.popitem(last=False)
     return digest
 
 

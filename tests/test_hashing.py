@@ -167,6 +167,49 @@ def test_large_values_are_keyed_by_blake3() -> None:
     assert hash_value(big) != want
 
 
+def test_buffer_changed_while_hashed_leaves_no_memo_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    arr = np.zeros(1 << 18)  # 2 MiB
+    real = hashing.blake3.blake3
+
+    def changing(data: Any = b"", **kw: Any) -> Any:
+        arr[7] = 5.0  # another thread writes while BLAKE3 reads
+        return real(data, **kw)
+
+    hashing._digests.clear()
+    monkeypatch.setattr(hashing.blake3, "blake3", changing)
+    hash_value(arr)
+    assert len(hashing._digests) == 0
+    monkeypatch.setattr(hashing.blake3, "blake3", real)
+    arr[7] = 0.0
+    assert hash_value(arr) == hash_value(np.zeros(1 << 18))
+
+
+def test_a_forked_child_hashes_large_buffers() -> None:
+    # BLAKE3's thread pool does not survive fork: a child using it would wait forever
+    script = (
+        "import os, sys, time\n"
+        "import numpy as np\n"
+        "from hither.hashing import hash_value\n"
+        "hash_value(np.ones(1 << 22))  # 32 MB: the parent starts the thread pool\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    hash_value(np.full(1 << 22, 2.0))\n"
+        "    os._exit(0)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline:\n"
+        "    done, status = os.waitpid(pid, os.WNOHANG)\n"
+        "    if done:\n"
+        "        sys.exit(os.waitstatus_to_exitcode(status))\n"
+        "    time.sleep(0.05)\n"
+        "os.kill(pid, 9)\n"
+        "sys.exit('the forked child hung')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
 def test_buffer_memo_is_bounded_and_keyed_by_content() -> None:
     a = np.zeros(1 << 18)  # 2 MiB
     first = hash_value(a)

@@ -49,3 +49,11 @@ def make_text(mb, kind):
     unit = "hither caches big values as blobs. "
     text = (unit * (mb * 1_000_000 // len(unit) + 1))[: mb * 1_000_000]
     return text if kind == "str" else text.encode()
+
+
+@hi.function("file_size", "0.1.0")
+def file_size(f, after=None):
+    """Size of a File input (its content is hashed into the job's key)."""
+    import os
+
+    return os.path.getsize(os.fspath(f))

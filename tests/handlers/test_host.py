@@ -1,6 +1,6 @@
-"""Host worker processes (hither.handlers.host): the three start methods, functions of
-``__main__`` by value, crash reports, process groups, no orphans, no fd leaks, and
-0.4.2-style scripts without a main guard (tests/handlers/scripts/)."""
+"""Host worker processes (hither.handlers.host and .hostproc): the three start methods,
+functions of ``__main__`` by value, crash reports, process groups, no orphans, no fd
+leaks, and 0.4.2-style scripts without a main guard (tests/handlers/scripts/)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from jobfuncs import (
 
 import hither as hi
 from hither.function import function_def
-from hither.handlers import host
+from hither.handlers import host, hostproc
 from hither.launch import Launch
 
 METHODS = ["spawn", "forkserver", "fork"]
@@ -134,7 +134,7 @@ def test_sentinel_and_exit_code_of_a_worker_that_dies(method, job, kwargs, code)
 def test_without_pidfd_the_sentinel_is_a_pipe_the_worker_holds(direct, monkeypatch):
     """Where the kernel has no pidfd (macOS, old Linux), a worker started by this process
     holds the write end of a pipe until it ends."""
-    monkeypatch.setattr(host, "_PIDFD", False)
+    monkeypatch.setattr(hostproc, "_PIDFD", False)
     w = host.HostWorker(direct)
     try:
         assert run_on(w, jf_add, x=1, y=1)[2] is True

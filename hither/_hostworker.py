@@ -1,6 +1,6 @@
 """What a host worker process runs before it serves jobs, and hither's fork server.
 
-The parent (:mod:`hither.handlers.host`) starts fresh interpreters on this file by path,
+The parent (:mod:`hither.handlers.hostproc`) starts fresh interpreters on this file by path,
 so that neither the user's ``__main__`` nor the ``hither`` package is imported here
 (standard library only; the job's function and arguments come over the connection)::
 

@@ -84,7 +84,7 @@ class ParallelJobHandler(JobHandler):
     ahead so they never wait for the parent. Host workers never import the caller's
     ``__main__`` (a script needs no ``if __name__ == "__main__":`` guard; its functions
     travel by value). ``start_method`` says how they start (see
-    :mod:`hither.handlers.host`): ``"forkserver"`` (the default where the platform can
+    :mod:`hither.handlers.hostproc`): ``"forkserver"`` (the default where the platform can
     fork) forks them from a clean fork server of hither's, ``"spawn"`` starts a fresh
     interpreter for each, ``"fork"`` forks the caller itself as hither 0.4.2 did (unsafe
     when the caller has threads).

@@ -20,6 +20,7 @@ Every process is started from one launcher thread (see :class:`_Launcher`).
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import signal
@@ -225,12 +226,12 @@ class _ForkServer:
             raise OSError(-pid, f"hither's fork server could not fork: {os.strerror(-pid)}")
         return pid
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         """Let the server end (it sees its socket close) and reap it."""
         self.sock.close()
         if self.proc is not None:
             try:
-                self.proc.wait(5)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -320,6 +321,24 @@ def _start_served(conn_fd: int) -> Served:
     finally:
         os.close(status_w)
     return Served(pid, status_r)
+
+
+@atexit.register
+def _close_forkserver_at_exit() -> None:
+    """End the fork server with this process, after the handlers (their workers are its
+    children): it would end anyway when our socket closes, but reaped here nothing is left
+    behind, not even a warning about an unreaped process."""
+    global _forkserver
+    server, _forkserver = _forkserver, None
+    if server is None:
+        return
+    from .base import _shutdown_all_handlers
+
+    try:
+        _shutdown_all_handlers()  # idempotent; atexit would run it after this function
+        server.close(timeout=2.0)
+    except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        pass
 
 
 def ensure_forkserver() -> int:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import stat
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from hither_store import LocalStore, default_store_path
 
 from .errors import CacheError
+
+TEMPDIR_PREFIX = "hither_job_cache"
 
 
 class JobCache:
@@ -18,7 +24,7 @@ class JobCache:
     ``JobCache()`` uses ``$HITHER_STORE`` or the user cache directory (e.g.
     ``~/.cache/hither/store``); ``JobCache(path=...)`` a directory of your choice (a
     shared disk works: writes are atomic and reads verified); ``JobCache(use_tempdir=True)``
-    a folder of this user in the system temp dir. ``readonly=True`` reads results but never writes.
+    a private folder of this user in the system temp dir (see :func:`private_tempdir`). ``readonly=True`` reads results but never writes.
 
     Whether failures are stored and reused is set per block with ``hi.Config(
     cache_failing=..., rerun_failing=..., force_run=...)``.
@@ -34,8 +40,7 @@ class JobCache:
             if path is not None:
                 root = Path(os.fspath(path))
             elif use_tempdir:
-                suffix = f"_{os.getuid()}" if hasattr(os, "getuid") else ""
-                root = Path(tempfile.gettempdir()) / f"hither_job_cache{suffix}"
+                root = private_tempdir()
             else:
                 root = default_store_path()
             try:
@@ -69,3 +74,57 @@ class JobCache:
 
     def __hash__(self) -> int:
         return hash((JobCache, self.store, self.readonly))
+
+
+def private_tempdir() -> Path:
+    """The folder of ``JobCache(use_tempdir=True)``: ``<temp>/hither_job_cache_<uid>``,
+    created with mode 0700, and used only while it is a real directory (not a link) owned
+    by this user that nobody else can write to.
+
+    The name is predictable, so another user may have created it first to plant results:
+    then a fresh private folder is used for this process instead, with a warning.
+    """
+    base = Path(tempfile.gettempdir())
+    if not hasattr(os, "geteuid"):  # Windows: the temp folder is per user already
+        return base / TEMPDIR_PREFIX
+    uid = os.geteuid()
+    root = base / f"{TEMPDIR_PREFIX}_{uid}"
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise CacheError(f"cannot create the job cache folder {root}: {e}") from e
+    problem = _unsafe_dir(root, uid)
+    if problem is None:
+        return root
+    fresh = Path(tempfile.mkdtemp(prefix=f"{TEMPDIR_PREFIX}_{uid}_", dir=base))
+    atexit.register(shutil.rmtree, fresh, True)
+    warnings.warn(f"not using the job cache folder {root}: {problem}, so another user may "
+                  f"have put results there. Using the empty private folder {fresh} "
+                  f"instead; remove {root} (or ask its owner to) to get the shared "
+                  "temp cache back, or pass JobCache(path=...)", RuntimeWarning, stacklevel=3)
+    return fresh
+
+
+def _unsafe_dir(path: Path, uid: int) -> str | None:
+    """Why ``path`` is not a private directory of ``uid`` (None when it is one: a folder
+    of ours that others could read but never write is made private)."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return f"it cannot be inspected ({e})"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid != uid:
+        return f"it belongs to uid {st.st_uid}, not to you (uid {uid})"
+    if st.st_mode & 0o022:
+        return f"others can write to it (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as e:
+            return f"it cannot be made private ({e})"
+    return None

@@ -24,7 +24,13 @@ class JobCache:
     ``JobCache()`` uses ``$HITHER_STORE`` or the user cache directory (e.g.
     ``~/.cache/hither/store``); ``JobCache(path=...)`` a directory of your choice (a
     shared disk works: writes are atomic and reads verified); ``JobCache(use_tempdir=True)``
-    a private folder of this user in the system temp dir (see :func:`private_tempdir`). ``readonly=True`` reads results but never writes.
+    a private folder of this user in the system temp dir (see :func:`private_tempdir`).
+
+    ``readonly=True`` reads results but never writes anything to the store: no records,
+    blobs, code bundles, worker files or work folders (values cross to containers through a
+    private temp store instead, see :mod:`hither.exchange`), and damaged entries are left
+    in place. A store on a read-only file system (or one you may not write to) is used the
+    same way, with one warning.
 
     Whether failures are stored and reused is set per block with ``hi.Config(
     cache_failing=..., rerun_failing=..., force_run=...)``.
@@ -43,12 +49,22 @@ class JobCache:
                 root = private_tempdir()
             else:
                 root = default_store_path()
+            why = None if readonly else _unwritable(root)
+            if why is not None:
+                _warn_read_only(root, why)
             try:
-                store = LocalStore(root)
+                store = LocalStore(root, readonly=readonly or why is not None)
             except OSError as e:
                 raise CacheError(f"cannot open the job cache at {root}: {e}") from e
+        elif readonly and not store.readonly:
+            store = LocalStore(store.root, fsync=store.fsync, readonly=True)
+        #: True when nothing may be written: asked for, or the store cannot be written
+        self.readonly = bool(store.readonly)
         self.store = store
-        self.readonly = bool(readonly)
+
+    def writable(self) -> bool:
+        """Whether results are stored (not read-only)."""
+        return not self.readonly
 
     @property
     def path(self) -> Path:
@@ -74,6 +90,33 @@ class JobCache:
 
     def __hash__(self) -> int:
         return hash((JobCache, self.store, self.readonly))
+
+
+_warned: set[str] = set()
+
+
+def _unwritable(root: Path) -> str | None:
+    """Why an existing store folder cannot be written (None: it can, or does not exist)."""
+    try:
+        vfs = os.statvfs(root) if hasattr(os, "statvfs") else None
+    except OSError:
+        return None
+    if vfs is not None and vfs.f_flag & getattr(os, "ST_RDONLY", 1):
+        return "is on a read-only file system"
+    for d in (root, root / "records", root / "blobs", root / "tmp"):
+        if d.is_dir() and not os.access(d, os.W_OK):
+            return f"is not writable by you ({d})"
+    return None
+
+
+def _warn_read_only(root: Path, why: str) -> None:
+    key = str(root)
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(f"the job cache at {root} {why}: cached results are used, but new results "
+                  "are not stored. Pass JobCache(..., readonly=True) to say this is intended, "
+                  "or choose a writable folder.", RuntimeWarning, stacklevel=3)
 
 
 def private_tempdir() -> Path:

@@ -48,28 +48,11 @@ def default_handler() -> DefaultJobHandler:
     return h
 
 
-_exchange: Any = None
-_exchange_lock = threading.Lock()
-
-
 def exchange_store(settings: _config.Settings) -> Any:
-    """The store values cross through to a runtime worker: the job cache's store, else a
-    private store of this process in the temp folder (removed at exit)."""
-    if settings.job_cache is not None:
-        return settings.job_cache.store
-    global _exchange
-    with _exchange_lock:
-        if _exchange is None:
-            import atexit
-            import shutil
-            import tempfile
+    """The store values cross through to a runtime worker (see :mod:`hither.exchange`)."""
+    from .exchange import exchange_store as _exchange_store
 
-            from hither_store import LocalStore
-
-            root = tempfile.mkdtemp(prefix="hither-exchange-")
-            atexit.register(shutil.rmtree, root, True)
-            _exchange = LocalStore(root)
-        return _exchange
+    return _exchange_store(settings.job_cache)
 
 
 def resolve_container(fdef: FunctionDef, settings: _config.Settings) -> str | None:

@@ -175,7 +175,17 @@ class LocalStore:
                 hexdigest, size = hash_stream(f)
         return self._place_blob(tmp.path, hexdigest, size)
 
-    def _refresh(self, hexdigest: str, size: int) -> bool:
+    def refresh_blob(self, uri: str) -> bool:
+        """Whether the blob ``uri`` is stored; if so, it counts as just stored for gc.
+
+        Call this, not :meth:`has_blob`, before writing a record that references a blob
+        you did not store yourself just now: gc keeps a blob refreshed within its grace
+        period (see :meth:`gc`).
+        """
+        self._writing("refresh a blob")
+        return self._refresh(parse_blob_uri(uri), None)
+
+    def _refresh(self, hexdigest: str, size: int | None) -> bool:
         """Whether the blob is stored (with the right size); if so its modification time
         is set to now, so that gc, which only deletes blobs older than its grace period,
         keeps it for the record about to reference it (see ``_maintenance``).
@@ -186,7 +196,7 @@ class LocalStore:
         path = self._layout.blob_path(hexdigest)
         try:
             before = os.stat(path)
-            if before.st_size != size:
+            if size is not None and before.st_size != size:
                 return False
             os.utime(path)
             after = os.stat(path)

@@ -31,6 +31,7 @@ from tests.cachefuncs import (
     strict_equal,
 )
 from tests.cachefuncs import funcs as cf
+from tests.readonly_mount import read_only_view, tree
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -604,3 +605,54 @@ def test_use_tempdir_never_uses_a_folder_planted_by_another_user(how, tempdir, t
     job = run(cf.cf_add, cache=cache)(a=1, b=2)
     assert job.result() == 3 and not job.cache_hit
     assert store_files(planted) == before
+
+
+# ----------------------------------------------------------------------------- read-only
+def test_readonly_never_writes_anything_not_even_quarantine_or_folders(tmp_path, log):
+    path = tmp_path / "store"
+    writable = hi.JobCache(path=path)
+    good = run(cf.cf_add, cache=writable)(a=1, b=2)
+    bad = run(cf.cf_add, cache=writable)(a=2, b=2)
+    rec_file = writable.store.record_path(bad.key)
+    rec_file.write_bytes(rec_file.read_bytes()[:-20])  # damaged
+    before = tree(path)
+    ro = hi.JobCache(path=path, readonly=True)
+    with pytest.warns(StoreWarning, match="left in place"):
+        again = run(cf.cf_add, cache=ro)(a=2, b=2)
+    assert again.result() == 4 and not again.cache_hit
+    assert run(cf.cf_add, cache=ro)(a=1, b=2).cache_hit and good.result() == 3
+    f = tmp_path / "input.txt"
+    f.write_text("x" * 10_000)
+    assert run(cf.cf_read_file, cache=ro)(f=hi.File(f)).result() == b"x" * 10_000
+    assert tree(path) == before  # nothing moved to quarantine, no snapshot, nothing new
+
+    missing = tmp_path / "never-created"
+    nothing = hi.JobCache(path=missing, readonly=True)
+    assert run(cf.cf_add, cache=nothing)(a=7, b=1).result() == 8
+    assert not missing.exists()
+
+
+def test_a_store_on_a_read_only_file_system_serves_hits_and_runs_misses(tmp_path, log):
+    src = tmp_path / "store"
+    writable = hi.JobCache(path=src)
+    assert run(cf.cf_add, cache=writable)(a=1, b=2).result() == 3
+    assert run(cf.cf_array, cache=writable)(n=5000).result().shape == (5000,)
+    before = tree(src)
+    with read_only_view(src, tmp_path / "ro") as ro_path:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cache = hi.JobCache(path=ro_path)
+            for handler in (hi.DefaultJobHandler(), hi.ParallelJobHandler(1)):
+                with handler:
+                    hit = run(cf.cf_array, handler, cache)(n=5000)
+                    assert hit.cache_hit and hit.result().shape == (5000,)
+                    assert run(cf.cf_add, handler, cache)(a=1, b=2).cache_hit
+                    miss = run(cf.cf_array, handler, cache)(n=6000)
+                    assert not miss.cache_hit and miss.result().shape == (6000,)
+                    assert len(run(cf.cf_bytes, handler, cache)(n=100_000).result()) == 100_000
+            hi.JobCache(path=ro_path)  # once per store, not per cache object
+        texts = [str(w.message) for w in caught]
+        assert len(texts) == 1, texts
+        assert str(ro_path) in texts[0] and "read-only file system" in texts[0]
+        assert cache.readonly and not cache.writable()
+    assert tree(src) == before

@@ -65,7 +65,10 @@ class Launch:
             return pickle.loads(self.kwargs_pickle)
         import copy
 
-        return copy.deepcopy(self.kwargs or {})
+        try:
+            return copy.deepcopy(self.kwargs or {})
+        except Exception:  # noqa: BLE001 - cannot be copied (an open file): as it is
+            return dict(self.kwargs or {})
 
     def stream_prefix(self) -> str | None:
         """The live console prefix now (None: no live console)."""

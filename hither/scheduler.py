@@ -179,9 +179,9 @@ def _walk(value: Any, path: str) -> Iterator[Any]:
             raise SerializationError(f"argument {p} is nested more than {MAX_NESTING} levels "
                                      "deep: flatten it or pass it as an array or a File", p)
         inner = active | {id(v)}
-        for sub_path, x in items:
-            if type(x) not in _LEAVES:
-                stack.append((x, sub_path, depth + 1, inner))
+        children = [(x, sub_path, depth + 1, inner) for sub_path, x in items
+                    if type(x) not in _LEAVES]
+        stack.extend(reversed(children))  # visited in order
 
 
 def _upstream_by_name(kwargs: dict[str, Any]) -> dict[str, list[Job]]:
@@ -240,6 +240,7 @@ class _Plan:
     code: Any = None
     links: Path | None = None
     """Folder of the links to the snapshots of the job's File inputs (removed at the end)."""
+    store_of_links: Any = None
     snapshots: dict[str, str] = field(default_factory=dict)
     """Original path of each File input -> sha256 of its snapshot."""
 
@@ -366,6 +367,7 @@ def _link_snapshots(kwargs: dict[str, Any], store: Any, plan: _Plan, job_id: str
     """Hand the job its File inputs as read-only links to their snapshots, under their own
     names (a suffix some readers depend on is kept)."""
     links = plan.links = Path(store.tmp_dir) / f"in-{os.getpid()}-{job_id}-{secrets.token_hex(3)}"
+    plan.store_of_links = store
     links.mkdir(mode=0o700, parents=True)
     made: dict[str, File] = {}
 
@@ -529,18 +531,28 @@ def _on_outcome(job: Job, plan: _Plan, hfut: Future) -> None:
         outcome: Outcome = hfut.result()
     except BaseException as e:  # noqa: BLE001 - a broken handler must not hang the job
         outcome = Outcome(False, error=e)
-    try:
-        if isinstance(outcome.error, JobCancelledException):
-            job._complete(outcome, JobStatus.CANCELLED)
-            return
-        keyinfo = job.keyinfo
-        if keyinfo is not None:
-            _record(job, plan, keyinfo, outcome)
-        remote = not job.handler.drives_in_caller or "runtime" in outcome.info
-        job._complete(outcome, JobStatus.FINISHED if outcome.ok else JobStatus.ERROR,
-                      remote=remote)
-    finally:
-        _cleanup(plan)
+    if plan.links is not None and outcome.ok:
+        outcome.value = _map_files(outcome.value, partial(_unlinked, plan))
+    _cleanup(plan)
+    if isinstance(outcome.error, JobCancelledException):
+        job._complete(outcome, JobStatus.CANCELLED)
+        return
+    keyinfo = job.keyinfo
+    if keyinfo is not None:
+        _record(job, plan, keyinfo, outcome)
+    remote = not job.handler.drives_in_caller or "runtime" in outcome.info
+    job._complete(outcome, JobStatus.FINISHED if outcome.ok else JobStatus.ERROR,
+                  remote=remote)
+
+
+def _unlinked(plan: _Plan, f: File) -> File:
+    """A File of the result that is one of the job's input links (removed when the job
+    ends): the snapshot in the store it links to."""
+    sha = f._sha256
+    if sha is None or plan.links is None or not f.path.startswith(str(plan.links) + os.sep):
+        return f
+    store = plan.store_of_links
+    return File._snapshot(str(store.blob_path("sha256://" + sha)), sha)
 
 
 def _record(job: Job, plan: _Plan, keyinfo: Any, outcome: Outcome) -> None:

@@ -78,6 +78,7 @@ def _kill_now(slot: _Slot) -> None:
     if slot.host is not None:
         slot.host.kill()
         slot.host.close()
+        _reap(slot.host, 2)
     elif slot.stdio is not None:
         slot.stdio.stop()
 
@@ -371,7 +372,7 @@ class ParallelJobHandler(JobHandler):
             else:
                 slot.host.kill()
             slot.host.close()
-            threading.Thread(target=slot.host.proc.join, args=(5,), daemon=True).start()
+            threading.Thread(target=_reap, args=(slot.host, 5), daemon=True).start()
             return
         assert slot.stdio is not None
         if not graceful:
@@ -391,17 +392,18 @@ class ParallelJobHandler(JobHandler):
             self._shared.wake()
         for slot in slots:
             if slot.host is not None:
-                self._stop_slot(slot, graceful)
+                if graceful and not slot.inflight:
+                    slot.host.send(("stop",))
+                else:
+                    slot.host.kill()
+                slot.host.close()
             else:
                 assert slot.stdio is not None
                 slot.stdio.stop(graceful=graceful and not slot.inflight)
         deadline = time.monotonic() + (2.0 if graceful else 0.5)
         for slot in slots:
             if slot.host is not None:
-                slot.host.proc.join(max(0.0, deadline - time.monotonic()))
-                if slot.host.proc.is_alive():
-                    slot.host.kill()
-                    slot.host.proc.join(2)
+                _reap(slot.host, max(0.0, deadline - time.monotonic()))
         thread = self._shared.thread
         if thread is None:
             self._shared.close()
@@ -569,6 +571,18 @@ class ParallelJobHandler(JobHandler):
         else:
             outcome = slot.stdio.crash_outcome(head.launch)  # type: ignore[union-attr]
         self._kill_slot(slot, done, head_outcome=outcome)
+
+
+def _reap(host: HostWorker, timeout: float) -> None:
+    """Wait for a stopped host worker and release its process handle (a descriptor)."""
+    host.proc.join(timeout)
+    if host.proc.exitcode is None:
+        host.kill()
+        host.proc.join(2)
+    try:
+        host.proc.close()
+    except ValueError:  # still running: leave it to the garbage collector
+        pass
 
 
 def _settle(done: list[tuple[_Task, Settle]]) -> None:

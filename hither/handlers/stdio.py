@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import _codec, values
-from ..errors import JobFailedError, JobTimeoutError, WorkerCrashedError, rebuild_exception
+from ..errors import (
+    JobTimeoutError,
+    UnreadableResultError,
+    WorkerCrashedError,
+    rebuild_exception,
+)
 from ..launch import Launch, Outcome
 from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
@@ -219,7 +224,7 @@ class StdioWorker:
                 manifest = self._ingest_job(launch.job_id, msg.get("result"))
                 value = values.decode(manifest, self.store)
             except Exception as e:  # noqa: BLE001
-                err = JobFailedError(f"the result of job {launch.label!r} could not be read "
+                err = UnreadableResultError(f"the result of job {launch.label!r} could not be read "
                                      f"back from the worker: {e}", remote_type=type(e).__name__,
                                      job_label=launch.label)
                 return Outcome(False, error=err, console=console, start_time=start,

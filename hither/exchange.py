@@ -29,8 +29,8 @@ _lock = threading.Lock()
 def exchange_store(cache: Any) -> LocalStore:
     """The store values cross through for a job under ``cache`` (a ``hi.JobCache`` or
     None): the cache's store when it may be written, else this process's private one."""
-    if cache is not None and cache.writable():
-        return cache.store  # type: ignore[no-any-return]
+    if cache is not None and not cache.readonly:
+        return cache.store
     return private_store()
 
 

@@ -32,7 +32,6 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
-from ._codec import walk_refs
 from .explain import (
     KeyLookupError,
     LineageNode,
@@ -316,16 +315,28 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
 
 # ----------------------------------------------------------------------------- gc
 def _referenced(store: LocalStore) -> tuple[set[str], int]:
-    """Hex digests of every blob referenced by a record, and the number of records."""
+    """Hex digests of every blob a record mentions, and the number of records.
+
+    Conservative on purpose: any string of the form ``sha256://<64 hex>`` anywhere in a
+    record counts, not only the refs of the value codec's nodes, so a blob is never lost
+    to a kind of node gc does not know about."""
     keep: set[str] = set()
     n = 0
     for _, rec in store.iter_records():
         n += 1
-        for ref in walk_refs(rec):
-            try:
-                keep.add(parse_blob_uri(ref))
-            except ValueError:
-                continue
+        stack: list[Any] = [rec]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str):
+                if node.startswith("sha256://") and len(node) == 73:
+                    try:
+                        keep.add(parse_blob_uri(node))
+                    except ValueError:
+                        pass
+            elif isinstance(node, dict):
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
     return keep, n
 
 

@@ -216,3 +216,24 @@ def test_hither_cache_gc_against_running_jobs_never_breaks_a_cached_result(tmp_p
     assert rounds > 3 and removed > 0, f"gc ran {rounds} rounds and removed {removed} blobs"
     assert bad == [], f"records with missing blobs after gc: {bad[:5]}"
     assert _gc_jobs.all_cached_results_load(str(root)) == _gc_jobs.N_KEYS
+
+
+def test_hither_cache_gc_keeps_every_blob_a_record_mentions(tmp_path, capsys):
+    """Marking is conservative: a blob uri anywhere in a record keeps the blob, whatever
+    node holds it (a kind of value node gc does not know, a console blob...)."""
+    from hither._codec import TAG
+    from hither.cli import main
+
+    root = tmp_path / "store"
+    store = LocalStore(root)
+    known = store.put_bytes(b"a result blob " * 500)
+    other = store.put_bytes(b"mentioned elsewhere " * 500)
+    orphan = store.put_bytes(b"nobody mentions me " * 500)
+    for uri in (known, other, orphan):
+        age(blob_file(store, uri), 2 * HOUR)
+    store.put_record("some-record-key", {
+        "result": {TAG: "bytes", "ref": known, "size": 7000},
+        "console_blob": other, "nested": [{"x": ["not a uri", "sha256://short"]}]})
+    assert main(["cache", "gc", "--store", str(root)]) == 0
+    assert "1 unreferenced blobs" in capsys.readouterr().out
+    assert store.has_blob(known) and store.has_blob(other) and not store.has_blob(orphan)

@@ -56,8 +56,12 @@ class JobCache:
                 store = LocalStore(root, readonly=readonly or why is not None)
             except OSError as e:
                 raise CacheError(f"cannot open the job cache at {root}: {e}") from e
-        elif readonly and not store.readonly:
-            store = LocalStore(store.root, fsync=store.fsync, readonly=True)
+        elif not store.readonly:
+            why = None if readonly else _unwritable(store.root)
+            if why is not None:
+                _warn_read_only(store.root, why)
+            if readonly or why is not None:
+                store = LocalStore(store.root, fsync=store.fsync, readonly=True)
         #: True when nothing may be written: asked for, or the store cannot be written
         self.readonly = bool(store.readonly)
         self.store = store

@@ -24,7 +24,6 @@ import secrets
 import select
 import shutil
 import stat
-import sys
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ from ..errors import (
     rebuild_exception,
 )
 from ..launch import Launch, Outcome
+from ..progress import echo
 from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
 
@@ -166,8 +166,7 @@ class StdioWorker:
                     self.hello = msg
                 elif op == "echo":  # a live console line (show_console)
                     prefix = self.current.stream_prefix() if self.current else None
-                    sys.stdout.write((prefix or "") + str(msg.get("text", "")))
-                    sys.stdout.flush()
+                    echo((prefix or "") + str(msg.get("text", "")))
                 else:
                     msgs.append(msg)
         return msgs

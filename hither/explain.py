@@ -152,6 +152,8 @@ def describe_manifest(manifest: Any) -> str:
             return f"bytes({len(base64.b64decode(manifest['v']))})"
         if tag == "bytes":
             return f"bytes({manifest.get('size', '?')})"
+        if tag == "str":
+            return f"str ({manifest.get('size', '?')} bytes of UTF-8)"
         if tag == "file":
             return f"File {manifest.get('name')!r}"
         if tag == "npscalar":

@@ -9,13 +9,17 @@ This package depends on nothing in ``hither``.
 
 from ._maintenance import owned_dirs, tree_size
 from ._paths import blob_uri, default_store_path, owned_name, parse_blob_uri
+from ._statmemo import FileMemo, PersistentStatMemo, StatMemo
 from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
 from .local import LocalStore
 
 __all__ = [
     "BlobNotFoundError",
     "CorruptBlobError",
+    "FileMemo",
     "LocalStore",
+    "PersistentStatMemo",
+    "StatMemo",
     "StoreError",
     "StoreWarning",
     "blob_uri",

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -206,7 +207,8 @@ class LocalStore:
                 (before.st_dev, before.st_ino, before.st_size):
             return False
         if VERIFIED.is_verified(str(path), signature(before)):
-            # only the times changed (by us): what was verified still holds
+            # only the times changed (by us): what was verified still holds. (Blobs are
+            # 0444: only their owner could rewrite one between the two stats.)
             VERIFIED.remember(str(path), signature(after))
         return True
 
@@ -248,6 +250,7 @@ class LocalStore:
         """
         hexdigest = parse_blob_uri(uri)
         path = self._layout.blob_path(hexdigest)
+        started = time.time_ns()
         try:
             f = open(path, "rb")
         except FileNotFoundError:
@@ -263,7 +266,7 @@ class LocalStore:
         if actual != hexdigest:
             self._corrupt(uri, path, st, actual)
         if complete:
-            VERIFIED.remember(str(path), sig)
+            VERIFIED.remember(str(path), sig, started_ns=started)
         return data
 
     def blob_path(self, uri: str) -> Path:
@@ -279,6 +282,7 @@ class LocalStore:
         """
         hexdigest = parse_blob_uri(uri)
         path = self._layout.blob_path(hexdigest)
+        started = time.time_ns()
         try:
             f = open(path, "rb", buffering=0)
         except FileNotFoundError:
@@ -293,7 +297,7 @@ class LocalStore:
         if actual != hexdigest:
             self._corrupt(uri, path, before, actual)
         if after == sig:
-            VERIFIED.remember(str(path), sig)
+            VERIFIED.remember(str(path), sig, started_ns=started)
         return path
 
     def blob_size(self, uri: str) -> int:
@@ -387,6 +391,18 @@ class LocalStore:
             if moved is not None or self.readonly:
                 return None
         return None
+
+    def quarantine_record(self, key: str) -> Path | None:
+        """Move the record file of ``key`` to quarantine (for a record its reader found
+        unusable, e.g. a result it cannot decode); return where it went, or None if there
+        was none."""
+        self._writing("quarantine a record")
+        path = self.record_path(key)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return quarantine_file(self._layout.quarantine_dir, path, st, "record")
 
     def has_record(self, key: str) -> bool:
         """Whether a record file exists for ``key`` (cheap: its content is not verified)."""

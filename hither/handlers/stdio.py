@@ -264,7 +264,7 @@ class StdioWorker:
             return [self._ingest(x, dir_fd) for x in manifest]
         if isinstance(manifest, dict):
             ref = manifest.get("ref")
-            if manifest.get(_codec.TAG) in ("npy", "bytes", "file") and \
+            if manifest.get(_codec.TAG) in _codec.BLOB_KINDS and \
                     isinstance(ref, str) and ref.startswith("out:"):
                 node = dict(manifest)
                 node["ref"] = self._take(ref, dir_fd)

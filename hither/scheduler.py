@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import secrets
 import shutil
 import threading
 import time
@@ -311,7 +310,7 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
         if plan.hit is not None:
             return plan
         if plan.snapshots:
-            kwargs = _link_snapshots(kwargs, cache.store, plan, job.job_id)
+            kwargs = _link_snapshots(kwargs, cache.store, plan)
     if plan.runtime is not None:
         from . import values
         from ._codec import EncodeError
@@ -399,13 +398,12 @@ def _snapshot_files(kwargs: dict[str, Any], store: Any, plan: _Plan) -> dict[str
     return {**kwargs, **changed} if changed else kwargs
 
 
-def _link_snapshots(kwargs: dict[str, Any], store: Any, plan: _Plan, job_id: str
+def _link_snapshots(kwargs: dict[str, Any], store: Any, plan: _Plan
                     ) -> dict[str, Any]:
     """Hand the job its File inputs as read-only links to their snapshots, under their own
     names (a suffix some readers depend on is kept)."""
-    links = plan.links = Path(store.tmp_dir) / f"in-{os.getpid()}-{job_id}-{secrets.token_hex(3)}"
+    links = plan.links = store.work_dir("in")  # gc removes it if this process dies
     plan.store_of_links = store
-    links.mkdir(mode=0o700, parents=True)
     made: dict[str, File] = {}
 
     def link(f: File) -> File:

@@ -156,22 +156,29 @@ env_set() {
 # env_has KEY: true if .ci/env.sh sets KEY.
 env_has() { [[ -f "$CI_ENV_FILE" ]] && grep -q "^export $1=" "$CI_ENV_FILE"; }
 
-# stop_pidfile NAME: TERM the process in $HITHER_CI_DIR/NAME.pid, KILL it after 20 s, remove
-# the PID file. Never fails.
+# stop_pidfile NAME: TERM the process in $HITHER_CI_DIR/NAME.pid and wait up to 20 s (then
+# KILL); then end whatever is left of its process group (start_daemon makes each daemon a
+# group leader), so no child outlives it. Removes the PID file. Never fails.
 stop_pidfile() {
-    local name="$1" f="$HITHER_CI_DIR/$1.pid" pid
+    local name="$1" f="$HITHER_CI_DIR/$1.pid" pid pgid
     if ! pid_alive "$f"; then
         [[ -f "$f" ]] && log "$name: not running (stale PID file)"
         rm -f "$f"
         return 0
     fi
     pid=$(cat "$f")
+    pgid=$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     if ! wait_for "! kill -0 $pid" 20; then
         warn "$name (pid $pid) did not stop, killing it"
         kill -KILL "$pid" 2>/dev/null || true
         wait_for "! kill -0 $pid" 5 || true
+    fi
+    if [[ "$pgid" == "$pid" ]] && pgrep -g "$pgid" >/dev/null 2>&1; then
+        log "$name: ending the rest of its process group ($(pgrep -g "$pgid" | tr '\n' ' '))"
+        kill -TERM -- "-$pgid" 2>/dev/null || true
+        wait_for "! pgrep -g $pgid" 10 || kill -KILL -- "-$pgid" 2>/dev/null || true
     fi
     rm -f "$f"
 }
@@ -192,8 +199,8 @@ ensure_test_extra() {
     local find='import importlib.util as u, sys; m = [a for a in sys.argv[1:] if u.find_spec(a) is None]; print(*m); sys.exit(bool(m))'
     local missing
     missing=$("$CI_PYTHON" -c "$find" "$@" 2>&1) && return 0
-    log "$CI_PYTHON lacks $missing: pip install -e '$CI_REPO[test]'"
-    retry timeout 900 "$CI_PYTHON" -m pip install -q --disable-pip-version-check -e "$CI_REPO[test]" \
+    log "$CI_PYTHON lacks $missing: pip install -e '${CI_REPO}[test]'"
+    retry timeout 900 "$CI_PYTHON" -m pip install -q --disable-pip-version-check -e "${CI_REPO}[test]" \
         >>"$HITHER_CI_DIR/log/pip.log" 2>&1 || { show_log "$HITHER_CI_DIR/log/pip.log"; return 1; }
     if command -v pyenv >/dev/null; then pyenv rehash >/dev/null 2>&1 || true; fi
     missing=$("$CI_PYTHON" -c "$find" "$@" 2>&1) || { log "still missing after pip install: $missing"; return 1; }

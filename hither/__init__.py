@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from . import scheduler as _scheduler
 from ._codec import File
+from .aio import gather
+from .builtins import identity, noop
 from .cache import JobCache
 from .config import Config
 from .errors import (
     CacheError,
+    DeserializationException,
     DuplicateFunctionException,
     FunctionNotRegisteredError,
     HandlerClosedError,
@@ -65,6 +68,7 @@ __all__ = [
     "Config",
     "ConsoleCapture",
     "DefaultJobHandler",
+    "DeserializationException",
     "DuplicateFunctionException",
     "File",
     "FileLock",
@@ -92,8 +96,11 @@ __all__ = [
     "container",
     "explain",
     "function",
+    "gather",
     "get_function",
+    "identity",
     "local_modules",
+    "noop",
     "opts",
     "registered_functions",
     "reset",

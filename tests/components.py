@@ -27,8 +27,8 @@ import pytest
 TEST_IMAGE = os.environ.get("HITHER_TEST_IMAGE", "local/py3numpy:bookworm")
 
 #: every component name ``missing``/``require`` accept
-COMPONENTS = ("docker", "podman", "podman-cli", "apptainer", "apptainer-sif", "uv", "slurm",
-              "sacct", "dask", "s3", "http-store", "users", "chromium")
+COMPONENTS = ("docker", "podman", "podman-cli", "apptainer", "apptainer-sif", "uv",
+              "jupyter-kernel", "slurm", "sacct", "dask", "s3", "http-store", "users", "chromium")
 
 
 def _fail_or_skip(message: str) -> None:
@@ -88,6 +88,14 @@ def missing(component: str, images: tuple[str, ...] = (TEST_IMAGE,)) -> str | No
             find_uv()
         except Exception as e:
             return f"uv ({e})"
+        return None
+    if component == "jupyter-kernel":
+        try:
+            import ipykernel  # noqa: F401
+            import nbclient  # noqa: F401
+            import nbformat  # noqa: F401
+        except ImportError as e:
+            return f"nbclient, nbformat and ipykernel ({e})"
         return None
     if component in _SERVICE_CHECKS:
         return _SERVICE_CHECKS[component]()

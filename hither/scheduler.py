@@ -112,28 +112,11 @@ def _soon(fn: Callable[..., None], *args: Any) -> None:
 
 
 # ------------------------------------------------------------------------ exchange store
-_exchange: Any = None
-_exchange_lock = threading.Lock()
-
-
 def exchange_store(settings: _config.Settings) -> Any:
-    """The store values cross through to a runtime worker: the job cache's store, else a
-    private store of this process in the temp folder (removed at exit)."""
-    cache = settings.job_cache
-    if cache is not None and not cache.readonly:
-        return cache.store
-    global _exchange
-    with _exchange_lock:
-        if _exchange is None:
-            import atexit
-            import tempfile
+    """The store values cross through to a runtime worker (see :mod:`hither.exchange`)."""
+    from .exchange import exchange_store as _exchange_store
 
-            from hither_store import LocalStore
-
-            root = tempfile.mkdtemp(prefix="hither-exchange-")
-            atexit.register(shutil.rmtree, root, True)
-            _exchange = LocalStore(root)
-        return _exchange
+    return _exchange_store(settings.job_cache)
 
 
 # ------------------------------------------------------------------------ creating jobs
@@ -404,7 +387,7 @@ def _snapshot_files(kwargs: dict[str, Any], store: Any, plan: _Plan) -> dict[str
         if sha is None:
             try:
                 sha = hash_file(f.path)  # memoized by stat: an unchanged file is not read
-                if not store.has_blob("sha256://" + sha):
+                if not store.refresh_blob("sha256://" + sha):
                     sha = store.put_file(f.path).split("://", 1)[1]
             except OSError as e:
                 raise SerializationError(f"cannot read File {f.path!r}: {e}") from e

@@ -442,12 +442,18 @@ def _runtime_for(fdef: FunctionDef, settings: _config.Settings) -> Any:
 
 
 def pickle_kwargs(fdef: FunctionDef, kwargs: dict[str, Any]) -> bytes:
-    """Pickle arguments for a worker process; name the argument that cannot be."""
+    """Pickle arguments for a worker process; name the argument that cannot be.
+
+    Arguments that refer to ``__main__`` (an object of a class defined in the script or
+    notebook) go by value: a worker has no ``__main__`` of the caller to find it in."""
+    import cloudpickle
+
     try:
-        return pickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in data:
+            return data
     except Exception:  # noqa: BLE001 - try harder, then explain
         pass
-    import cloudpickle
 
     try:
         return cloudpickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)

@@ -178,9 +178,7 @@ class HostWorker:
     # ---------------------------------------------------------------- messages
     def run_message(self, launch: Launch) -> tuple:
         """The message running ``launch`` (the function is sent once per worker)."""
-        kw = launch.pickled_kwargs()
-        if self.start_method != "fork" and b"__main__" in kw:
-            kw = _by_value(launch.call_kwargs())  # an object of a script's class
+        kw = launch.pickled_kwargs()  # by value where they refer to __main__ (scheduler)
         fn = sources = None
         if launch.fid not in self.fids:
             fn = launch.fn_pickle()
@@ -237,15 +235,6 @@ class HostWorker:
     def recv(self) -> tuple:
         """Read one message (raises EOFError/OSError when the worker is gone)."""
         return pickle.loads(self.conn.recv_bytes())
-
-
-def _by_value(kwargs: dict[str, Any]) -> bytes:
-    """Arguments that refer to ``__main__`` (an object of a class defined in the script)
-    pickled with cloudpickle: a worker has no ``__main__`` of the caller to find it in, so
-    the class travels by value, as the script's functions do."""
-    import cloudpickle
-
-    return cloudpickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def by_value_sources(fn: Callable[..., Any]) -> tuple[dict, dict] | None:

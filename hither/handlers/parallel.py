@@ -121,6 +121,7 @@ class ParallelJobHandler(JobHandler):
         self._shared = _loop.Shared()
         self._slots: list[_Slot] = self._shared.slots
         self._finalizer = weakref.finalize(self, _loop.abandon, self._shared, _kill_now)
+        self._finalizer.atexit = False  # at exit, the handlers are shut down in order
 
     # ---------------------------------------------------------------- public interface
     def submit(self, launch: Launch) -> Future[Outcome]:

@@ -77,9 +77,11 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.5.0"
 
 
-def run(name: str, **kwargs):
+def run(name: str, **kwargs: Any) -> Job:
     """Run the registered function ``name``: ``get_function(name).run(**kwargs)``."""
-    return get_function(name).run(**kwargs)
+    fn: Any = get_function(name)
+    job: Job = fn.run(**kwargs)
+    return job
 
 
 def wait(timeout: float | None = None) -> None:

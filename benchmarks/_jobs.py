@@ -41,3 +41,11 @@ def array_mean(a):
 def noop():
     """Used to warm up pools."""
     return None
+
+
+@hi.function("file_size", "0.1.0")
+def file_size(f, after=None):
+    """Size of a File input (its content is hashed into the job's key)."""
+    import os
+
+    return os.path.getsize(os.fspath(f))

@@ -9,10 +9,12 @@ from __future__ import annotations
 from . import scheduler as _scheduler
 from ._codec import File
 from .aio import gather
+from .builtins import identity, noop
 from .cache import JobCache
 from .config import Config
 from .errors import (
     CacheError,
+    DeserializationException,
     DuplicateFunctionException,
     FunctionNotRegisteredError,
     HandlerClosedError,
@@ -66,6 +68,7 @@ __all__ = [
     "Config",
     "ConsoleCapture",
     "DefaultJobHandler",
+    "DeserializationException",
     "DuplicateFunctionException",
     "File",
     "FileLock",
@@ -95,7 +98,9 @@ __all__ = [
     "function",
     "gather",
     "get_function",
+    "identity",
     "local_modules",
+    "noop",
     "opts",
     "registered_functions",
     "reset",

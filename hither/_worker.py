@@ -45,6 +45,7 @@ class _LineRecorder(object):
         self._echo = echo
         self._prefix = prefix
         self._partial = ""
+        self.replaced = None  # the stream this recorder stands in for
         self.encoding = "utf-8"
         self.errors = "replace"
 
@@ -115,6 +116,7 @@ class capture_console(object):
         prefix = self._prefix or ""
         self._out = _LineRecorder(self.lines, False, echo_out, prefix)
         self._err = _LineRecorder(self.lines, True, echo_err, prefix)
+        self._out.replaced, self._err.replaced = self._saved
         sys.stdout, sys.stderr = self._out, self._err
         return self
 

@@ -417,6 +417,11 @@ class Explanation:
     def __str__(self) -> str:
         return self.to_text()
 
+    def _repr_html_(self) -> str:
+        from .explain_html import explanation_html
+
+        return explanation_html(self)
+
 
 def explain(target: Any, cache: StoreArg = None) -> Explanation:
     """Explain a key: ``target`` is a :class:`hither.Job` or a key (or unique key prefix).
@@ -483,6 +488,11 @@ class LineageNode:
         yield self
         for c in self.children:
             yield from c.walk()
+
+    def _repr_html_(self) -> str:
+        from .explain_html import lineage_tree_html
+
+        return lineage_tree_html(self)
 
 
 def lineage(key: str, cache: StoreArg = None, *, max_depth: int = 50) -> LineageNode:

@@ -20,24 +20,35 @@ _registry_lock = threading.Lock()
 
 
 def _register(fdef: FunctionDef) -> None:
+    """Register ``fdef`` under its name; a redefinition replaces the entry.
+
+    A redefinition in the same module (a re-run or later notebook cell, a reloaded module,
+    a script) replaces it silently. The same name from two different modules raises
+    :class:`DuplicateFunctionException` when the versions differ and warns otherwise; a
+    built-in (``hi.identity``, ``hi.noop``) yields to a user function without a word.
+    """
     path = fdef.source_file
+    module = getattr(fdef.fn, "__module__", None)
     with _registry_lock:
         prev = _registry.get(fdef.name)
         if prev is not None:
             old, old_path = prev
+            old_module = getattr(old.fn, "__module__", None)
             same_file = (old_path is not None and path is not None
                          and os.path.realpath(old_path) == os.path.realpath(path))
-            if not same_file and old_path != path:
+            if old_module != module and not same_file and old_module != _BUILTINS:
                 if old.version != fdef.version:
                     raise DuplicateFunctionException(
-                        f"hither function {fdef.name!r} is registered in two different files "
-                        f"with different versions: {old_path} ({old.version}) and {path} "
-                        f"({fdef.version})")
+                        f"hither function {fdef.name!r} is registered in two different "
+                        f"modules with different versions: {old_module} ({old_path}, "
+                        f"{old.version}) and {module} ({path}, {fdef.version}); rename one")
                 warnings.warn(f"hither function {fdef.name!r} {fdef.version} is registered "
-                              f"again from {path} (first from {old_path}); the newest is used",
-                              stacklevel=4)
-        # a redefinition (notebook cell, reloaded module) replaces the old object
+                              f"again from {module} ({path}), first from {old_module} "
+                              f"({old_path}); the newest is used", stacklevel=4)
         _registry[fdef.name] = (fdef, path)
+
+
+_BUILTINS = "hither.builtins"
 
 
 def get_function(name: str) -> Callable[..., Any]:

@@ -152,6 +152,9 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
             _inline_live += 1
     handler.adopt(job.job_id, job.cancel)
     job.add_done_callback(_forget)
+    if _show_progress(settings.progress):
+        _progress().created()
+        job.add_done_callback(_progress_done)
     if upstream:
         for up in upstream:
             up.add_done_callback(partial(_upstream_done, job, nested))
@@ -159,6 +162,39 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
         assert plan is not None
         _dispatch(job, plan)
     return job
+
+
+_tracker: Any = None
+_default_progress: bool | None = None
+
+
+def _show_progress(setting: bool | None) -> bool:
+    global _default_progress
+    if setting is not None:
+        return setting
+    if _default_progress is None:
+        from . import progress
+
+        _default_progress = progress.enabled(None)
+    return _default_progress
+
+
+def _progress() -> Any:
+    global _tracker
+    if _tracker is None:
+        from .progress import Tracker
+
+        _tracker = Tracker(_running_count)
+    return _tracker
+
+
+def _running_count() -> int:
+    return sum(j.get_status() is JobStatus.RUNNING for j in live_jobs())
+
+
+def _progress_done(job: Future) -> None:
+    assert isinstance(job, Job)
+    _progress().completed(job.get_status().value, job.cache_hit)
 
 
 def _forget(job: Future) -> None:

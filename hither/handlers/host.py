@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any
 
 from .. import _worker
-from ..errors import JobFailedError
+from ..errors import JobFailedError, UnreadableResultError
 from ..launch import Launch, Outcome
 
 #: messages up to this size are written directly: with the jobs sent ahead (prefetch) they fit
@@ -143,7 +143,7 @@ def _decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: 
         try:
             value = pickle.loads(payload)
         except Exception as e:  # noqa: BLE001
-            err = JobFailedError(
+            err = UnreadableResultError(
                 f"the result of job {launch.label!r} could not be unpickled in the parent "
                 f"process: {type(e).__name__}: {e}", remote_type=type(e).__name__,
                 job_label=launch.label)

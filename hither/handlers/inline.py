@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from .. import _worker
 from ..errors import JobTimeoutError
 from ..launch import Launch, Outcome
+from ..progress import EchoStream
 from .base import JobHandler, completed_future
 from .stdio import StdioWorker, pool_key
 
@@ -192,8 +193,10 @@ def drive(until: Callable[[], bool], timeout: float | None) -> None:
 def execute_inline(launch: Launch) -> Outcome:
     """Run a launch in this thread and describe how it ended."""
     _worker.add_sys_path(launch.sys_path)
+    prefix = launch.stream_prefix()
     ok, value, tb, lines, start, end = _worker.run_call(
-        launch.fn, launch.call_kwargs(), launch.stream_prefix(), launch.timeout)
+        launch.fn, launch.call_kwargs(), prefix, launch.timeout,
+        echo=EchoStream() if prefix is not None else None)
     if ok:
         return Outcome(True, value=value, console=lines, start_time=start, end_time=end)
     raised = True

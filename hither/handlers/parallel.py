@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import selectors
-import sys
 import threading
 import time
 import weakref
@@ -16,6 +15,7 @@ from functools import partial
 
 from ..errors import JobTimeoutError, WorkerCrashedError
 from ..launch import Launch, Outcome
+from ..progress import echo
 from . import _loop
 from .base import JobHandler, completed_future, in_io_thread
 from .host import HostWorker, decode_outcome, describe_exit
@@ -58,11 +58,6 @@ class _Slot:
             return (self.host.conn.fileno(), self.host.proc.sentinel)
         assert self.stdio is not None
         return self.stdio.fds()
-
-
-def _echo(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 def _load(s: _Slot) -> int:
@@ -526,7 +521,7 @@ class ParallelJobHandler(JobHandler):
             kind = msg[0]
             if kind == "echo":  # a live console line (show_console)
                 prefix = slot.inflight[0].launch.stream_prefix() if slot.inflight else None
-                _echo((prefix or "") + msg[1])
+                echo((prefix or "") + msg[1])
                 return
             job_id = msg[1]
         else:

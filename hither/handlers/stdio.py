@@ -14,7 +14,6 @@ import json
 import os
 import select
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -24,8 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import _codec, values
-from ..errors import JobFailedError, JobTimeoutError, WorkerCrashedError, rebuild_exception
+from ..errors import (
+    JobTimeoutError,
+    UnreadableResultError,
+    WorkerCrashedError,
+    rebuild_exception,
+)
 from ..launch import Launch, Outcome
+from ..progress import echo
 from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
 
@@ -139,8 +144,7 @@ class StdioWorker:
                     self.hello = msg
                 elif op == "echo":  # a live console line (show_console)
                     prefix = self.current.stream_prefix() if self.current else None
-                    sys.stdout.write((prefix or "") + str(msg.get("text", "")))
-                    sys.stdout.flush()
+                    echo((prefix or "") + str(msg.get("text", "")))
                 else:
                     msgs.append(msg)
         return msgs
@@ -197,7 +201,7 @@ class StdioWorker:
                 manifest = self._ingest(msg["result"])
                 value = values.decode(manifest, self.store)
             except Exception as e:  # noqa: BLE001
-                err = JobFailedError(f"the result of job {launch.label!r} could not be read "
+                err = UnreadableResultError(f"the result of job {launch.label!r} could not be read "
                                      f"back from the worker: {e}", remote_type=type(e).__name__,
                                      job_label=launch.label)
                 return Outcome(False, error=err, console=console, start_time=start,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from .. import _worker
-from ..errors import JobTimeoutError
+from ..errors import HitherError, JobFailedError, JobTimeoutError, find_exception_class
 from ..launch import Launch, Outcome
 from ..progress import EchoStream
 from .base import JobHandler, completed_future
@@ -205,5 +205,20 @@ def execute_inline(launch: Launch) -> Outcome:
             f"job {launch.label!r} ran longer than its job_timeout of {launch.timeout} s and "
             "was interrupted", job_label=launch.label)
         raised = False
+    elif not _importable(type(value)):
+        # as on every other handler: a class no caller can import (one defined inside a
+        # function) is a JobFailedError naming it; the original stays its __cause__
+        original = value
+        value = JobFailedError(str(original), job_label=launch.label, traceback_text=tb,
+                               remote_type=f"{type(original).__module__}."
+                                           f"{type(original).__qualname__}")
+        value.__cause__ = original
     return Outcome(False, error=value, traceback_text=tb, console=lines,
                    start_time=start, end_time=end, info={"raised": raised})
+
+
+def _importable(cls: type) -> bool:
+    """Whether the caller can name ``cls`` (hither's own errors always can)."""
+    if not issubclass(cls, Exception) or issubclass(cls, HitherError):
+        return True
+    return find_exception_class(f"{cls.__module__}.{cls.__qualname__}") is cls

@@ -40,7 +40,9 @@ class HostWorker:
         """The message running ``launch`` (the function is sent once per worker)."""
         kw = launch.pickled_kwargs()
         fn = None if launch.fid in self.fids else launch.fn_pickle()
-        echo = "" if launch.echo_label is not None else None  # the parent adds the label
+        # lines come live when shown (the parent adds the label) or when the job may be
+        # stopped at its timeout (the parent keeps them: the worker's own copy dies with it)
+        echo = "" if launch.echo_label is not None or launch.timeout else None
         return ("run", launch.job_id, launch.fid, fn, kw, launch.label, echo,
                 launch.sys_path, bool(launch.timeout))
 

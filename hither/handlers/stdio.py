@@ -29,7 +29,7 @@ from ..errors import (
     WorkerCrashedError,
     rebuild_exception,
 )
-from ..launch import Launch, Outcome
+from ..launch import ConsoleLine, Launch, Outcome
 from ..progress import echo
 from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
@@ -81,6 +81,7 @@ class StdioWorker:
         self._ingest_lock = threading.Lock()
         self._ingesting = 0  # outcomes whose result files are still to be moved in
         self.current: Launch | None = None  # the job sent last (a worker runs one at a time)
+        self.live_console: list[ConsoleLine] = []  # its lines received live (timed jobs)
         for f in (self.proc.stdout, self.proc.stderr):
             os.set_blocking(f.fileno(), False)
 
@@ -97,13 +98,16 @@ class StdioWorker:
                "function": bundle.function, "args": args,
                "blobs": self._paths["/hither/blobs"],
                "out": self._paths["/hither/out"],
-               "stream": "" if launch.echo_label is not None else None,
+               # live lines when shown, or kept here in case the job is stopped at its
+               # timeout (the worker's own copy dies with it)
+               "stream": "" if launch.echo_label is not None or launch.timeout else None,
                "timeout": bool(launch.timeout)}
         return (json.dumps(msg, allow_nan=True) + "\n").encode()
 
     def send_run(self, launch: Launch) -> bool:
         """Send the run message of ``launch``; False when the worker is gone."""
         self.current = launch
+        self.live_console = []
         return self.send(self.message(launch))
 
     def send(self, data: bytes) -> bool:
@@ -142,12 +146,21 @@ class StdioWorker:
                 op = msg.get("op")
                 if op == "hello":
                     self.hello = msg
-                elif op == "echo":  # a live console line (show_console)
-                    prefix = self.current.stream_prefix() if self.current else None
-                    echo((prefix or "") + str(msg.get("text", "")))
+                elif op == "echo":  # a live console line (show_console, or a timed job)
+                    self._on_echo(str(msg.get("text", "")), bool(msg.get("stderr")))
                 else:
                     msgs.append(msg)
         return msgs
+
+    def _on_echo(self, text: str, is_stderr: bool) -> None:
+        launch = self.current
+        if launch is None:
+            return
+        if launch.timeout:
+            self.live_console.append((time.time(), text.rstrip("\n"), is_stderr))
+        prefix = launch.stream_prefix()
+        if prefix is not None:
+            echo(prefix + text)
 
     def read_stderr(self) -> bool:
         """Collect stderr lines (output written straight to the file descriptors by a job,
@@ -252,7 +265,8 @@ class StdioWorker:
             f"job {launch.label!r} ran longer than its job_timeout of {launch.timeout} s in "
             f"{self.runtime.describe()}; its worker was stopped and replaced. Raise "
             "job_timeout in hi.Config if the job needs more time.", job_label=launch.label)
-        console, self.head_console = self.head_console, []
+        console = sorted(self.head_console + self.live_console, key=lambda x: x[0])
+        self.head_console, self.live_console = [], []
         return Outcome(False, error=err, console=console, start_time=started,
                        end_time=time.time())
 

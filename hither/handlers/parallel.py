@@ -330,7 +330,7 @@ class ParallelJobHandler(JobHandler):
         self._drop_slot(slot)
         self._stop_slot(slot, graceful=True)
 
-    def _kill_slot(self, slot: _Slot, done: list, head_outcome: Outcome | None) -> None:
+    def _kill_slot(self, slot: _Slot, done: list, head_outcome: Settle | None) -> None:
         """Kill ``slot``'s worker; its head ends with ``head_outcome`` and the jobs sent
         ahead go back to the front of their queue."""
         self._drop_slot(slot)
@@ -572,7 +572,8 @@ class ParallelJobHandler(JobHandler):
                 job_label=head.launch.label), start_time=started, end_time=now,
                 info={"worker_pid": slot.pid, "exit_code": code})
         else:
-            outcome = slot.stdio.crash_outcome(head.launch)  # type: ignore[union-attr]
+            # made on an I/O thread: it waits for the worker to exit, to say why it did
+            outcome = partial(slot.stdio.crash_outcome, head.launch)  # type: ignore[union-attr]
         self._kill_slot(slot, done, head_outcome=outcome)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from ..launch import ConsoleLine, Launch, Outcome
 from ..progress import echo
 from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
+from .host import describe_exit
 
 _names = itertools.count()
 
@@ -77,6 +79,7 @@ class StdioWorker:
         self.head_console: list[tuple[float, str, bool]] = []
         self.hello: dict[str, Any] | None = None
         self.closed = False
+        self.ended = False  # its output ended: the worker is exiting by itself
         self.interrupted = False
         self._ingest_lock = threading.Lock()
         self._ingesting = 0  # outcomes whose result files are still to be moved in
@@ -128,6 +131,7 @@ class StdioWorker:
         """Messages available on stdout; raises EOFError when the worker closed it."""
         data = _read_available(self.proc.stdout.fileno())
         if data is None:
+            self.ended = True
             raise EOFError
         self._out_buf += data
         *lines, self._out_buf = self._out_buf.split(b"\n")
@@ -248,16 +252,26 @@ class StdioWorker:
         return manifest
 
     def crash_outcome(self, launch: Launch, why: str | None = None) -> Outcome:
-        """The outcome of a job whose worker died under it."""
-        code = self.proc.poll()
+        """The outcome of a job whose worker died under it (its output ended). Waits a
+        moment for the worker process to exit, so the message can name why it ended."""
+        code = self.exit_code(_EXIT_WAIT) if why is None else self.proc.poll()
         tail = "\n".join(self.stderr_tail[-20:])
         err = WorkerCrashedError(
             f"the worker for job {launch.label!r} in {self.runtime.describe()} "
-            f"{why or f'exited with code {code}'}"
+            f"{why or 'died: ' + describe_worker_exit(code, self.runtime.kind)}"
             + (f"; its last output:\n{tail}" if tail else "")
             + "\nThe worker was replaced; other jobs go on.", job_label=launch.label)
-        console, self.head_console = self.head_console, []
+        console = sorted(self.head_console + self.live_console, key=lambda x: x[0])
+        self.head_console, self.live_console = [], []
         return Outcome(False, error=err, console=console, info={"exit_code": code})
+
+    def exit_code(self, timeout: float) -> int | None:
+        """The worker process's exit status, once it has exited by itself (None if it has
+        not within ``timeout`` seconds)."""
+        try:
+            return self.proc.wait(timeout)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+            return self.proc.poll()
 
     def timeout_outcome(self, launch: Launch, started: float) -> Outcome:
         """The outcome of a job stopped at its ``job_timeout``."""
@@ -279,6 +293,8 @@ class StdioWorker:
         """Stop the job running in this worker from another thread: the worker (and its
         container) is killed now; the thread waiting in :meth:`call` sees it end."""
         self.interrupted = True
+        if self.ended:
+            return  # exiting by itself: stop() lets it, so its exit status says why
         try:
             self.runtime.stop_worker(self.proc, self.spec)
         except Exception as e:  # noqa: BLE001 - stop() tries again and warns
@@ -290,7 +306,9 @@ class StdioWorker:
         if self.closed:
             return
         self.closed = True
-        if graceful:
+        if self.ended:
+            self.exit_code(_EXIT_WAIT)
+        elif graceful:
             self.send(b'{"op": "stop"}\n')
             try:
                 self.proc.wait(2)
@@ -343,6 +361,28 @@ class StdioWorker:
                         deadline = time.monotonic() + launch.timeout
                     elif msg.get("op") == "done":
                         return self.outcome(launch, msg)
+
+
+#: seconds a worker whose output ended is given to exit by itself (its exit status says why)
+_EXIT_WAIT = 5.0
+
+
+def describe_worker_exit(code: int | None, kind: str) -> str:
+    """Why a runtime worker ended, from the exit status of its process (for a container,
+    the engine's client: it exits as the container did)."""
+    if code is None:
+        return "its output ended, but its process did not exit"
+    if kind in ("docker", "podman", "apptainer") and code > 128:
+        try:  # a container whose process was killed by signal N exits with 128 + N
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            pass
+        else:
+            kill = f"`{kind} kill`, " if kind in ("docker", "podman") else ""
+            return (f"its container ended by {name} (exit code {code}): the job killed its "
+                    f"own process, or the container was killed from outside ({kill}the "
+                    "engine, or the kernel's out-of-memory killer: see `dmesg`)")
+    return describe_exit(code)
 
 
 def _read_available(fd: int) -> bytes | None:

@@ -101,9 +101,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
         time.sleep(interval)
 
 
-def started_and_running(job: hi.Job, case: Case) -> None:
-    """Wait until ``job`` runs and its worker exists (the inline handler runs it only while
-    a thread waits for it: one is started here)."""
+def started_and_running(job: hi.Job, case: Case, worker: bool = True) -> None:
+    """Wait until ``job`` runs and (``worker``) its worker exists (the inline handler runs
+    it only while a thread waits for it: one is started here)."""
     if case.inline:
         def wait() -> None:
             try:
@@ -114,7 +114,7 @@ def started_and_running(job: hi.Job, case: Case) -> None:
         threading.Thread(target=wait, daemon=True).start()
     assert wait_until(lambda: job.get_status() is hi.JobStatus.RUNNING, WAIT), \
         f"the job never started: {job.get_status()}"
-    if not case.in_process:
+    if worker and not case.in_process:
         assert wait_until(case.workers, WAIT, interval=0.2), "no worker was started for the job"
 
 
@@ -510,6 +510,24 @@ def test_cancel_running_job_stops_its_worker_and_the_handler_goes_on(hc):
         assert time.monotonic() - t0 < WAIT / 2
         assert job.cancelled() and job.get_status() is hi.JobStatus.CANCELLED
         fc.assert_idle()  # the cancelled job's worker is gone
+        with fc.config():
+            assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
+
+
+def test_cancel_a_job_whose_worker_is_starting(hc):
+    """A cancel that comes while the job's worker (a container, an interpreter) is still
+    starting is not lost: the job ends cancelled, it does not run."""
+    if hc.in_process:
+        pytest.skip("a job running in the caller's own thread cannot be stopped")
+    with hc.fresh() as fc:
+        with fc.config():
+            job = ht_sleep.run(seconds=60, value="ran")
+        if fc.inline:  # it runs in a thread waiting for it: cancel once it is running
+            started_and_running(job, fc, worker=False)
+        assert job.cancel() is True
+        with pytest.raises(hi.JobCancelledException):
+            job.result(timeout=WAIT / 2)
+        assert job.cancelled()
         with fc.config():
             assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
 

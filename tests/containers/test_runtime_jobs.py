@@ -114,3 +114,19 @@ def test_a_worker_killed_from_outside_says_so(name, kind):
         if name != "venv":
             assert "killed from outside" in msg and f"`{name} kill`" in msg, msg
         assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
+
+
+@pytest.mark.parametrize("name,kind", [("docker", "parallel"), ("venv", "inline")])
+def test_an_exception_class_of_the_script_comes_back_as_itself(name, kind):
+    """In the runtime the script is imported by its file name; in the caller it is
+    ``__main__``: the class is found there."""
+    import subprocess
+    import sys
+
+    make_case(name)  # skips or fails when the runtime is missing
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "script_custom_error.py")
+    r = subprocess.run([sys.executable, script, name, kind], capture_output=True, text=True,
+                       timeout=WAIT * 2, cwd=os.path.dirname(script))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "__main__ ScriptError ('from the script', 7) True", \
+        r.stdout + r.stderr

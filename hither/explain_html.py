@@ -16,7 +16,7 @@ from .explain import format_runtime, format_time
 if TYPE_CHECKING:
     from .explain import Explanation, LineageNode
 
-__all__ = ["explanation_html", "lineage_tree_html"]
+__all__ = ["explanation_html", "job_html", "lineage_tree_html"]
 
 _TH = "text-align:left;padding:1px 12px 1px 0;vertical-align:top;font-weight:600;opacity:.75"
 _TD = "text-align:left;padding:1px 12px 1px 0;vertical-align:top"
@@ -51,6 +51,36 @@ def _status(status: Any) -> str:
 
 def _code(text: Any) -> str:
     return f'<code style="{_MONO}">{_e(text)}</code>'
+
+
+_CONSOLE_TAIL = 20  # console lines shown in a job's display
+
+
+def job_html(job: Any) -> str:
+    """A job as a small table: label, function, status, key, cache hit, elapsed time and
+    the last lines of its console."""
+    status = job.get_status().value
+    color = _STATUS_COLOR.get(status, "#555" if status != "cancelled" else "#8a6d00")
+    info = job.get_runtime_info() or {}
+    rows = [
+        _row("job", f"{_e(job.label)} <span style='opacity:.6'>{_e(job.job_id)}</span>"),
+        _row("function", f"{_e(job.get_function_name())} {_e(job.get_function_version())}"),
+        _row("status", f"<b style='color:{color}'>{_e(status)}</b>"
+             + (" (cache hit)" if job.cache_hit else "")),
+    ]
+    if job.key:
+        rows.append(_row("key", f"<code style='{_MONO}'>{_e(job.key)}</code>"))
+    if info:
+        rows.append(_row("elapsed", _e(f"{info.get('elapsed_sec', 0):.3f} s")))
+    if job.done() and not job.cancelled():
+        err = job.exception(0)
+        if err is not None:
+            rows.append(_row("error", _code(f"{type(err).__name__}: {err}")))
+    lines = job.console_lines()[-_CONSOLE_TAIL:]
+    if lines:
+        text = "\n".join(x["text"] for x in lines)
+        rows.append(_row("console", f"<pre style='{_MONO};margin:0'>{_e(text)}</pre>"))
+    return f"<table style='border-collapse:collapse'>{''.join(rows)}</table>"
 
 
 def explanation_html(ex: Explanation) -> str:

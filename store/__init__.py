@@ -8,13 +8,17 @@ This package depends on nothing in ``hither``.
 """
 
 from ._paths import blob_uri, default_store_path, parse_blob_uri
+from ._statmemo import FileMemo, PersistentStatMemo, StatMemo
 from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
 from .local import LocalStore
 
 __all__ = [
     "BlobNotFoundError",
     "CorruptBlobError",
+    "FileMemo",
     "LocalStore",
+    "PersistentStatMemo",
+    "StatMemo",
     "StoreError",
     "StoreWarning",
     "blob_uri",

@@ -93,3 +93,21 @@ def test_reprs_render_as_text_in_chromium(browser, tmp_path):  # noqa: F811
         assert page.locator("details").count() == 1  # the root; its one child is a leaf
     finally:
         page.close()
+
+
+def test_job_repr_html_shows_status_key_hit_and_console_escaped(tmp_path):
+    from jobfuncs import jf_console, jf_print_then_raise
+
+    cache = hi.JobCache(path=tmp_path / "store")
+    with hi.Config(job_cache=cache):
+        job = jf_console.run()
+        job.result()
+        again = jf_console.run()
+        again.result()
+        bad = jf_print_then_raise.run(message="<script>alert(1)</script>")
+        bad.exception()
+    page = job._repr_html_()
+    assert "finished" in page and job.key in page and "line one out" in page
+    assert "cache hit" in again._repr_html_() and "cache hit" not in page
+    bad_page = bad._repr_html_()
+    assert "error" in bad_page and "<script>" not in bad_page and "&lt;script&gt;" in bad_page

@@ -561,6 +561,7 @@ class ParallelJobHandler(JobHandler):
             self._stop_slot(slot, graceful=False)
             return
         head = slot.inflight[0]
+        outcome: Settle
         if slot.host is not None:
             slot.host.proc.join(1)
             code = slot.host.proc.exitcode

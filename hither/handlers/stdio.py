@@ -226,17 +226,17 @@ class StdioWorker:
             info["result_manifest"] = manifest
             return Outcome(True, value=value, console=console, start_time=start,
                            end_time=end, info=info)
-        e = msg.get("error") or {}
+        error = msg.get("error") or {}
         # the job's module was imported by its file name in the worker: a class defined
         # there is looked up in the module the caller knows the function from
         modules = {launch.code.module: launch.fn.__module__} if launch.code is not None \
             else None
-        exc = rebuild_exception(str(e.get("type", "Exception")), str(e.get("message", "")),
-                                e.get("traceback"), job_label=launch.label, args=e.get("args"),
-                                modules=modules)
-        info["raised"] = bool(e.get("raised"))
-        return Outcome(False, error=exc, traceback_text=e.get("traceback"), console=console,
-                       start_time=start, end_time=end, info=info)
+        exc = rebuild_exception(str(error.get("type", "Exception")),
+                                str(error.get("message", "")), error.get("traceback"),
+                                job_label=launch.label, args=error.get("args"), modules=modules)
+        info["raised"] = bool(error.get("raised"))
+        return Outcome(False, error=exc, traceback_text=error.get("traceback"),
+                       console=console, start_time=start, end_time=end, info=info)
 
     def _ingest(self, manifest: Any) -> Any:
         """Move ``out:`` blobs the worker wrote into the store; refs become sha256 URIs."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -175,23 +176,24 @@ class Case:
         if any(not j.done() for j in jobs):
             hi.reset()
 
-    def close(self) -> None:
-        """Shut the handler down; fail when a worker container or process is left."""
+    def close(self, check: bool = True) -> None:
+        """Shut the handler down; fail (``check``) when a worker container or process
+        started by this case is left, after removing it."""
         handler, self._handler = self._handler, None
         if handler is None:
             return
         handler.shutdown(wait=False, cancel=True)
-        left = wait_gone(self._before or frozenset(), 15, ("docker", "podman"))
+        left = wait_gone(self._before or frozenset(), 15, self._engines())
         if left:
-            remove_containers(containers_of(os.getpid()))
-        assert not left, f"{self.name}: workers left after the handler was shut down: " \
-            f"{describe(left)}"
+            remove_workers(left)  # one failure must not spill into the next tests
+        assert not (check and left), \
+            f"{self.name}: workers left after the handler was shut down: {describe(left)}"
 
     def __enter__(self) -> Case:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(check=exc_type is None)  # a failing test keeps its own error
 
     def __repr__(self) -> str:
         return f"<Case {self.name}>"
@@ -319,6 +321,22 @@ def worker_ids(engines: tuple[str, ...] = ("docker", "podman")) -> frozenset[str
            for c in cs}
     ids |= {f"pid:{pid}" for pid, _cmd in worker_processes()}
     return frozenset(ids)
+
+
+def remove_workers(ids: frozenset[str]) -> None:
+    """Force-remove the containers and kill the processes of :func:`worker_ids` ids."""
+    containers: dict[str, list[str]] = {}
+    for wid in ids:
+        kind, _, rest = wid.partition(":")
+        if kind == "container":
+            engine, _, cid = rest.partition(":")
+            containers.setdefault(engine, []).append(cid)
+        elif kind == "pid":
+            try:
+                os.kill(int(rest), signal.SIGKILL)
+            except OSError:
+                pass
+    remove_containers(containers)
 
 
 def describe(ids: frozenset[str]) -> str:

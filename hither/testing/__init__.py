@@ -30,8 +30,10 @@ at once. A module-scoped fixture keeps one handler for all the tests of a case, 
 workers are reused; after each test the jobs it left are cancelled, and leaving the case
 shuts the handler down and fails if a worker container or process is left.
 :func:`~hither.testing.cases.standard_case` makes the cases this repository runs
-(:data:`~hither.testing.cases.STANDARD_CASES`). Jobs run in ``job_timeout`` tests,
-crash tests and cancel-while-running tests get a fresh handler each.
+(:data:`~hither.testing.cases.STANDARD_CASES`). The tests that kill workers (cancel
+while running, ``job_timeout``, crashes) come last and get a handler of their own each
+(``Case.fresh()``): the case's handler is shut down first, so what each leaves behind is
+told apart exactly.
 
 The suite needs pytest, pytest-timeout and numpy (``pip install hither[test]``). Missing
 components (a container engine, apptainer, uv) skip their cases on a developer machine

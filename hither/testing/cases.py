@@ -99,6 +99,7 @@ class Case:
         self.numpy_version = numpy_version if numpy_version is not None else \
             runtime_numpy_version(runtime)
         self._handler: JobHandler | None = None
+        self._inline: bool | None = None
         self.name = name or runtime
         self._before: frozenset[str] | None = None
 
@@ -110,12 +111,15 @@ class Case:
             if self._before is None:
                 self._before = worker_ids(self._engines())
             self._handler = self.make_handler()
+            self._inline = self._handler.drives_in_caller
         return self._handler
 
     @property
     def inline(self) -> bool:
         """Jobs run in the thread that waits for them (only when waited for)."""
-        return self.handler.drives_in_caller
+        if self._inline is None:
+            return self.handler.drives_in_caller
+        return self._inline
 
     @property
     def host(self) -> bool:
@@ -145,7 +149,11 @@ class Case:
     # ------------------------------------------------------------------ life
     @contextlib.contextmanager
     def fresh(self) -> Iterator[Case]:
-        """A case with a new handler (no warm worker) of the same kind, closed after."""
+        """A case with a new handler (no warm worker) of the same kind, closed after.
+
+        This case's handler is closed first (and checked for leftovers): no worker of it may
+        start or stop while the fresh one is checked. The next use makes a new one."""
+        self.close()
         case = Case(self.make_handler, self.runtime, name=self.name, slots=self.slots,
                     settings=self.settings, numpy_version=self.numpy_version)
         with case:
@@ -184,10 +192,11 @@ class Case:
             return
         handler.shutdown(wait=False, cancel=True)
         left = wait_gone(self._before or frozenset(), 15, self._engines())
+        what = describe(left)
         if left:
             remove_workers(left)  # one failure must not spill into the next tests
         assert not (check and left), \
-            f"{self.name}: workers left after the handler was shut down: {describe(left)}"
+            f"{self.name}: workers left after the handler was shut down: {what}"
 
     def __enter__(self) -> Case:
         return self
@@ -345,10 +354,13 @@ def describe(ids: frozenset[str]) -> str:
     out = []
     for wid in sorted(ids):
         kind, _, rest = wid.partition(":")
-        if kind == "pid" and int(rest) in procs:
-            ppid, state, cmd = procs[int(rest)]
-            wid += f" (parent {ppid}, state {state}: {cmd.strip()[:200]})"
-        out.append(wid)
+        pid = int(rest) if kind == "pid" else 0
+        chain: list[str] = []
+        while pid in procs and pid != os.getpid() and len(chain) < 6:
+            ppid, state, cmd = procs[pid]
+            chain.append(f"{pid} [{state}] {cmd.strip()[:120]}")
+            pid = ppid
+        out.append(wid + (" (" + " <- ".join(chain) + ")" if chain else ""))
     return "; ".join(out)
 
 

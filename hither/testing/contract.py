@@ -493,96 +493,12 @@ def test_cancel_queued_job(hc):
         assert ht_add.run(x=2, y=2).result(timeout=WAIT) == 4
 
 
-def test_cancel_running_job_stops_its_worker_and_the_handler_goes_on(hc):
-    if hc.in_process:
-        pytest.skip("a job running in the caller's own thread cannot be stopped")
-    with hc.fresh() as fc:
-        with fc.config():
-            job = ht_sleep.run(seconds=60)
-        started_and_running(job, fc)
-        assert job.running()
-        t0 = time.monotonic()
-        assert job.cancel() is True
-        with pytest.raises(hi.JobCancelledException):
-            job.result(timeout=WAIT)
-        assert time.monotonic() - t0 < WAIT / 2
-        assert job.cancelled() and job.get_status() is hi.JobStatus.CANCELLED
-        fc.assert_idle()  # the cancelled job's worker is gone
-        with fc.config():
-            assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
-
-
-def test_cancel_a_job_whose_worker_is_starting(hc):
-    """A cancel that comes while the job's worker (a container, an interpreter) is still
-    starting is not lost: the job ends cancelled, it does not run."""
-    if hc.in_process:
-        pytest.skip("a job running in the caller's own thread cannot be stopped")
-    with hc.fresh() as fc:
-        with fc.config():
-            job = ht_sleep.run(seconds=60, value="ran")
-        if fc.inline:  # it runs in a thread waiting for it: cancel once it is running
-            started_and_running(job, fc, worker=False)
-        assert job.cancel() is True
-        with pytest.raises(hi.JobCancelledException):
-            job.result(timeout=WAIT / 2)
-        assert job.cancelled()
-        with fc.config():
-            assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
-
-
 def test_exception_of_a_cancelled_job_raises(hc):
     with hc.config():
         cancelled = ht_add.run(x=ht_sleep.run(seconds=60), y=1)
     assert cancelled.cancel() is True
     with pytest.raises(cf.CancelledError):
         cancelled.exception(timeout=10)
-
-
-# ----------------------------------------------------------------------------- timeout
-def test_job_timeout_stops_the_job_keeps_its_console_and_the_handler_goes_on(hc):
-    with hc.fresh() as fc:
-        with fc.config(job_timeout=2):
-            job = ht_print_then_sleep.run(seconds=60)
-        t0 = time.monotonic()
-        with pytest.raises(hi.JobTimeoutError) as info:
-            job.result(timeout=WAIT)
-        assert time.monotonic() - t0 < WAIT / 2
-        assert isinstance(info.value, TimeoutError) and "job_timeout" in str(info.value)
-        assert job.get_status() is hi.JobStatus.ERROR
-        lines = console(job)
-        assert ("printed before the sleep", False) in lines, lines
-        assert ("printed on stderr before the sleep", True) in lines, lines
-        fc.assert_idle()  # the job's worker was stopped
-        with fc.config(job_timeout=30):
-            assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
-
-
-def test_job_timeout_counts_from_the_function_start(hc):
-    """Starting a worker (a container, an interpreter) is not the job's time."""
-    with hc.fresh() as fc, fc.config(job_timeout=2):
-        assert ht_sleep.run(seconds=0.1, value="in time").result(timeout=WAIT) == "in time"
-
-
-# ----------------------------------------------------------------------------- crashes
-@pytest.mark.parametrize("how", ["exit", "sigkill"])
-def test_worker_crash_names_its_cause_and_the_handler_goes_on(hc, how):
-    if hc.in_process:
-        pytest.skip("the job would end the caller's own process")
-    with hc.fresh() as fc:
-        with fc.config():
-            job = ht_exit.run(code=3) if how == "exit" else ht_kill9.run()
-        with pytest.raises(hi.WorkerCrashedError) as info:
-            job.result(timeout=WAIT)
-        msg = str(info.value)
-        if how == "exit":
-            assert "exited with code 3" in msg, msg
-        else:
-            assert "SIGKILL" in msg, msg
-        assert "None" not in msg, msg
-        assert job.get_status() is hi.JobStatus.ERROR
-        fc.assert_idle()
-        with fc.config():
-            assert ht_add.run(x=1, y=2).result(timeout=WAIT) == 3
 
 
 # ----------------------------------------------------------------------------- waiting
@@ -696,7 +612,93 @@ def test_done_is_false_until_the_job_completes(hc):
     assert job.done() and job.get_status() is hi.JobStatus.FINISHED
 
 
-__all__ = ["contract_settle"] + sorted(n for n in list(globals()) if n.startswith("test_"))
+# ------------------------------------------------------------- with a handler of their own
+# Last: each shuts the case's handler down first (hc.fresh()), so that no warm worker of
+# another handler starts or stops while it checks what its own handler leaves behind.
+def test_cancel_running_job_stops_its_worker_and_the_handler_goes_on(hc):
+    if hc.in_process:
+        pytest.skip("a job running in the caller's own thread cannot be stopped")
+    with hc.fresh() as fc:
+        with fc.config():
+            job = ht_sleep.run(seconds=60)
+        started_and_running(job, fc)
+        assert job.running()
+        t0 = time.monotonic()
+        assert job.cancel() is True
+        with pytest.raises(hi.JobCancelledException):
+            job.result(timeout=WAIT)
+        assert time.monotonic() - t0 < WAIT / 2
+        assert job.cancelled() and job.get_status() is hi.JobStatus.CANCELLED
+        fc.assert_idle()  # the cancelled job's worker is gone
+        with fc.config():
+            assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
+
+
+def test_cancel_a_job_whose_worker_is_starting(hc):
+    """A cancel that comes while the job's worker (a container, an interpreter) is still
+    starting is not lost: the job ends cancelled, it does not run."""
+    if hc.in_process:
+        pytest.skip("a job running in the caller's own thread cannot be stopped")
+    with hc.fresh() as fc:
+        with fc.config():
+            job = ht_sleep.run(seconds=60, value="ran")
+        if fc.inline:  # it runs in a thread waiting for it: cancel once it is running
+            started_and_running(job, fc, worker=False)
+        assert job.cancel() is True
+        with pytest.raises(hi.JobCancelledException):
+            job.result(timeout=WAIT / 2)
+        assert job.cancelled()
+        with fc.config():
+            assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
+
+
+def test_job_timeout_stops_the_job_keeps_its_console_and_the_handler_goes_on(hc):
+    with hc.fresh() as fc:
+        with fc.config(job_timeout=2):
+            job = ht_print_then_sleep.run(seconds=60)
+        t0 = time.monotonic()
+        with pytest.raises(hi.JobTimeoutError) as info:
+            job.result(timeout=WAIT)
+        assert time.monotonic() - t0 < WAIT / 2
+        assert isinstance(info.value, TimeoutError) and "job_timeout" in str(info.value)
+        assert job.get_status() is hi.JobStatus.ERROR
+        lines = console(job)
+        assert ("printed before the sleep", False) in lines, lines
+        assert ("printed on stderr before the sleep", True) in lines, lines
+        fc.assert_idle()  # the job's worker was stopped
+        with fc.config(job_timeout=30):
+            assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2
+
+
+def test_job_timeout_counts_from_the_function_start(hc):
+    """Starting a worker (a container, an interpreter) is not the job's time."""
+    with hc.fresh() as fc, fc.config(job_timeout=2):
+        assert ht_sleep.run(seconds=0.1, value="in time").result(timeout=WAIT) == "in time"
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_worker_crash_names_its_cause_and_the_handler_goes_on(hc, how):
+    if hc.in_process:
+        pytest.skip("the job would end the caller's own process")
+    with hc.fresh() as fc:
+        with fc.config():
+            job = ht_exit.run(code=3) if how == "exit" else ht_kill9.run()
+        with pytest.raises(hi.WorkerCrashedError) as info:
+            job.result(timeout=WAIT)
+        msg = str(info.value)
+        if how == "exit":
+            assert "exited with code 3" in msg, msg
+        else:
+            assert "SIGKILL" in msg, msg
+        assert "None" not in msg, msg
+        assert job.get_status() is hi.JobStatus.ERROR
+        fc.assert_idle()
+        with fc.config():
+            assert ht_add.run(x=1, y=2).result(timeout=WAIT) == 3
+
+
+# in the order above (a star import keeps it): the tests with a handler of their own last
+__all__ = ["contract_settle"] + [n for n in list(globals()) if n.startswith("test_")]
 
 for _name in __all__[1:]:  # a hang fails its test (pytest-timeout), wherever they are imported
     globals()[_name] = pytest.mark.timeout(180)(globals()[_name])

@@ -33,7 +33,6 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
-from ._codec import walk_refs
 from .explain import (
     KeyLookupError,
     LineageNode,
@@ -126,6 +125,19 @@ def cmd_info(args: argparse.Namespace, out: Console) -> int:
     table.add_row("records", f"{info['records']} ({detail}), {_size(info['record_bytes'])}")
     table.add_row("blobs", f"{info['blobs']}, {_size(info['blob_bytes'])}")
     table.add_row("temp files", f"{info['tmp_files']}, {_size(info['tmp_bytes'])}")
+    table.add_row("work folders", f"{info['work_dirs'] - info['abandoned_dirs']} of running "
+                                  "processes, "
+                                  f"{_size(info['work_dir_bytes'] - info['abandoned_bytes'])}")
+    from .exchange import leftovers
+
+    stale = leftovers()
+    n_left = info["abandoned_dirs"] + len(stale)
+    if n_left:
+        size = info["abandoned_bytes"] + sum(b for _, b in stale)
+        table.add_row("leftovers", Text(
+            f"{n_left} folders of stopped processes ({info['abandoned_dirs']} in the store, "
+            f"{len(stale)} exchange stores in the temp folder), {_size(size)}: "
+            "`hither cache gc` removes them", style="yellow"))
     if info.get("quarantined"):
         table.add_row("quarantined", f"{info['quarantined']} damaged files, "
                                      f"{_size(info['quarantine_bytes'])}")
@@ -319,65 +331,61 @@ def cmd_ui(args: argparse.Namespace, out: Console) -> int:
 
 # ----------------------------------------------------------------------------- gc
 def _referenced(store: LocalStore) -> tuple[set[str], int]:
-    """Hex digests of every blob referenced by a record, and the number of records."""
+    """Hex digests of every blob a record mentions, and the number of records.
+
+    Conservative on purpose: any string of the form ``sha256://<64 hex>`` anywhere in a
+    record counts, not only the refs of the value codec's nodes, so a blob is never lost
+    to a kind of node gc does not know about."""
     keep: set[str] = set()
     n = 0
     for _, rec in store.iter_records():
         n += 1
-        for ref in walk_refs(rec):
-            try:
-                keep.add(parse_blob_uri(ref))
-            except ValueError:
-                continue
+        stack: list[Any] = [rec]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str):
+                if node.startswith("sha256://") and len(node) == 73:
+                    try:
+                        keep.add(parse_blob_uri(node))
+                    except ValueError:
+                        pass
+            elif isinstance(node, dict):
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
     return keep, n
 
 
 def cmd_gc(args: argparse.Namespace, out: Console) -> int:
-    """``hither cache gc``: delete blobs no record refers to, and stale temp files."""
+    """``hither cache gc``: delete blobs no record refers to, stale temp files, and what
+    processes that are gone left behind (work folders, exchange stores)."""
+    from .exchange import collect_leftovers
+
     store = _store(args)
     if args.min_age < 0:
         raise CliError("--min-age must be >= 0", code=2)
+    # the records are read before the blobs are listed: a record written later references
+    # blobs its writer refreshed, which the grace period (--min-age) keeps
     keep, nrec = _referenced(store)
-    cutoff = time.time() - args.min_age
-    doomed: list[tuple[str, int]] = []
-    recent = 0
-    for hexdigest, entry in store.iter_blob_files():
-        if hexdigest in keep:
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if args.min_age > 0 and st.st_mtime >= cutoff:
-            recent += 1  # may belong to a job that is still writing its record
-        else:
-            doomed.append((hexdigest, st.st_size))
-    blob_bytes = sum(size for _, size in doomed)
+    res = store.gc({"sha256://" + h for h in keep}, older_than=args.min_age,
+                   dry_run=args.dry_run)
+    ex_n, ex_bytes = collect_leftovers(dry_run=args.dry_run)
+    left_n, left_bytes = res["dirs_removed"] + ex_n, res["dir_bytes"] + ex_bytes
     verb = "would free" if args.dry_run else "freed"
-    if args.dry_run:
-        tmp_n = tmp_bytes = 0
-        for entry in os.scandir(store.tmp_dir) if store.tmp_dir.is_dir() else ():
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if args.min_age <= 0 or st.st_mtime < cutoff:
-                tmp_n, tmp_bytes = tmp_n + 1, tmp_bytes + st.st_size
-        removed = len(doomed)
-    else:
-        removed = blob_bytes = 0
-        for hexdigest, size in doomed:
-            if store.delete_blob("sha256://" + hexdigest):
-                removed, blob_bytes = removed + 1, blob_bytes + size
-        res = store.gc(older_than=args.min_age)
-        tmp_n, tmp_bytes = res["tmp_removed"], res["tmp_bytes"]
-    out.print(Text(f"{verb} {_size(blob_bytes + tmp_bytes)}: {removed} unreferenced blobs "
-                   f"({_size(blob_bytes)}), {tmp_n} temp files ({_size(tmp_bytes)}); "
-                   f"{len(keep)} blobs referenced by {nrec} records kept"))
-    if recent:
-        out.print(Text(f"{recent} unreferenced blobs younger than {args.min_age:g} s kept "
-                       "(a running job may still record them; --min-age 0 includes them)",
+    total = res["blob_bytes"] + res["tmp_bytes"] + left_bytes
+    out.print(Text(f"{verb} {_size(total)}: {res['blobs_removed']} unreferenced blobs "
+                   f"({_size(res['blob_bytes'])}), {res['tmp_removed']} temp files "
+                   f"({_size(res['tmp_bytes'])}), {left_n} folders left by stopped processes "
+                   f"({_size(left_bytes)}); {len(keep)} blobs referenced by {nrec} records "
+                   "kept"))
+    if res["blobs_recent"]:
+        out.print(Text(f"{res['blobs_recent']} unreferenced blobs younger than "
+                       f"{args.min_age:g} s kept (a running job may still record them; "
+                       "--min-age 0 includes them when nothing writes to the store)",
                        style="dim"))
+    if res["blobs_restored"]:
+        out.print(Text(f"{res['blobs_restored']} blobs stored again by a running job while gc "
+                       "ran were kept", style="dim"))
     return 0
 
 
@@ -446,12 +454,15 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ls)
     show_options(key_command(csub, "show", cmd_show, "a record's provenance and lineage"))
     p = csub.add_parser("gc", parents=[common], help="delete unreferenced blobs",
-                        description="Delete the blobs that no record refers to, and "
-                        "left-over temp files.")
+                        description="Delete the blobs that no record refers to, left-over "
+                        "temp files, and the folders of stopped processes (worker output "
+                        "folders in the store, exchange stores in the temp folder). Safe "
+                        "while jobs run, with the default --min-age.")
     p.add_argument("--dry-run", action="store_true", help="only say what would be freed")
     p.add_argument("--min-age", metavar="SECONDS", type=float, default=3600.0,
                    help="keep unreferenced blobs and temp files younger than this: they may "
-                        "belong to jobs still running (default 3600; 0: none)")
+                        "belong to jobs still running (default 3600; 0: none, only when "
+                        "nothing writes to the store)")
     p.set_defaults(func=cmd_gc)
     p = csub.add_parser("clear", parents=[common], help="delete every record and blob",
                         description="Delete every record and blob of the store.")

@@ -7,7 +7,8 @@ atomic and safe with many concurrent writers; reads verify what they return.
 This package depends on nothing in ``hither``.
 """
 
-from ._paths import blob_uri, default_store_path, parse_blob_uri
+from ._maintenance import owned_dirs, tree_size
+from ._paths import blob_uri, default_store_path, owned_name, parse_blob_uri
 from ._statmemo import FileMemo, PersistentStatMemo, StatMemo
 from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
 from .local import LocalStore
@@ -23,5 +24,8 @@ __all__ = [
     "StoreWarning",
     "blob_uri",
     "default_store_path",
+    "owned_dirs",
+    "owned_name",
     "parse_blob_uri",
+    "tree_size",
 ]

@@ -5,6 +5,8 @@ Layout under the store root::
     blobs/sha256/ab/cd/<hex>      blob whose sha256 is <hex> = "abcd..."
     records/<k0k1>/<key>.json     record whose key starts with the characters k0 k1
     tmp/                          in-flight writes (same filesystem, so rename is atomic)
+    tmp/<label>-<pid>@<host>-<t>/ private work folders of one process (see owned_name)
+    tmp/gc-<hex>-...              a blob set aside by gc while it checks it is still garbage
     quarantine/                   damaged files moved aside by readers
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,10 @@ ENV_STORE = "HITHER_STORE"
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
 _KEY_RE = re.compile(r"[0-9A-Za-z_-]{8,128}")
 _RECORD_SUFFIX = ".json"
+_LABEL_RE = re.compile(r"[a-z]+(?:-[a-z]+)*")
+_OWNED_RE = re.compile(
+    r"(?P<label>[a-z]+(?:-[a-z]+)*)-(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9._-]+)-[0-9a-f]{8,}")
+_HOST_BAD = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def blob_uri(hexdigest: str) -> str:
@@ -75,6 +83,30 @@ def check_key(key: str) -> str:
 def is_key(key: str) -> bool:
     """Whether ``key`` is a valid record key."""
     return _KEY_RE.fullmatch(key) is not None
+
+
+def this_host() -> str:
+    """This machine's name as it appears in owned names (``[A-Za-z0-9._-]`` only)."""
+    return _HOST_BAD.sub("_", socket.gethostname()) or "unknown"
+
+
+def owned_name(label: str) -> str:
+    """A fresh name ``<label>-<pid>@<host>-<random>`` for a folder this process owns.
+
+    ``hither cache gc`` removes such folders once their owner is gone (see
+    :func:`owner_of`), so a killed process leaves nothing behind for long.
+    """
+    if not _LABEL_RE.fullmatch(label):
+        raise ValueError(f"label must be lowercase words joined by '-', got {label!r}")
+    return f"{label}-{os.getpid()}@{this_host()}-{secrets.token_hex(6)}"
+
+
+def owner_of(name: str) -> tuple[str, int, str] | None:
+    """``(label, pid, host)`` of a name made by :func:`owned_name`, else None."""
+    m = _OWNED_RE.fullmatch(name)
+    if m is None:
+        return None
+    return m.group("label"), int(m.group("pid")), m.group("host")
 
 
 def default_store_path() -> Path:

@@ -27,7 +27,7 @@ from hither.lineage_html import (
 )
 from tests.components import _fail_or_skip
 
-CHROMIUM = os.environ.get("HITHER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("HITHER_TEST_CHROMIUM") or os.environ.get("HITHER_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 

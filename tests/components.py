@@ -2,4 +2,10 @@
 the tests that import them from ``tests.components``."""
 
 from hither.testing.components import *  # noqa: F403
-from hither.testing.components import TEST_IMAGE, missing, require  # noqa: F401
+from hither.testing.components import (  # noqa: F401
+    COMPONENTS,
+    TEST_IMAGE,
+    _fail_or_skip,
+    missing,
+    require,
+)

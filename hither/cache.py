@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,24 @@ class JobCache:
         """The store's directory."""
         return self.store.root
 
-    def get_record(self, key: str) -> dict[str, Any] | None:
-        """The record stored under ``key`` (None when absent or unreadable)."""
-        return self.store.get_record(key)
+    def get_record(self, key: str, *,
+                   summarize: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+                   ) -> dict[str, Any] | None:
+        """The record stored under ``key`` (None when absent or unreadable);
+        ``summarize`` feeds the store's hit index (see :meth:`get_hit`)."""
+        return self.store.get_record(key, summarize=summarize)
 
-    def put_record(self, key: str, record: dict[str, Any]) -> None:
-        """Store ``record`` under ``key`` (nothing when read-only)."""
+    def get_hit(self, key: str) -> dict[str, Any] | None:
+        """The summary of the record of ``key`` from the store's hit index (None: read
+        the record)."""
+        return self.store.get_hit(key)
+
+    def put_record(self, key: str, record: dict[str, Any], *,
+                   summary: dict[str, Any] | None = None) -> None:
+        """Store ``record`` under ``key``, and ``summary`` in the hit index (nothing when
+        read-only)."""
         if not self.readonly:
-            self.store.put_record(key, record)
+            self.store.put_record(key, record, summary=summary)
 
     def __repr__(self) -> str:
         ro = ", readonly=True" if self.readonly else ""

@@ -42,7 +42,7 @@ from .errors import (
 from .fdef import FunctionDef
 from .hashing import describe_value, hash_struct, hash_value
 from .launch import Outcome
-from .record import ErrorInfo, FunctionInfo, InputEntry, Provenance, Record
+from .record import ErrorInfo, FunctionInfo, Hit, InputEntry, Provenance, Record, hit_summary
 
 KEY_FORMAT = 2  # 2: value digests from BLAKE3 (hashing scheme v2), never xxh3
 #: failures that say something about the machine, not about the function: never cached
@@ -116,23 +116,25 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
     if settings.force_run:
         return None
     cache = settings.job_cache
+    key = keyinfo.key
     try:
-        rec = cache.get_record(keyinfo.key)
+        summary = cache.get_hit(key)  # the store's hit index: no full record to read
+        raw = None if summary is not None else cache.get_record(key, summarize=hit_summary)
     except (StoreError, OSError, ValueError) as e:
         warnings.warn(f"job cache lookup failed, running the job: {e}", stacklevel=2)
         return None
-    if rec is None:
+    if summary is None and raw is None:
         return None
     try:
-        return _outcome_of(rec, keyinfo, settings, cache.store)
+        hit = Hit.from_summary(summary, key) if summary is not None else \
+            Hit.of_record(Record.from_dict(raw, key))
+        return _outcome_of(hit, settings, cache.store)
     except Exception as e:  # noqa: BLE001 - whatever a record provokes, the job runs again
-        _set_aside(cache, keyinfo.key, e)
+        _set_aside(cache, key, e)
         return None
 
 
-def _outcome_of(raw: dict[str, Any], keyinfo: KeyInfo, settings: Settings,
-                store: Any) -> Outcome | None:
-    rec = Record.from_dict(raw, keyinfo.key)
+def _outcome_of(rec: Hit, settings: Settings, store: Any) -> Outcome | None:
     if rec.ok:
         out = Outcome(True, value=values.decode(rec.result, store))
     else:
@@ -143,11 +145,10 @@ def _outcome_of(raw: dict[str, Any], keyinfo: KeyInfo, settings: Settings,
         out = Outcome(False, error=rebuild_exception(err.type, err.message, err.traceback,
                                                     args=err.args),
                       traceback_text=err.traceback)
-    prov = rec.provenance
     out.console = list(rec.console)
-    out.start_time, out.end_time = prov.start_time, prov.end_time
+    out.start_time, out.end_time = rec.start_time, rec.end_time
     out.info["result_hash"] = rec.result_hash
-    out.info["cached_at"] = prov.recorded_at
+    out.info["cached_at"] = rec.recorded_at
     return out
 
 
@@ -212,7 +213,8 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
                  provenance=_provenance(keyinfo, outcome, fdef=fdef, label=label,
                                         handler=handler),
                  inputs=_input_entries(keyinfo, inputs, cache.store))
-    cache.put_record(keyinfo.key, rec.to_dict())
+    body = rec.to_dict()
+    cache.put_record(keyinfo.key, body, summary=hit_summary(body))
     return result_hash
 
 

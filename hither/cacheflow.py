@@ -60,11 +60,15 @@ class KeyInfo:
     """Per argument: ``digest``, ``desc`` and, for a job's result, ``job`` (its key)."""
 
 
+_HOST: dict[str, Any] = {"kind": "host"}
+_FUNCTIONS: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
 def runtime_identity(runtime: Any) -> dict[str, Any]:
     """The identity of where the code runs: an image digest, an env lock hash, or
     ``{"kind": "host"}`` (the host interpreter has no further identity)."""
     if runtime is None:
-        return {"kind": "host"}
+        return _HOST  # shared by every job's key parts: never changed
     from .runtimes import identity_of
 
     return identity_of(runtime)
@@ -96,9 +100,15 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                 entry["jobs"] = keys
         inputs[name] = entry
         digests[name] = digest
+    fn_id = (fdef.name, fdef.version, code.digest)
+    function = _FUNCTIONS.get(fn_id)
+    if function is None:  # one dict per function, shared by its jobs (never changed)
+        if len(_FUNCTIONS) > 4096:
+            _FUNCTIONS.clear()
+        function = _FUNCTIONS[fn_id] = {"name": fn_id[0], "version": fn_id[1], "code": fn_id[2]}
     parts = {
         "format": KEY_FORMAT,
-        "function": {"name": fdef.name, "version": fdef.version, "code": code.digest},
+        "function": function,
         "runtime": runtime_identity(runtime),
         "inputs": digests,
     }

@@ -309,8 +309,12 @@ def canonical_json(obj: Any) -> bytes:
     Lone surrogates (from ``os.fsdecode`` of names that are not UTF-8) are kept, encoded
     with ``surrogatepass``.
     """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8", "surrogatepass")
+    return _CANONICAL.encode(obj).encode("utf-8", "surrogatepass")
+
+
+# one encoder: json.dumps with options builds a new one per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
 
 
 def hash_struct(obj: Any) -> str:

@@ -296,9 +296,8 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
     plan = _Plan(runtime=_runtime_for(fdef, settings))
     cache = settings.job_cache
     if cache is not None:
-        from .cacheflow import compute_key, lookup
-
-        if not cache.readonly:
+        compute_key, lookup = _cacheflow()
+        if not cache.readonly and any(type(v) not in _LEAVES for v in kwargs.values()):
             kwargs = _snapshot_files(kwargs, cache.store, plan)
         upstream = {name: [up.key for up in jobs] for name, jobs in nested.items()}
         direct = {name for name, jobs in nested.items() if job.kwargs[name] is jobs[0]
@@ -328,6 +327,20 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
         plan.kwargs_pickle, plan.kwargs = _freeze(fdef, kwargs,
                                                   inline=job.handler.drives_in_caller)
     return plan
+
+
+_cacheflow_fns: tuple[Any, Any] | None = None
+
+
+def _cacheflow() -> tuple[Any, Any]:
+    """``cacheflow.compute_key`` and ``lookup``, imported on first use (not by ``import
+    hither``) and then without an import statement per job."""
+    global _cacheflow_fns
+    if _cacheflow_fns is None:
+        from .cacheflow import compute_key, lookup
+
+        _cacheflow_fns = (compute_key, lookup)
+    return _cacheflow_fns
 
 
 def _freeze(fdef: FunctionDef, kwargs: dict[str, Any], *,

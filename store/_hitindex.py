@@ -66,7 +66,7 @@ class HitIndex:
     def __init__(self, memo: PersistentStatMemo) -> None:
         self._memo = memo
         self._lock = threading.Lock()
-        self._shards: dict[str, dict[str, tuple[str, str]]] = {}
+        self._shards: dict[str, dict[bytes, str]] = {}
         self._pending: list[tuple[str, str, Signature, str]] = []
         self._since = 0.0
         _LIVE.add(self)
@@ -81,10 +81,13 @@ class HitIndex:
         if shard is None:
             shard = self._load(path[: -len(os.path.basename(path))])
             self._shards[key[:2]] = shard
-        row = shard.get(path)
-        if row is None or row[0] != sig_text(signature(st)):
+        row = shard.get(os.fsencode(path))
+        if row is None:
             return None
-        check, _, payload = row[1].partition(" ")
+        sig, _, value = row.partition(" ")
+        if sig != sig_text(signature(st)):
+            return None
+        check, _, payload = value.partition(" ")
         if check != _checksum(key, payload):
             self._bad(key, "its checksum does not match")
             return None
@@ -97,7 +100,7 @@ class HitIndex:
             return None
         return body
 
-    def _load(self, folder: str) -> dict[str, tuple[str, str]]:
+    def _load(self, folder: str) -> dict[bytes, str]:
         self.flush()
         return self._memo.get_under(folder, _KIND)
 
@@ -112,7 +115,7 @@ class HitIndex:
         with self._lock:
             shard = self._shards.get(key[:2])
             if shard is not None:
-                shard[path] = (sig_text(sig), value)
+                shard[os.fsencode(path)] = f"{sig_text(sig)} {value}"
             if not self._pending:
                 self._since = now
             self._pending.append((path, _KIND, sig, value))

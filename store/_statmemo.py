@@ -215,9 +215,10 @@ class PersistentStatMemo:
             except (sqlite3.Error, ValueError) as e:
                 self._disable(e)
 
-    def get_under(self, prefix: str, kind: str) -> dict[str, tuple[str, str]]:
-        """Every row of ``kind`` whose path starts with ``prefix``: ``{path: (signature
-        text, value)}`` (compare with :func:`sig_text`); empty when the memo is off."""
+    def get_under(self, prefix: str, kind: str) -> dict[bytes, str]:
+        """Every row of ``kind`` whose path starts with ``prefix``: ``{os.fsencode(path):
+        signature text + " " + value}`` (see :func:`sig_text`; one string per row, for
+        memory); empty when the memo is off."""
         import sqlite3  # on first use: `import hither` stays fast
 
         low = os.fsencode(prefix)
@@ -226,13 +227,13 @@ class PersistentStatMemo:
                 conn = self._connect()
                 if conn is None:
                     return {}
-                rows = conn.execute(f"SELECT path, sig, value FROM {self._TABLE} WHERE "
+                rows = conn.execute(f"SELECT path, sig || ' ' || value FROM {self._TABLE} WHERE "
                                     "path >= ? AND path < ? AND kind = ?",
                                     (low, low + b"\xff", kind)).fetchall()
             except (sqlite3.Error, ValueError) as e:
                 self._disable(e)
                 return {}
-        return {os.fsdecode(p): (s, v) for p, s, v in rows}
+        return dict(rows)
 
     def put_many(self, rows: list[tuple[str, str, Signature, str]]) -> None:
         """Store ``(path, kind, signature, value)`` rows in one transaction."""

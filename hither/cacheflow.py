@@ -254,16 +254,26 @@ def _encoded(value: Any, store: Any, name: str) -> Any:
         return _NOT_ENCODED
 
 
+_USER: list[str | None] = []
+
+
+def _user() -> str | None:
+    """The user name, looked up once per process (a passwd lookup per record adds up)."""
+    if not _USER:
+        try:
+            _USER.append(getpass.getuser())
+        except Exception:  # noqa: BLE001
+            _USER.append(None)
+    return _USER[0]
+
+
 def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label: str,
                 handler: str) -> Provenance:
     from . import __version__
 
     code = keyinfo.code
     start, end = outcome.start_time, outcome.end_time
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001
-        user = None
+    user = _user()
     return Provenance(
         function=FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
                               module=code.module, source=code.source,

@@ -236,6 +236,8 @@ class LocalStore:
             st = os.stat(target)
             if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
                 VERIFIED.remember(str(target), signature(st))
+                if size >= _PERSIST_VERIFIED:  # we wrote these bytes: no need to hash again
+                    self._memo.put(str(target), _VERIFIED_KIND, signature(st), hexdigest)
         return uri
 
     # ------------------------------------------------------------------ blobs: reading

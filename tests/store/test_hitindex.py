@@ -185,3 +185,30 @@ def test_a_read_only_store_writes_no_index(tmp_path: Path) -> None:
     assert ro.get_hit("k-readonly") is None
     assert not (tmp_path / "index").exists() or not any(
         p.name.endswith("-wal") for p in (tmp_path / "index").iterdir())
+
+
+def _blob_read_in_new_process(root: Path, uri: str, hashing: bool = True) -> str:
+    code = ("import sys; from hither_store import LocalStore, CorruptBlobError\n"
+            + ("" if hashing else "import hither_store.local as m\n"
+               "def no(*a): raise AssertionError('hashed again')\n"
+               "m.hash_stream = no\n") +
+            "try:\n    LocalStore(sys.argv[1]).blob_path(sys.argv[2]); print('ok')\n"
+            "except CorruptBlobError: print('corrupt')")
+    return subprocess.run([sys.executable, "-c", code, str(root), uri], capture_output=True,
+                          text=True, check=True, timeout=120).stdout.strip()
+
+
+def test_a_large_blob_verified_once_is_trusted_by_new_processes_until_it_changes(
+        tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    data = b"0123456789abcdef" * (1 << 17)  # 2 MiB: remembered across processes
+    uri = store.put_bytes(data)
+    path = store.blob_path(uri)
+    store._index.flush()
+    assert _blob_read_in_new_process(tmp_path, uri, hashing=False) == "ok"
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # same size, the mtime put back: only the ctime moves
+        f.write(b"X")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _blob_read_in_new_process(tmp_path, uri) == "corrupt"

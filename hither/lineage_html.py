@@ -103,7 +103,7 @@ def _time(t: Any) -> str:
 
 
 def _elapsed(sec: Any) -> str:
-    from .cli import _elapsed as fmt  # the CLI's format, so both read the same
+    from .explaining import format_elapsed as fmt  # the CLI's format
 
     try:
         return fmt(sec)

@@ -264,7 +264,7 @@ def _add_explanations(store: LocalStore, graph: LineageGraph,
 def _job_cache_hits(job: Any) -> dict[str, bool]:
     """Whether each completed job of ``job``'s pipeline (it and its upstream jobs, also
     inside list, tuple and dict arguments) came from the cache, by key."""
-    from .scheduler import _upstream_by_name
+    from .arguments import upstream_by_name as _upstream_by_name
 
     hits: dict[str, bool] = {}
     todo, seen = [job], set()

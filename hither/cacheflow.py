@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import platform
 import socket
 import sys
@@ -40,7 +41,7 @@ from .errors import (
     rebuild_exception,
 )
 from .fdef import FunctionDef
-from .hashing import describe_value, hash_struct, hash_value
+from .hashing import canonical_json, describe_value, hash_struct, hash_value
 from .launch import Outcome
 from .record import ErrorInfo, FunctionInfo, Hit, InputEntry, Provenance, Record, hit_summary
 
@@ -61,7 +62,8 @@ class KeyInfo:
 
 
 _HOST: dict[str, Any] = {"kind": "host"}
-_FUNCTIONS: dict[tuple[str, str, str], dict[str, Any]] = {}
+_HOST_TAIL = b',"runtime":{"kind":"host"}}'
+_FUNCTIONS: dict[tuple[str, str, str], tuple[dict[str, Any], bytes]] = {}
 
 
 def runtime_identity(runtime: Any) -> dict[str, Any]:
@@ -101,18 +103,28 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
         inputs[name] = entry
         digests[name] = digest
     fn_id = (fdef.name, fdef.version, code.digest)
-    function = _FUNCTIONS.get(fn_id)
-    if function is None:  # one dict per function, shared by its jobs (never changed)
+    known = _FUNCTIONS.get(fn_id)
+    if known is None:  # one dict per function, shared by its jobs (never changed)
         if len(_FUNCTIONS) > 4096:
             _FUNCTIONS.clear()
-        function = _FUNCTIONS[fn_id] = {"name": fn_id[0], "version": fn_id[1], "code": fn_id[2]}
+        function = {"name": fn_id[0], "version": fn_id[1], "code": fn_id[2]}
+        # the canonical JSON of the parts up to the inputs (keys sorted: format, function,
+        # inputs, runtime), the same for every job of the function
+        head = (b'{"format":' + canonical_json(KEY_FORMAT) + b',"function":'
+                + canonical_json(function) + b',"inputs":')
+        known = _FUNCTIONS[fn_id] = (function, head)
+    function, head = known
     parts = {
         "format": KEY_FORMAT,
         "function": function,
         "runtime": runtime_identity(runtime),
         "inputs": digests,
     }
-    return KeyInfo(key=hash_struct(parts), parts=parts, code=code, inputs=inputs)
+    if runtime is None:  # == hash_struct(parts), without encoding the same head again
+        key = hashlib.sha256(head + canonical_json(digests) + _HOST_TAIL).hexdigest()
+    else:
+        key = hash_struct(parts)
+    return KeyInfo(key=key, parts=parts, code=code, inputs=inputs)
 
 
 # ------------------------------------------------------------------------ lookup

@@ -361,7 +361,9 @@ class Hit:
         times = d.get("times")
         if not isinstance(times, list) or len(times) != len(_SUMMARY_TIMES):
             raise BadRecord("malformed times")
-        start, end, recorded = (_num({"t": t}, "t") for t in times)
+        if not all(t is None or type(t) in (int, float) for t in times):
+            raise BadRecord("malformed times")
+        start, end, recorded = (None if t is None else float(t) for t in times)
         status, result_hash, error, console = _outcome_fields(d)
         return cls(key=key, status=status, result=d.get("result"), result_hash=result_hash,
                    error=error, console=console, start_time=start, end_time=end,

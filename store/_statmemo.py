@@ -262,7 +262,7 @@ class PersistentStatMemo:
 def sig_text(sig: Signature) -> str:
     """A signature as the memo database stores it."""
     # text, not integers: inode numbers may not fit a signed 64-bit sqlite INTEGER
-    return ":".join(map(str, sig))
+    return f"{sig[0]}:{sig[1]}:{sig[2]}:{sig[3]}:{sig[4]}"
 
 
 _sig_text = sig_text

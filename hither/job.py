@@ -85,6 +85,13 @@ class Job(Future):
     ``concurrent.futures.CancelledError``.
     """
 
+    # slots: a large pipeline keeps many jobs alive, and a dict per job costs ~1 KB more
+    # (the Future base class still gives each job a __dict__ of its own fields)
+    __slots__ = ("_fdef", "_kwargs", "_settings", "_handler", "_engine", "_job_id", "_label",
+                 "_creator", "_created", "_state_lock", "_status", "_completing",
+                 "_cancelled", "_hfuture", "_waiting", "_completion", "_keyinfo", "key",
+                 "result_hash", "cache_hit")
+
     def __init__(self, fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                  handler: JobHandler, engine: Engine, *, upstream: int = 0) -> None:
         super().__init__()
@@ -231,6 +238,7 @@ class Job(Future):
             self._completing = True
             self._waiting = -1
             self._completion = (self._label, outcome, status, cache_hit, time.time())
+            self._hfuture = None  # the handler's future (and what it holds) can go now
             self.cache_hit = cache_hit
             self._status = status
             self._cancelled = status is JobStatus.CANCELLED

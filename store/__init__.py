@@ -4,20 +4,50 @@ Blobs (immutable bytes named ``sha256://<hex>``) and records (JSON dicts under o
 keys) in a plain directory layout that any filesystem, NFS included, can hold. Writes are
 atomic and safe with many concurrent writers; reads verify what they return.
 
+The same layout on an object store or a web server makes a remote store
+(:class:`Remote`); a :class:`StoreStack` reads through the local store to remotes and
+copies verified hits in; records carry Ed25519 signatures in sidecar files
+(:mod:`hither_store.signing`); closures of results move as bundles
+(:mod:`hither_store.bundle`).
+
 This package depends on nothing in ``hither``.
 """
 
 from ._paths import blob_uri, default_store_path, parse_blob_uri
-from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
+from .closure import Closure, RecordRefs, compute_closure
+from .errors import (
+    BlobNotFoundError,
+    CorruptBlobError,
+    RemoteStoreWarning,
+    StoreError,
+    StoreWarning,
+)
 from .local import LocalStore
+from .lookupcache import LookupCache
+from .signing import PublicKey, SecretKey, Sidecar, TrustedKeys
+from .stack import PullReport, PushReport, Remote, StoreStack, remotes_from_env
 
 __all__ = [
     "BlobNotFoundError",
+    "Closure",
     "CorruptBlobError",
     "LocalStore",
+    "LookupCache",
+    "PublicKey",
+    "PullReport",
+    "PushReport",
+    "RecordRefs",
+    "Remote",
+    "RemoteStoreWarning",
+    "SecretKey",
+    "Sidecar",
     "StoreError",
+    "StoreStack",
     "StoreWarning",
+    "TrustedKeys",
     "blob_uri",
+    "compute_closure",
     "default_store_path",
     "parse_blob_uri",
+    "remotes_from_env",
 ]

@@ -27,6 +27,11 @@ def canonical_json(body: dict[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def body_checksum(body: dict[str, Any]) -> str:
+    """The hex sha256 of a record body's canonical JSON: the ``sha256`` field of its file."""
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
 def encode_record(key: str, body: dict[str, Any]) -> bytes:
     """Serialize ``body`` stored under ``key`` into the bytes of a record file.
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,15 +41,19 @@ class CodeBundle:
     files: tuple[str, ...]
 
 
+def bundle_digest(files: Mapping[str, str]) -> str:
+    """The digest naming a bundle of files (relative name -> hex sha256 of the content)."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + bytes.fromhex(files[rel]))
+    return h.hexdigest()[:32]
+
+
 def _publish(root: Path, files: dict[str, Path]) -> tuple[str, Path]:
     """Copy ``files`` (relative name -> source) to ``root/<digest>`` once; atomic."""
-    h = hashlib.sha256()
-    contents: dict[str, bytes] = {}
-    for rel in sorted(files):
-        data = Path(files[rel]).read_bytes()
-        contents[rel] = data
-        h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    digest = h.hexdigest()[:32]
+    contents: dict[str, bytes] = {rel: Path(files[rel]).read_bytes() for rel in sorted(files)}
+    digest = bundle_digest({rel: hashlib.sha256(data).hexdigest()
+                            for rel, data in contents.items()})
     final = root / digest
     if final.is_dir():
         return digest, final

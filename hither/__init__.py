@@ -6,6 +6,8 @@ Decorate a function with ``@hi.function(name, version)``; ``f.run(**kwargs)`` cr
 
 from __future__ import annotations
 
+from hither_store import Remote
+
 from . import scheduler as _scheduler
 from ._codec import File
 from .cache import JobCache
@@ -81,6 +83,7 @@ __all__ = [
     "JobTimeoutError",
     "ParallelJobHandler",
     "PythonEnv",
+    "Remote",
     "RuntimeUnavailableError",
     "SerializationError",
     "ShellScript",

@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hither_store import LocalStore, LookupCache, Remote, RemoteStoreWarning, SecretKey, \
-    StoreStack, TrustedKeys
+from hither_store import (
+    LocalStore,
+    LookupCache,
+    Remote,
+    RemoteStoreWarning,
+    SecretKey,
+    StoreStack,
+    TrustedKeys,
+)
 from hither_store._paths import blob_relpath, record_relpath, sidecar_relpath
 from hither_store._records import body_checksum
 from hither_store.closure import RecordRefs
 
-from tests.servers import bucket, s3_client, s3_endpoint, s3_env, share_env, \
-    static_server  # noqa: F401
+from tests.servers import s3_client, static_server
 
 KEY = "job-0123456789abcdef"
 

@@ -45,6 +45,7 @@ from .closure import (
     Closure,
     RecordRefs,
     check_code_digest,
+    check_code_files,
     check_code_relpath,
     install_code_dir,
 )
@@ -214,7 +215,7 @@ def _read_members(tar: tarfile.TarFile, store: LocalStore, staged: dict[str, Pat
     manifest = _parse_manifest(f.read())
     files: dict[str, dict[str, Any]] = manifest["files"]
     seen: set[str] = set()
-    for member in tar:
+    while (member := tar.next()) is not None:
         name = member.name
         if not member.isfile():
             raise BundleError(f"bundle member {name!r} is not a regular file")
@@ -353,6 +354,11 @@ def _commit(store: LocalStore, manifest: dict[str, Any], staged: dict[str, Path]
         for d in refs.code_digests(body):
             if d not in code and not (store.root / "code" / d).is_dir():
                 raise BundleError(f"record {key} names code bundle {d}, which is missing")
+    for digest, files in code.items():
+        try:
+            check_code_files(digest, files, refs.code_digest)
+        except (StoreError, ValueError) as e:
+            raise BundleError(str(e)) from None
     # everything checks out: place it, records last
     report = ImportReport(roots=list(manifest["roots"]))
     for name, path in staged.items():

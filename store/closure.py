@@ -27,7 +27,8 @@ from ._verify import hash_stream
 from .errors import BlobNotFoundError, StoreError
 from .local import LocalStore
 
-__all__ = ["Closure", "RecordRefs", "code_files", "compute_closure", "install_code_dir"]
+__all__ = ["Closure", "RecordRefs", "check_code_files", "code_files", "compute_closure",
+           "install_code_dir"]
 
 _CODE_DIGEST_RE = re.compile(r"[0-9a-f]{16,64}")
 _REL_PART_RE = re.compile(r"[A-Za-z0-9_.+@=-][A-Za-z0-9_.+@= -]{0,254}")
@@ -206,13 +207,12 @@ def code_files(root: Path, digest: str) -> dict[str, tuple[str, int]] | None:
     return out
 
 
-def install_code_dir(root: Path, digest: str, files: Mapping[str, Path | bytes],
+def check_code_files(digest: str, files: Mapping[str, Path | bytes],
                      code_digest: Callable[[Mapping[str, str]], str] | None) -> None:
-    """Place a received code bundle at ``<root>/code/<digest>`` after checking that its
-    files hash to ``digest``; an existing bundle of that digest is kept.
+    """Check that ``files`` (relative path -> content or file) make code bundle ``digest``.
 
     Raises:
-        StoreError: the files do not make the bundle ``digest``, or no ``code_digest``.
+        StoreError: they make another bundle, or there is no ``code_digest`` to tell.
         ValueError: an unsafe path or digest.
     """
     check_code_digest(digest)
@@ -231,6 +231,18 @@ def install_code_dir(root: Path, digest: str, files: Mapping[str, Path | bytes],
     actual = code_digest(hashes)
     if actual != digest:
         raise StoreError(f"code bundle {digest}: its files make bundle {actual}")
+
+
+def install_code_dir(root: Path, digest: str, files: Mapping[str, Path | bytes],
+                     code_digest: Callable[[Mapping[str, str]], str] | None) -> None:
+    """Place a received code bundle at ``<root>/code/<digest>`` after checking that its
+    files hash to ``digest``; an existing bundle of that digest is kept.
+
+    Raises:
+        StoreError: the files do not make the bundle ``digest``, or no ``code_digest``.
+        ValueError: an unsafe path or digest.
+    """
+    check_code_files(digest, files, code_digest)
     code_root = root / "code"
     final = code_root / digest
     if final.is_dir():

@@ -406,3 +406,40 @@ def test_sidecar_json_is_canonical(tmp_path: Path, keys: dict, share_env: Path) 
 
     assert Sidecar.decode(raw).check(KEY, body_checksum(body), body,
                                      [body["result"]["ref"][9:]], trusted) is None
+
+
+def test_code_bundles_travel_with_their_records(tmp_path: Path, bucket: str,
+                                                keys: dict) -> None:
+    import hashlib
+
+    from hither_store.closure import code_files
+
+    def digest_of(files: dict[str, str]) -> str:
+        h = hashlib.sha256()
+        for rel in sorted(files):
+            h.update(rel.encode() + b"\0" + bytes.fromhex(files[rel]))
+        return h.hexdigest()[:32]
+
+    refs = RecordRefs(code=lambda r: [r["code"]] if "code" in r else [], code_digest=digest_of)
+    a = StoreStack(LocalStore(tmp_path / "a"), [s3_remote(bucket)], refs=refs,
+                   signer=keys["a"], lookup=LookupCache(tmp_path / "la"))
+    files = {"m.py": b"def f():\n    return 41\n", "sub/h.py": b"Y = 1\n"}
+    digest = digest_of({k: hashlib.sha256(v).hexdigest() for k, v in files.items()})
+    for rel, data in files.items():
+        p = a.local.root / "code" / digest / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    body = record_with_blob(a.local, b"with code", code=digest)
+    a.put_record(KEY, body)
+    assert a.push([KEY], a.remotes[0]).pushed == [KEY]
+    b = StoreStack(LocalStore(tmp_path / "b"), [s3_remote(bucket, [keys["a"]])], refs=refs,
+                   lookup=LookupCache(tmp_path / "lb"))
+    assert b.fetch(KEY) == body
+    assert code_files(b.local.root, digest) == code_files(a.local.root, digest)
+    # a code file altered on the remote: the record is not used, the bundle not installed
+    s3 = s3_client(a.remotes[0].backend.endpoint)  # type: ignore[attr-defined]
+    s3.put_object(Bucket=bucket, Key=f"store/code/{digest}/m.py", Body=b"evil()\n")
+    c = StoreStack(LocalStore(tmp_path / "c"), [s3_remote(bucket, [keys["a"]])], refs=refs,
+                   lookup=LookupCache(tmp_path / "lc"))
+    assert "missing or damaged" in fetch_one_warning(c, KEY)
+    assert code_files(c.local.root, digest) is None and c.local.get_record(KEY) is None

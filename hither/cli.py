@@ -6,6 +6,7 @@
     hither show KEY                        a record's provenance and lineage
     hither explain KEY                     what went into a key; how it differs from the
                                            nearest other record of the same function
+    hither key|push|pull|publish|remote    sharing results (see hither.cli_share)
 
 Every command takes ``--store PATH`` (default: ``$HITHER_STORE`` or the user cache
 directory). Keys may be abbreviated to a unique prefix of at least 6 hex characters.
@@ -444,6 +445,9 @@ def _parser() -> argparse.ArgumentParser:
                              "(same as 'cache show')"))
     key_command(sub, "explain", cmd_explain, "what went into a key, and how it differs "
                 "from the nearest other record of the same function")
+    from .cli_share import add_commands
+
+    add_commands(sub, common)
     parser.set_defaults(func=lambda a, o: _usage(parser))
     return parser
 

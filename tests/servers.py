@@ -26,8 +26,11 @@ S3_ENV = {
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """A moto S3 server in this process; yields its endpoint url."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

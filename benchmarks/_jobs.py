@@ -41,3 +41,11 @@ def array_mean(a):
 def noop():
     """Used to warm up pools."""
     return None
+
+
+@hi.function("remote_blob", "0.1.0")
+def remote_blob(seed):
+    """A result stored as a blob (6400 bytes, over the 4 KiB inline limit)."""
+    import hashlib
+
+    return hashlib.sha256(str(seed).encode()).digest() * 200

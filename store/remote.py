@@ -46,6 +46,10 @@ class RemoteBackend(Protocol):
     def read(self, rel: str, limit: int) -> bytes | None:
         """The object's bytes, None when absent; RemoteTooLargeError above ``limit``."""
 
+    def read_many(self, rels: list[str], limit: int) -> dict[str, bytes | None]:
+        """The first ``limit + 1`` bytes (at most) of each object, None when absent;
+        fetched concurrently where the backend can."""
+
     def stream(self, rel: str, size: int | None, sink: Sink, limit: int) -> int:
         """Pass the object's bytes to ``sink``; ``size`` bytes when given (a longer
         object is cut there), else up to ``limit``. Returns the count; FileNotFoundError
@@ -163,6 +167,27 @@ class FsspecBackend:
             raise RemoteTooLargeError(f"{self.url}/{rel} is larger than {limit} bytes")
         return data
 
+    def read_many(self, rels: list[str], limit: int) -> dict[str, bytes | None]:
+        from fsspec.asyn import sync
+
+        async def one(rel: str) -> bytes | None:
+            try:
+                return bytes(await self.fs._cat_file(self._path(rel), start=0, end=limit + 1))
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                if _is_range_unsatisfiable(e):
+                    return b""
+                raise
+
+        async def all_of() -> list[bytes | None]:
+            import asyncio
+
+            return list(await asyncio.gather(*(one(r) for r in rels)))
+
+        # one round trip of concurrent requests on fsspec's event loop
+        return dict(zip(rels, sync(self.fs.loop, all_of), strict=True))
+
     def stream(self, rel: str, size: int | None, sink: Sink, limit: int) -> int:
         want = limit + 1 if size is None else size
         total = 0
@@ -242,6 +267,17 @@ class HttpBackend:
         if len(data) > limit:
             raise RemoteTooLargeError(f"{self.url}/{rel} is larger than {limit} bytes")
         return bytes(data)
+
+    def read_many(self, rels: list[str], limit: int) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for rel in rels:
+            resp = self._open(rel)
+            if resp is None:
+                out[rel] = None
+                continue
+            with resp:
+                out[rel] = bytes(resp.read(limit + 1))
+        return out
 
     def stream(self, rel: str, size: int | None, sink: Sink, limit: int) -> int:
         resp = self._open(rel)

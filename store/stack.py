@@ -49,6 +49,9 @@ ENV_REMOTES = "HITHER_REMOTES"
 ENV_PUSH = "HITHER_PUSH"
 MAX_RECORD_BYTES = 64 << 20
 MAX_BLOB_BYTES = 1 << 40
+#: blobs up to this size are fetched together with the record's signature
+PREFETCH = 1 << 20
+PREFETCH_COUNT = 32
 #: a remote that failed to answer is left alone this long
 DOWN_FOR = 30.0
 
@@ -296,10 +299,19 @@ class StoreStack:
             raise _Rejected(f"damaged record ({e})") from None
         checksum = body_checksum(body)
         hexes = self.refs.blob_hexes(body)
-        sizes: dict[str, int | None] = dict.fromkeys(hexes)
+        need = [h for h in hexes if not self.local.has_blob("sha256://" + h)]
         sidecar: Sidecar | None = None
-        if remote.require_signature:
-            raw_sig = be.read(sidecar_relpath(key, checksum), MAX_SIDECAR_BYTES)
+        if not remote.require_signature:
+            self._run_all([lambda h=h: self._copy_blob(remote, h, None) for h in need])
+        else:
+            # the signature and the start of every blob in one round of requests; nothing
+            # is stored before the signature is checked
+            sc_rel = sidecar_relpath(key, checksum)
+            early = need[:PREFETCH_COUNT]
+            got = be.read_many([sc_rel] + [blob_relpath(h) for h in early], PREFETCH)
+            raw_sig = got[sc_rel]
+            if raw_sig is not None and len(raw_sig) > PREFETCH:
+                raw_sig = be.read(sc_rel, MAX_SIDECAR_BYTES)
             if raw_sig is None:
                 raise _Rejected("it is not signed")
             try:
@@ -309,9 +321,14 @@ class StoreStack:
             why = sidecar.check(key, checksum, body, hexes, self.trusted_for(remote))
             if why is not None:
                 raise _Rejected(why)
-            sizes = {h: sidecar.claim["blobs"][h] for h in hexes}
-        need = [h for h in hexes if not self.local.has_blob("sha256://" + h)]
-        self._run_all([lambda h=h: self._copy_blob(remote, h, sizes[h]) for h in need])
+            large = []
+            for h in need:
+                size = sidecar.claim["blobs"][h]
+                if size > PREFETCH or blob_relpath(h) not in got:
+                    large.append((h, size))
+                    continue
+                self._place_small_blob(h, size, got[blob_relpath(h)])
+            self._run_all([lambda h=h, n=n: self._copy_blob(remote, h, n) for h, n in large])
         for digest in self.refs.code_digests(body):
             if code_files(self.local.root, digest) is None:
                 self._copy_code(remote, digest)
@@ -319,6 +336,18 @@ class StoreStack:
             write_sidecar(self.local, key, checksum, sidecar)
         self.local.put_record(key, body)
         return body
+
+    def _place_small_blob(self, hexdigest: str, size: int, data: bytes | None) -> None:
+        if data is None:
+            raise _Rejected(f"blob {hexdigest[:16]} is missing on the remote")
+        if len(data) < size:
+            raise _Rejected(f"blob {hexdigest[:16]} is truncated ({len(data)} of {size} bytes)")
+        data = data[:size]
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != hexdigest:
+            raise _Rejected(f"blob {hexdigest[:16]} does not match its hash "
+                            f"(got sha256 {actual[:16]})")
+        self.local.put_bytes(data)
 
     def _copy_blob(self, remote: Remote, hexdigest: str, size: int | None) -> None:
         be = remote.backend

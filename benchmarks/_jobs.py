@@ -43,6 +43,14 @@ def noop():
     return None
 
 
+@hi.function("file_size", "0.1.0")
+def file_size(f, after=None):
+    """Size of a File input (its content is hashed into the job's key)."""
+    import os
+
+    return os.path.getsize(os.fspath(f))
+
+
 @hi.function("remote_blob", "0.1.0")
 def remote_blob(seed):
     """A result stored as a blob (6400 bytes, over the 4 KiB inline limit)."""

@@ -10,10 +10,13 @@ from hither_store import Remote
 
 from . import scheduler as _scheduler
 from ._codec import File
+from .aio import gather
+from .builtins import identity, noop
 from .cache import JobCache
 from .config import Config
 from .errors import (
     CacheError,
+    DeserializationException,
     DuplicateFunctionException,
     FunctionNotRegisteredError,
     HandlerClosedError,
@@ -67,6 +70,7 @@ __all__ = [
     "Config",
     "ConsoleCapture",
     "DefaultJobHandler",
+    "DeserializationException",
     "DuplicateFunctionException",
     "File",
     "FileLock",
@@ -95,8 +99,11 @@ __all__ = [
     "container",
     "explain",
     "function",
+    "gather",
     "get_function",
+    "identity",
     "local_modules",
+    "noop",
     "opts",
     "registered_functions",
     "reset",

@@ -132,13 +132,22 @@ class File:
     decoding gives back a ``File`` pointing at wherever the content now lives.
     """
 
-    __slots__ = ("_path",)
+    __slots__ = ("_path", "_sha256")
 
     def __init__(self, path: Union[str, "os.PathLike[str]", bytes]) -> None:
         raw = os.fspath(path)
         if isinstance(raw, bytes):
             raw = os.fsdecode(raw)
         self._path = os.path.abspath(raw)
+        self._sha256 = None
+
+    @classmethod
+    def _snapshot(cls, path: str, sha256: str) -> "File":
+        """A File whose content is known to hash to ``sha256`` (an immutable snapshot in a
+        store, made by the scheduler): hashing and storing it need not read it again."""
+        f = cls(path)
+        f._sha256 = sha256
+        return f
 
     @property
     def path(self) -> str:
@@ -350,7 +359,7 @@ class _Encoder:
             what = "does not exist" if not os.path.exists(value.path) else "is not a regular file"
             raise self.fail(lambda path: "cannot encode File at %s: %r %s" % (
                 path, value.path, what), trail)
-        return {TAG: "file", "ref": self.put_blob("file", value.path), "name": value.name}
+        return {TAG: "file", "ref": self.put_blob("file", value), "name": value.name}
 
     def array(self, np: Any, arr: Any, trail: Trail) -> Any:
         if type(arr) is not np.ndarray and not isinstance(arr, np.memmap):

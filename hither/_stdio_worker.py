@@ -68,7 +68,7 @@ def _blob_putter(out_dir):
         name = uuid.uuid4().hex
         path = os.path.join(out_dir, name)
         if kind == "file":
-            shutil.copyfile(write, path)
+            shutil.copyfile(os.fspath(write), path)
         else:
             with open(path, "wb") as f:
                 write(f)
@@ -123,7 +123,7 @@ class _EchoMessages(object):
         pass
 
 
-def _run_json(msg, echo=None):
+def _run_json(msg, echo=None, started=None):
     codec = _import_codec()
     start = time.time()
     try:
@@ -140,6 +140,8 @@ def _run_json(msg, echo=None):
                 "end": time.time(),
                 "error": _error_dict(e, message, "the worker could not load the job's "
                                                  "function or arguments\n" + tb)}
+    if started is not None:
+        started()
     ok, value, tb, lines, start, end = run_call(fn, kwargs, msg.get("stream"), echo=echo)
     out = {"ok": ok, "console": [list(x) for x in lines], "start": start, "end": end,
            "result": None, "error": None}
@@ -237,7 +239,10 @@ def serve_stdio():
         elif op == "stop":
             return
         elif op == "run":
-            answer = _run_json(msg, echo)
+            started = None
+            if msg.get("timeout"):  # the parent's job_timeout clock starts with the function
+                started = lambda m=msg: send({"op": "started", "id": m.get("id")})  # noqa: E731
+            answer = _run_json(msg, echo, started)
             answer["op"] = "done"
             answer["id"] = msg.get("id")
             send(answer)

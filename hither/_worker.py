@@ -8,7 +8,7 @@ Protocol of a host worker (messages pickled over a ``multiprocessing`` connectio
 
 parent -> worker
     ("run", job_id, fid, fn_bytes | None, kwargs_bytes, label, stream_prefix | None,
-     sys_path)
+     sys_path, timed)
     ("skip", job_id)       drop a job sent ahead that has not started yet
     ("stop",)              exit after the current job
 worker -> parent
@@ -16,6 +16,9 @@ worker -> parent
         ok=True:  payload is the pickled return value
         ok=False: payload is (pickled exception | None, type name, message, traceback text)
     ("skipped", job_id)
+    ("started", job_id)    the function starts (only for a timed job: its timeout counts
+                           from here, not from the loading of its function and arguments)
+    ("echo", text)         a live console line (when stream_prefix is not None)
 
 A worker answers jobs in the order it received them, so the parent knows which job is
 running without a "started" message.
@@ -42,6 +45,7 @@ class _LineRecorder(object):
         self._echo = echo
         self._prefix = prefix
         self._partial = ""
+        self.replaced = None  # the stream this recorder stands in for
         self.encoding = "utf-8"
         self.errors = "replace"
 
@@ -112,6 +116,7 @@ class capture_console(object):
         prefix = self._prefix or ""
         self._out = _LineRecorder(self.lines, False, echo_out, prefix)
         self._err = _LineRecorder(self.lines, True, echo_err, prefix)
+        self._out.replaced, self._err.replaced = self._saved
         sys.stdout, sys.stderr = self._out, self._err
         return self
 
@@ -284,7 +289,7 @@ def serve_connection(conn, init):
             if kind == "skip":
                 skipped.add(msg[1])
                 continue
-            _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path = msg
+            _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path, timed = msg
             if fn_bytes is not None and fid not in functions:
                 functions[fid] = _Unloaded(fn_bytes)  # kept even if this job is skipped
             if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
@@ -292,7 +297,10 @@ def serve_connection(conn, init):
                 send_bytes(pickle.dumps(("skipped", job_id)))
                 continue
             add_sys_path(extra_path)
-            answer = _run_message(functions, fid, kwargs_bytes, prefix, echo)
+            started = None
+            if timed:
+                started = lambda j=job_id: send_bytes(pickle.dumps(("started", j)))  # noqa: E731
+            answer = _run_message(functions, fid, kwargs_bytes, prefix, echo, started)
             send_bytes(pickle.dumps(("done", job_id) + answer,
                                     protocol=pickle.HIGHEST_PROTOCOL))
     except (EOFError, OSError):
@@ -322,7 +330,7 @@ class _Unloaded(object):
         self.data = data
 
 
-def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
+def _run_message(functions, fid, kwargs_bytes, prefix, echo=None, started=None):
     start = time.time()
     try:
         fn = functions.get(fid)
@@ -335,6 +343,8 @@ def _run_message(functions, fid, kwargs_bytes, prefix, echo=None):
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         note = "the worker could not load the job's function or arguments"
         return (False, _error_payload(e, note + "\n" + tb), [], start, time.time())
+    if started is not None:
+        started()
     ok, value, tb, lines, start, end = run_call(fn, kwargs, prefix, echo=echo)
     if ok:
         try:

@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from .errors import (
     WorkerCrashedError,
     rebuild_exception,
 )
-from .function import FunctionDef
+from .fdef import FunctionDef
 from .hashing import describe_value, hash_struct, hash_value
 from .launch import Outcome
 
@@ -68,27 +69,31 @@ def runtime_identity(runtime: Any) -> dict[str, Any]:
     return identity_of(runtime)
 
 
-def compute_key(fdef: FunctionDef, raw_kwargs: dict[str, Any], kwargs: dict[str, Any],
-                settings: Settings, runtime: Any = None) -> KeyInfo:
-    """The key of ``fdef(**kwargs)``; ``raw_kwargs`` may hold the jobs the values came from."""
-    from .job import Job
+def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
+                runtime: Any = None, *, upstream: dict[str, list[str | None]] | None = None,
+                direct: set[str] | frozenset[str] = frozenset()) -> KeyInfo:
+    """The key of ``fdef(**kwargs)``, the arguments exactly as the job will see them.
 
+    ``upstream`` names, per argument, the keys of the jobs whose results it holds (also
+    inside lists, tuples and dicts): the lineage. ``direct`` names the arguments that are
+    one job's result as a whole.
+    """
     code = code_identity(fdef.fn, local_modules=fdef.local_modules,
                          additional_files=fdef.additional_files)
+    upstream = upstream or {}
     inputs: dict[str, dict[str, Any]] = {}
     digests: dict[str, str] = {}
     for name in sorted(kwargs):
-        raw = raw_kwargs.get(name)
         value = kwargs[name]
-        if isinstance(raw, Job) and raw.result_hash is not None:
-            digest = raw.result_hash
-            inputs[name] = {"digest": digest, "job": raw.key, "desc": describe_value(value)}
-        else:
-            digest = hash_value(value, path=f"kw[{name!r}]")
-            entry = {"digest": digest, "desc": describe_value(value)}
-            if isinstance(raw, Job):
-                entry["job"] = raw.key
-            inputs[name] = entry
+        digest = hash_value(value, path=f"kw[{name!r}]")
+        entry: dict[str, Any] = {"digest": digest, "desc": describe_value(value)}
+        keys = upstream.get(name)
+        if keys:
+            if name in direct:
+                entry["job"] = keys[0]
+            else:
+                entry["jobs"] = keys
+        inputs[name] = entry
         digests[name] = digest
     parts = {
         "format": KEY_FORMAT,
@@ -141,11 +146,14 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
 
 
 # ------------------------------------------------------------------------ record
-def record(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> str | None:
-    """Store the outcome of ``job`` under its key; returns the result hash (None for a
-    failure or a result that cannot be stored)."""
-    settings: Settings = job._settings
-    cache = settings.job_cache
+InputSource = Callable[[], tuple[str, dict[str, Any]]]
+
+
+def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings,
+           fdef: FunctionDef, label: str, handler: str, inputs: InputSource) -> str | None:
+    """Store ``outcome`` under its key; returns the result hash (None for a failure or a
+    result that cannot be stored). ``inputs()`` gives the job's inputs as they ran:
+    ``("manifest", {name: manifest})`` or ``("values", {name: value})``."""
     rec: dict[str, Any] = {"format": RECORD_FORMAT, "key": keyinfo.key}
     result_hash = None
     if outcome.ok:
@@ -157,7 +165,7 @@ def record(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> str | None:
             if manifest is None:
                 manifest = values.encode(outcome.value, cache.store, path="result")
         except (TypeError, ValueError) as e:
-            warnings.warn(f"the result of job {job.label!r} is not stored in the job cache: "
+            warnings.warn(f"the result of job {label!r} is not stored in the job cache: "
                           f"{e}", stacklevel=2)
             return None
         rec.update(status="finished", result=manifest, result_hash=result_hash)
@@ -179,31 +187,33 @@ def record(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> str | None:
     if cache.readonly:
         return result_hash
     rec["console"] = [list(x) for x in outcome.console]
-    rec["provenance"] = _provenance(job, keyinfo, outcome)
-    rec["inputs"] = _input_manifests(job, keyinfo, cache.store)
+    rec["provenance"] = _provenance(keyinfo, outcome, fdef=fdef, label=label, handler=handler)
+    rec["inputs"] = _input_manifests(keyinfo, inputs, cache.store)
     cache.put_record(keyinfo.key, rec)
     return result_hash
 
 
-def _input_manifests(job: Any, keyinfo: KeyInfo, store) -> dict[str, Any]:
+def _input_manifests(keyinfo: KeyInfo, inputs: InputSource, store: Any) -> dict[str, Any]:
     """Inputs given as values are stored too, so the run can be reproduced from its key;
-    inputs that came from jobs are referenced by those jobs' keys (the lineage)."""
-    from .job import Job
-
+    an input that is one job's result is referenced by that job's key (the lineage)."""
+    kind, given = inputs()
     out: dict[str, Any] = {}
     for name, meta in keyinfo.inputs.items():
         entry = dict(meta)
-        raw = job._kwargs.get(name)
-        if not isinstance(raw, Job):
-            try:
-                entry["value"] = values.encode(raw, store, path=f"kw[{name!r}]")
-            except (TypeError, ValueError):
-                pass
+        if "job" not in meta and name in given:
+            if kind == "manifest":
+                entry["value"] = given[name]
+            else:
+                try:
+                    entry["value"] = values.encode(given[name], store, path=f"kw[{name!r}]")
+                except (TypeError, ValueError):
+                    pass
         out[name] = entry
     return out
 
 
-def _provenance(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> dict[str, Any]:
+def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label: str,
+                handler: str) -> dict[str, Any]:
     from . import __version__
 
     code = keyinfo.code
@@ -213,13 +223,13 @@ def _provenance(job: Any, keyinfo: KeyInfo, outcome: Outcome) -> dict[str, Any]:
     except Exception:  # noqa: BLE001
         user = None
     return {
-        "function": {"name": job._fdef.name, "version": job._fdef.version,
+        "function": {"name": fdef.name, "version": fdef.version,
                      "code": code.digest, "module": code.module, "source": code.source,
                      "sources": dict(code.sources), "external": dict(code.external)},
         "runtime": keyinfo.parts["runtime"],
         "key_parts": keyinfo.parts,
-        "label": job.label,
-        "handler": type(job._handler).__name__,
+        "label": label,
+        "handler": handler,
         "start_time": start,
         "end_time": end,
         "elapsed_sec": (end - start) if (start is not None and end is not None) else None,

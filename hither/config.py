@@ -33,6 +33,7 @@ class Settings:
     environment: Any = None
     network: bool | None = None
     gpus: bool | None = None
+    progress: bool | None = None
     jhparams: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +75,8 @@ class Config:
             containers have no network by default).
         gpus: give container jobs the GPUs (``--gpus all`` for Docker/Podman, ``--nv``
             for Apptainer; ``None``: as each function declares).
+        progress: show live progress of the pipeline (``None``: when the output is a
+            terminal or a notebook and ``HITHER_PROGRESS`` is not ``0``).
         jhparams: free-form parameters for the handler.
 
     Unknown keywords raise ``TypeError``.
@@ -84,7 +87,8 @@ class Config:
                  force_run: bool = _UNSET, rerun_failing: bool = _UNSET,
                  cache_failing: bool = _UNSET, show_console: bool = _UNSET,
                  environment: Any = _UNSET, network: bool | None = _UNSET,
-                 gpus: bool | None = _UNSET, jhparams: dict[str, Any] | None = _UNSET) -> None:
+                 gpus: bool | None = _UNSET, progress: bool | None = _UNSET,
+                 jhparams: dict[str, Any] | None = _UNSET) -> None:
         given = {k: v for k, v in locals().items() if k != "self" and v is not _UNSET}
         _validate(given)
         if "jhparams" in given:
@@ -130,7 +134,7 @@ def _validate(given: dict[str, Any]) -> None:
     for flag in ("force_run", "rerun_failing", "cache_failing", "show_console"):
         if flag in given and not isinstance(given[flag], bool):
             raise TypeError(f"{flag} must be True or False, got {given[flag]!r}")
-    for flag in ("network", "gpus"):
+    for flag in ("network", "gpus", "progress"):
         if given.get(flag) is not None and not isinstance(given[flag], bool):
             raise TypeError(f"{flag} must be True, False or None, got {given[flag]!r}")
     h = given.get("job_handler")

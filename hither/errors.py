@@ -13,6 +13,7 @@
     │   ├── WorkerCrashedError          the process running the job died (signal, OOM, os._exit)
     │   └── HandlerClosedError          the job's handler was shut down before it could run
     ├── JobCancelledException           the job was cancelled (also concurrent.futures.CancelledError)
+    ├── DeserializationException        a value could not be read back (a worker's answer)
     ├── CacheError                      the job cache or store cannot be used
     └── RuntimeUnavailableError         a runtime (container engine, env builder) is missing
 
@@ -116,6 +117,14 @@ class JobCancelledException(HitherError, CancelledError):
     """The job was cancelled (by ``job.cancel()``, ``hi.reset()`` or a handler shutdown)."""
 
 
+class DeserializationException(HitherError):
+    """A value could not be read back: e.g. the result a worker sent (0.4.2's name)."""
+
+
+class UnreadableResultError(JobFailedError, DeserializationException):
+    """The job ran, but its result could not be read back from the worker."""
+
+
 class CacheError(HitherError):
     """The job cache or its store cannot be used."""
 
@@ -147,6 +156,7 @@ def rebuild_exception(type_name: str, message: str, traceback_text: str | None =
 
 __all__ = [
     "CacheError",
+    "DeserializationException",
     "DuplicateFunctionException",
     "FunctionNotRegisteredError",
     "HandlerClosedError",
@@ -157,6 +167,7 @@ __all__ = [
     "JobTimeoutError",
     "RuntimeUnavailableError",
     "SerializationError",
+    "UnreadableResultError",
     "UpstreamJobError",
     "WorkerCrashedError",
     "rebuild_exception",

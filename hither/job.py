@@ -1,4 +1,11 @@
-"""The Job: one call of a hither function, and a ``concurrent.futures.Future``."""
+"""The Job: one call of a hither function, and a ``concurrent.futures.Future``.
+
+A Job's state (status, outcome, the handler future it waits on, the count of upstream
+jobs it still waits for) changes only inside this class, under one lock, and it completes
+through one path (:meth:`Job._complete`): the first completion wins, whatever thread
+reaches it. The scheduler drives a job through the methods marked "engine side"; it never
+sets a job's attributes itself.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,18 @@ import itertools
 import os
 import string
 import sys
+import threading
 import time
 from concurrent.futures import CancelledError, Future
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import HitherError, JobCancelledException
+from .errors import HitherError, JobCancelledException, JobError
+from .launch import Outcome
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .function import FunctionDef
+    from .fdef import FunctionDef
     from .handlers.base import JobHandler
 
 
@@ -35,6 +44,19 @@ class JobStatus(enum.Enum):
     def is_complete(self) -> bool:
         """True for FINISHED, ERROR and CANCELLED."""
         return self in (JobStatus.FINISHED, JobStatus.ERROR, JobStatus.CANCELLED)
+
+
+class Engine(Protocol):
+    """What a Job asks of the engine that created it (the scheduler)."""
+
+    def cancel(self, job: Job) -> bool:
+        """Cancel a job that was already given to its handler."""
+
+    def drive(self, job: Job, timeout: float | None) -> float | None:
+        """Run inline work ``job`` may wait for; returns the time left of ``timeout``."""
+
+    def interrupted(self) -> None:
+        """Ctrl-C reached a thread waiting on a job: cancel what that thread started."""
 
 
 # A random prefix per process and a counter: unique across processes, and much cheaper than
@@ -64,19 +86,25 @@ class Job(Future):
     """
 
     def __init__(self, fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
-                 handler: JobHandler, label: str | None = None) -> None:
+                 handler: JobHandler, engine: Engine, *, upstream: int = 0) -> None:
         super().__init__()
         self._fdef = fdef
         self._kwargs = kwargs
         self._settings = settings
         self._handler = handler
+        self._engine = engine
         self._job_id = _new_job_id()
-        self._label = label or fdef.name
-        self._status = JobStatus.PENDING
-        self._hfuture: Future | None = None
-        self._runtime_info: dict[str, Any] | None = None
-        self._cancelled = False
+        self._label = fdef.name
+        self._creator = threading.get_ident()
         self._created = time.time()
+        self._state_lock = threading.Lock()
+        self._status = JobStatus.PENDING
+        self._completing = False
+        self._cancelled = False
+        self._hfuture: Future[Outcome] | None = None
+        self._waiting = upstream  # upstream jobs not finished yet; -1 once one failed
+        self._runtime_info: dict[str, Any] | None = None
+        self._keyinfo: Any = None
         self.key: str | None = None
         """The cache key of the job (set once its inputs are known, when a cache is used)."""
         self.result_hash: str | None = None
@@ -91,19 +119,25 @@ class Job(Future):
         Raises the job's error, :class:`JobCancelledException` if it was cancelled, or
         ``TimeoutError`` when ``timeout`` passes first (the job goes on).
         """
-        timeout = self._drive(timeout)
         try:
+            timeout = self._drive(timeout)
             return super().result(timeout)
         except CancelledError as e:
             raise self._as_cancelled(e) from None
+        except KeyboardInterrupt:
+            self._engine.interrupted()
+            raise
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The job's error (None when it succeeded); waits like :meth:`result`."""
-        timeout = self._drive(timeout)
         try:
+            timeout = self._drive(timeout)
             exc = super().exception(timeout)
         except CancelledError as e:
             raise self._as_cancelled(e) from None
+        except KeyboardInterrupt:
+            self._engine.interrupted()
+            raise
         if self._cancelled:  # the Future contract: a cancelled future raises here
             raise self._as_cancelled(exc or CancelledError())
         return exc
@@ -113,9 +147,16 @@ class Job(Future):
 
         Returns False when the job had already completed (its result is kept).
         """
-        from .scheduler import cancel_job
-
-        return cancel_job(self)
+        with self._state_lock:
+            if self._completing:
+                return False
+            dispatched = self._hfuture is not None
+            if not dispatched:
+                self._waiting = -1  # a late upstream completion must not start it
+        if not dispatched:
+            return self._complete(Outcome(False, error=JobCancelledException(
+                f"job {self._label!r} was cancelled")), JobStatus.CANCELLED)
+        return self._engine.cancel(self)
 
     def cancelled(self) -> bool:
         """True when the job ended cancelled."""
@@ -134,18 +175,87 @@ class Job(Future):
         """Run inline work this job may wait for; returns the time left of ``timeout``."""
         if self.done():
             return timeout
-        from .scheduler import drive_until_done
+        return self._engine.drive(self, timeout)
 
-        return drive_until_done(self, timeout)
+    def __await__(self):
+        """``await job`` (see :func:`hither.gather`)."""
+        from .aio import await_job
+
+        return await_job(self).__await__()
+
+    # ------------------------------------------------------------ engine side
+    def _upstream_finished(self, failed: bool) -> bool:
+        """Count one upstream job as complete; True when this job should go on now:
+        its last upstream finished, or (``failed``) the first one failed."""
+        with self._state_lock:
+            if self._completing or self._waiting < 0:
+                return False
+            if failed:
+                self._waiting = -1
+                return True
+            self._waiting -= 1
+            return self._waiting == 0
+
+    def _dispatched(self, hfuture: Future[Outcome]) -> bool:
+        """The job was given to its handler as ``hfuture``; False when it completed (was
+        cancelled) meanwhile, and the caller must withdraw it from the handler."""
+        with self._state_lock:
+            if self._completing:
+                return False
+            self._hfuture = hfuture
+            self._status = JobStatus.QUEUED
+            return True
+
+    def _keyed(self, keyinfo: Any) -> None:
+        """Its inputs are known: remember the cache key and what went into it."""
+        with self._state_lock:
+            self._keyinfo = keyinfo
+            self.key = keyinfo.key
+
+    def _set_result_hash(self, result_hash: str | None) -> None:
+        with self._state_lock:
+            self.result_hash = result_hash
+
+    def _complete(self, outcome: Outcome, status: JobStatus, *, cache_hit: bool = False,
+                  remote: bool = False) -> bool:
+        """Complete the job with ``outcome``; False when it had completed already.
+
+        ``remote`` marks an outcome from another process: its traceback text is attached as
+        the ``__cause__`` of the error.
+        """
+        with self._state_lock:
+            if self._completing:
+                return False
+            self._completing = True
+            self._waiting = -1
+            self._runtime_info = _runtime_info(self._label, outcome, status, cache_hit)
+            self.cache_hit = cache_hit
+            self._status = status
+            self._cancelled = status is JobStatus.CANCELLED
+        if outcome.ok:
+            Future.set_result(self, outcome.value)
+        else:
+            err = outcome.error
+            if err is None:
+                err = JobError(f"job {self._label!r} failed", job_label=self._label)
+            if outcome.traceback_text and err.__cause__ is None and remote:
+                err.__cause__ = RemoteTraceback(outcome.traceback_text)
+            Future.set_exception(self, err)
+        return True
 
     # ------------------------------------------------------------ hither 0.4.2 names
     def wait(self, timeout: float | None = None) -> Any:
         """Wait for the job and return its result (raises its error).
 
-        Unlike 0.4.2, a ``timeout`` that passes raises ``TimeoutError`` instead of
-        returning None, so a timeout is never mistaken for a None result.
+        As in hither 0.4.2, when ``timeout`` passes first this returns None (the job goes
+        on); use :meth:`result` to get ``TimeoutError`` instead.
         """
-        return self.result(timeout)
+        try:
+            return self.result(timeout)
+        except TimeoutError:
+            if timeout is None or self.done():
+                raise  # the job's own JobTimeoutError, not the wait running out
+            return None
 
     def get_result(self) -> Any:
         """The result of a completed job (raises its error; raises if not complete)."""
@@ -193,7 +303,7 @@ class Job(Future):
         return self._label
 
     def set_label(self, label: str) -> Job:
-        """Set the label; returns the job (chainable)."""
+        """Set the label (also the prefix of its live console lines); returns the job."""
         self._label = str(label)
         return self
 
@@ -209,11 +319,17 @@ class Job(Future):
         """The job's (decorated) function."""
         return self._fdef.fn
 
+    @property
+    def function_def(self) -> FunctionDef:
+        """What hither knows of the job's function."""
+        return self._fdef
+
     def get_container(self) -> str | None:
         """The container image the job runs in, if any."""
-        from .scheduler import resolve_container
-
-        return resolve_container(self._fdef, self._settings)
+        c = self._settings.container
+        if c is True:
+            return self._fdef.container
+        return c if isinstance(c, str) else None
 
     def get_jhparams(self) -> dict[str, Any]:
         """The handler parameters captured at ``.run()``."""
@@ -232,6 +348,16 @@ class Job(Future):
     def kwargs(self) -> dict[str, Any]:
         """The arguments as given to ``.run()`` (jobs not replaced by their results)."""
         return dict(self._kwargs)
+
+    @property
+    def keyinfo(self) -> Any:
+        """The job's key and what went into it (a ``cacheflow.KeyInfo``), once known."""
+        return self._keyinfo
+
+    @property
+    def created_by(self) -> int:
+        """The ident of the thread that created the job."""
+        return self._creator
 
     def get_runtime_info(self) -> dict[str, Any] | None:
         """Timing and console output of a completed job (None before it completes).
@@ -261,3 +387,30 @@ class Job(Future):
 
     def __repr__(self) -> str:
         return f"<Job {self._label} {self._job_id} {self.get_status().value}>"
+
+
+def _runtime_info(label: str, outcome: Outcome, status: JobStatus,
+                  cache_hit: bool) -> dict[str, Any]:
+    start, end = outcome.start_time, outcome.end_time
+    if start is None:
+        start = end = time.time()
+    info: dict[str, Any] = {
+        "start_time": start,
+        "end_time": end,
+        "elapsed_sec": (end or start) - start,
+        "cache_hit": cache_hit,
+        "status": status.value,
+        "console_out": {"label": label, "lines": [
+            {"timestamp": t, "text": text, "stderr": err} for t, text, err in outcome.console]},
+    }
+    info.update(outcome.info)
+    if outcome.traceback_text:
+        info["traceback"] = outcome.traceback_text
+    return info
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in a worker (its ``__cause__``)."""
+
+    def __str__(self) -> str:
+        return "\n\n" + str(self.args[0]).rstrip()

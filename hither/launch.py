@@ -19,21 +19,31 @@ ConsoleLine = tuple[float, str, bool]
 
 @dataclass(frozen=True, slots=True)
 class Launch:
-    """A ready-to-run call: the function, its resolved arguments and how to run it."""
+    """A ready-to-run call: the function, its frozen arguments and how to run it.
+
+    The arguments were fixed when the job's inputs became known (at ``.run()`` for a job
+    without upstream jobs): ``kwargs_pickle`` for host workers and the inline handler,
+    ``args_manifest`` (values already in the store) for runtime workers. Every run gets its
+    own copy, so neither the caller nor a sibling job can change what a job computes.
+    """
 
     job_id: str
     label: str
     fid: str
     """Identifies the function object for workers that cache loaded functions."""
     fn: Callable[..., Any]
-    kwargs: dict[str, Any]
     fn_pickle: Callable[[], bytes]
     """Returns the function pickled (by reference or, for ``__main__``, by value)."""
     kwargs_pickle: bytes | None = None
-    """The arguments already pickled at ``.run()`` time, when that was possible."""
+    """The frozen arguments, pickled."""
+    kwargs: dict[str, Any] | None = None
+    """A frozen deep copy of arguments that cannot be pickled (inline handler only)."""
+    args_manifest: Any = None
+    """The arguments encoded in ``store`` (runtime workers)."""
     timeout: float | None = None
-    stream_prefix: str | None = None
-    """When set, console lines are also echoed live, prefixed by this text."""
+    echo_label: Callable[[], str] | None = None
+    """When set, console lines are also echoed live, prefixed by ``[<label>]`` (the label
+    as it is when the line is printed, so ``job.set_label()`` is followed)."""
     sys_path: tuple[str, ...] = ()
     """Folders put on ``sys.path`` before the function is loaded (its local modules)."""
     runtime: Any = None
@@ -44,10 +54,25 @@ class Launch:
     """The store values cross through, for a runtime worker."""
 
     def pickled_kwargs(self) -> bytes:
-        """The arguments as pickle bytes (computed now if ``.run()`` could not)."""
+        """The frozen arguments as pickle bytes."""
         if self.kwargs_pickle is not None:
             return self.kwargs_pickle
-        return pickle.dumps(self.kwargs, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(self.kwargs or {}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """A private copy of the frozen arguments for one run."""
+        if self.kwargs_pickle is not None:
+            return pickle.loads(self.kwargs_pickle)
+        import copy
+
+        try:
+            return copy.deepcopy(self.kwargs or {})
+        except Exception:  # noqa: BLE001 - cannot be copied (an open file): as it is
+            return dict(self.kwargs or {})
+
+    def stream_prefix(self) -> str | None:
+        """The live console prefix now (None: no live console)."""
+        return None if self.echo_label is None else f"[{self.echo_label()}] "
 
 
 @dataclass(slots=True)

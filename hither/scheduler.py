@@ -5,38 +5,49 @@ arguments are resolved (jobs replaced by their results), the cache is consulted 
 is configured, and only a miss is given to the job's handler. The handler's outcome is
 recorded in the cache *before* the job completes, so ``wait()`` returning means the
 result is stored.
+
+Where the work happens: a job without upstream jobs is planned (key, lookup, frozen
+arguments) inside ``.run()``, so bad arguments raise there. A job whose last upstream job
+finishes is planned in the thread that finished it when that is a caller's thread, and on
+the scheduler's own pool when it is a handler's I/O thread: a handler's loop only moves
+bytes, and hashing a large input never delays another job's result or timeout.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import secrets
+import shutil
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from . import config as _config
-from .errors import (
-    JobCancelledException,
-    JobError,
-    SerializationError,
-    UpstreamJobError,
-)
-from .function import FunctionDef
+from ._codec import File
+from .errors import JobCancelledException, SerializationError, UpstreamJobError
+from .fdef import FunctionDef
 from .handlers import inline as _inline
-from .handlers.base import JobHandler
+from .handlers.base import JobHandler, in_io_thread
 from .handlers.inline import DefaultJobHandler
 from .job import Job, JobStatus
 from .launch import Launch, Outcome
+
+#: arguments nested deeper than this are refused at ``.run()`` (SerializationError)
+MAX_NESTING = 200
+_LEAVES = (str, int, float, bool, type(None), bytes, bytearray, complex)
 
 _live: dict[int, Job] = {}
 _live_lock = threading.Lock()
 _inline_live = 0  # live jobs of inline handlers: waiting on any job may need to run them
 _default_handler: DefaultJobHandler | None = None
-_JOB_LEAVES = (str, int, float, bool, type(None), bytes)
 
 
 def default_handler() -> DefaultJobHandler:
@@ -48,6 +59,58 @@ def default_handler() -> DefaultJobHandler:
     return h
 
 
+# ------------------------------------------------------------------------ the engine
+class _Engine:
+    """What jobs ask of the scheduler (injected into every Job)."""
+
+    def cancel(self, job: Job) -> bool:
+        return job.handler.cancel(job.job_id)
+
+    def drive(self, job: Job, timeout: float | None) -> float | None:
+        if not _inline_live:
+            return timeout
+        start = time.monotonic()
+        _inline.drive(job.done, timeout)
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
+    def interrupted(self) -> None:
+        interrupted()
+
+
+ENGINE = _Engine()
+
+_planner: ThreadPoolExecutor | None = None
+_planner_lock = threading.Lock()
+
+
+def _plan_pool() -> ThreadPoolExecutor:
+    global _planner
+    with _planner_lock:
+        if _planner is None:
+            _planner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hither-plan")
+        return _planner
+
+
+_tls = threading.local()
+
+
+def _soon(fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` in this thread, after the work already running here: a cascade of
+    jobs completing each other (cache hits down a chain) stays flat instead of recursing."""
+    queue: deque | None = getattr(_tls, "queue", None)
+    if queue is not None:
+        queue.append((fn, args))
+        return
+    queue = _tls.queue = deque([(fn, args)])
+    try:
+        while queue:
+            f, a = queue.popleft()
+            f(*a)
+    finally:
+        _tls.queue = None
+
+
+# ------------------------------------------------------------------------ exchange store
 _exchange: Any = None
 _exchange_lock = threading.Lock()
 
@@ -55,13 +118,13 @@ _exchange_lock = threading.Lock()
 def exchange_store(settings: _config.Settings) -> Any:
     """The store values cross through to a runtime worker: the job cache's store, else a
     private store of this process in the temp folder (removed at exit)."""
-    if settings.job_cache is not None:
-        return settings.job_cache.store
+    cache = settings.job_cache
+    if cache is not None and not cache.readonly:
+        return cache.store
     global _exchange
     with _exchange_lock:
         if _exchange is None:
             import atexit
-            import shutil
             import tempfile
 
             from hither_store import LocalStore
@@ -72,76 +135,128 @@ def exchange_store(settings: _config.Settings) -> Any:
         return _exchange
 
 
-def resolve_container(fdef: FunctionDef, settings: _config.Settings) -> str | None:
-    """The image a job runs in: the function's with ``container=True``, a string
-    overrides it, ``False``/``None`` means the host."""
-    c = settings.container
-    if c is True:
-        return fdef.container
-    if isinstance(c, str):
-        return c
-    return None
-
-
 # ------------------------------------------------------------------------ creating jobs
 def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
     """Create the Job of ``fdef(**kwargs)`` with the settings in force now."""
     settings = _config.current()
     fdef.check_kwargs(kwargs)
     handler = settings.job_handler or default_handler()
-    upstream = _find_jobs(kwargs)
-    job = Job(fdef, kwargs, settings, handler)
-    plan = None
-    if not upstream:
-        # arguments are known now: problems with them are raised by .run() itself
-        plan = _plan(job, kwargs)
+    nested = _upstream_by_name(kwargs)
+    upstream = list({id(j): j for jobs in nested.values() for j in jobs}.values())
+    job = Job(fdef, kwargs, settings, handler, ENGINE, upstream=len(upstream))
+    plan = _plan(job, kwargs, nested) if not upstream else None
     global _inline_live
     with _live_lock:
         _live[id(job)] = job
         if handler.drives_in_caller:
             _inline_live += 1
+    handler.adopt(job.job_id, job.cancel)
     job.add_done_callback(_forget)
+    if _show_progress(settings.progress):
+        _progress().created()
+        job.add_done_callback(_progress_done)
     if upstream:
-        job._waiting_on = len(upstream)  # type: ignore[attr-defined]
-        job._wait_lock = threading.Lock()  # type: ignore[attr-defined]
         for up in upstream:
-            up.add_done_callback(partial(_upstream_done, job))
+            up.add_done_callback(partial(_upstream_done, job, nested))
     else:
-        _execute(job, kwargs, plan)
+        assert plan is not None
+        _dispatch(job, plan)
     return job
+
+
+_tracker: Any = None
+_default_progress: bool | None = None
+
+
+def _show_progress(setting: bool | None) -> bool:
+    global _default_progress
+    if setting is not None:
+        return setting
+    if _default_progress is None:
+        from . import progress
+
+        _default_progress = progress.enabled(None)
+    return _default_progress
+
+
+def _progress() -> Any:
+    global _tracker
+    if _tracker is None:
+        from .progress import Tracker
+
+        _tracker = Tracker(_running_count)
+    return _tracker
+
+
+def _running_count() -> int:
+    return sum(j.get_status() is JobStatus.RUNNING for j in live_jobs())
+
+
+def _progress_done(job: Future) -> None:
+    assert isinstance(job, Job)
+    _progress().completed(job.get_status().value, job.cache_hit)
 
 
 def _forget(job: Future) -> None:
     global _inline_live
+    assert isinstance(job, Job)
     with _live_lock:
-        if _live.pop(id(job), None) is not None and job._handler.drives_in_caller:
+        if _live.pop(id(job), None) is not None and job.handler.drives_in_caller:
             _inline_live -= 1
+    job.handler.forget(job.job_id)
+    _inline.notify_drivers()  # a thread running inline work may be waiting for this job
 
 
-def _find_jobs(value: Any) -> list[Job]:
-    found: dict[int, Job] = {}
+def _walk(value: Any, path: str) -> Iterator[Any]:
+    """Every object inside ``value`` (lists, tuples, dicts, sets), depth first.
 
-    def walk(v: Any) -> None:
-        if isinstance(v, Job):
-            found[id(v)] = v
-        elif isinstance(v, dict):
-            for x in v.values():
-                if not isinstance(x, _JOB_LEAVES):
-                    walk(x)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                if not isinstance(x, _JOB_LEAVES):
-                    walk(x)
+    Raises SerializationError for a reference cycle or nesting deeper than
+    :data:`MAX_NESTING`, naming the path."""
+    stack: list[tuple[Any, str, int, frozenset[int]]] = [(value, path, 0, frozenset())]
+    while stack:
+        v, p, depth, active = stack.pop()
+        yield v
+        t = type(v)
+        if t in _LEAVES:
+            continue
+        if isinstance(v, dict):
+            items: Iterator[tuple[str, Any]] = ((f"{p}[{k!r}]", x) for k, x in v.items())
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            items = ((f"{p}[{i}]", x) for i, x in enumerate(v))
+        else:
+            continue
+        if id(v) in active:
+            raise SerializationError(f"argument {p} contains itself (a reference cycle): "
+                                     "hither arguments must be trees of values", p)
+        if depth >= MAX_NESTING:
+            raise SerializationError(f"argument {p} is nested more than {MAX_NESTING} levels "
+                                     "deep: flatten it or pass it as an array or a File", p)
+        inner = active | {id(v)}
+        children = [(x, sub_path, depth + 1, inner) for sub_path, x in items
+                    if type(x) not in _LEAVES]
+        stack.extend(reversed(children))  # visited in order
 
-    walk(value)
-    return list(found.values())
+
+def _upstream_by_name(kwargs: dict[str, Any]) -> dict[str, list[Job]]:
+    """The jobs found in each argument (also inside lists, tuples and dicts)."""
+    out: dict[str, list[Job]] = {}
+    for name, value in kwargs.items():
+        if type(value) in _LEAVES:
+            continue
+        if isinstance(value, Job):
+            out[name] = [value]
+            continue
+        found = {id(v): v for v in _walk(value, f"kw[{name!r}]") if isinstance(v, Job)}
+        if found:
+            out[name] = list(found.values())
+    return out
 
 
 def _replace_jobs(value: Any) -> Any:
     """``value`` with every job replaced by its result; container types are kept
     (an OrderedDict or a defaultdict stays one, a namedtuple stays one)."""
     if isinstance(value, Job):
-        return value.result(0)
+        return Future.result(value, 0)
     if isinstance(value, dict):
         if type(value) is dict:
             return {k: _replace_jobs(v) for k, v in value.items()}
@@ -153,9 +268,9 @@ def _replace_jobs(value: Any) -> Any:
         items = [_replace_jobs(v) for v in value]
         if type(value) is list:
             return items
-        new = copy.copy(value)
-        new[:] = items
-        return new
+        new_list = copy.copy(value)
+        new_list[:] = items
+        return new_list
     if isinstance(value, tuple):
         items = [_replace_jobs(v) for v in value]
         if type(value) is tuple:
@@ -164,45 +279,175 @@ def _replace_jobs(value: Any) -> Any:
     return value
 
 
-def _plan(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Work that can fail on the arguments, done once they are known: the cache key and
-    lookup, then (on a miss) pickling the arguments for a worker process."""
-    plan: dict[str, Any] = {}
-    settings = job._settings
-    fdef = job._fdef
-    runtime = plan["runtime"] = _runtime_for(fdef, settings)
-    if settings.job_cache is not None:
+# ------------------------------------------------------------------------ planning
+@dataclass(slots=True)
+class _Plan:
+    """What was decided for a job once its inputs were known."""
+
+    runtime: Any = None
+    hit: Outcome | None = None
+    kwargs_pickle: bytes | None = None
+    kwargs: dict[str, Any] | None = None
+    args_manifest: dict[str, Any] | None = None
+    store: Any = None
+    code: Any = None
+    links: Path | None = None
+    """Folder of the links to the snapshots of the job's File inputs (removed at the end)."""
+    store_of_links: Any = None
+    snapshots: dict[str, str] = field(default_factory=dict)
+    """Original path of each File input -> sha256 of its snapshot."""
+
+
+def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Plan:
+    """Work that can fail on the arguments, done once they are known: the files snapshot,
+    the cache key and lookup, then (on a miss) the arguments frozen for the run."""
+    if nested:
+        kwargs = {k: _replace_jobs(v) if k in nested else v for k, v in kwargs.items()}
+    else:  # validated here; jobs with upstream jobs were validated by create_job
+        for name, value in kwargs.items():
+            if type(value) not in _LEAVES:
+                for _ in _walk(value, f"kw[{name!r}]"):
+                    pass
+    settings = job.get_settings()
+    fdef = job.function_def
+    plan = _Plan(runtime=_runtime_for(fdef, settings))
+    cache = settings.job_cache
+    if cache is not None:
         from .cacheflow import compute_key, lookup
 
-        keyinfo = plan["key"] = compute_key(fdef, job._kwargs, kwargs, settings, runtime)
-        plan["hit"] = lookup(keyinfo, settings)
-        if plan["hit"] is not None:
+        if not cache.readonly:
+            kwargs = _snapshot_files(kwargs, cache.store, plan)
+        upstream = {name: [up.key for up in jobs] for name, jobs in nested.items()}
+        direct = {name for name, jobs in nested.items() if job.kwargs[name] is jobs[0]
+                  and isinstance(job.kwargs[name], Job)}
+        keyinfo = compute_key(fdef, kwargs, settings, plan.runtime, upstream=upstream,
+                              direct=direct)
+        job._keyed(keyinfo)
+        plan.hit = lookup(keyinfo, settings)
+        if plan.hit is not None:
             return plan
-    if runtime is not None:
-        store = plan["store"] = exchange_store(settings)
-        plan["code"] = _bundle_of(fdef, store)
-    elif not job._handler.drives_in_caller:
-        plan["kwargs_pickle"] = pickle_kwargs(fdef, kwargs)
+        if plan.snapshots:
+            kwargs = _link_snapshots(kwargs, cache.store, plan, job.job_id)
+    if plan.runtime is not None:
+        from . import values
+        from ._codec import EncodeError
+
+        store = plan.store = exchange_store(settings)
+        plan.code = _bundle_of(fdef, store)
+        try:
+            plan.args_manifest = {name: values.encode(kwargs[name], store,
+                                                      path=f"kw[{name!r}]")
+                                  for name in sorted(kwargs)}
+        except EncodeError as e:
+            raise SerializationError(f"{e} (arguments of a job in a container or environment "
+                                     "cross as data, not as pickled objects)", e.path) from e
+    else:
+        plan.kwargs_pickle, plan.kwargs = _freeze(fdef, kwargs,
+                                                  inline=job.handler.drives_in_caller)
     return plan
 
 
+def _freeze(fdef: FunctionDef, kwargs: dict[str, Any], *,
+            inline: bool) -> tuple[bytes | None, dict[str, Any] | None]:
+    """The arguments fixed now: pickled; on the inline handler, arguments that cannot be
+    pickled are deep-copied, and passed as they are when they cannot be copied either."""
+    try:
+        return pickle_kwargs(fdef, kwargs), None
+    except SerializationError:
+        if not inline:
+            raise
+    try:
+        return None, copy.deepcopy(kwargs)
+    except Exception:  # noqa: BLE001 - e.g. an open file: the caller's object itself
+        return None, kwargs
+
+
+def _files_in(value: Any) -> bool:
+    return any(isinstance(v, File) for v in _walk(value, "kw"))
+
+
+def _map_files(value: Any, fn: Callable[[File], File]) -> Any:
+    if isinstance(value, File):
+        return fn(value)
+    if type(value) in _LEAVES:
+        return value
+    if isinstance(value, dict):
+        if type(value) is dict:
+            return {k: _map_files(v, fn) for k, v in value.items()}
+        return _copy_dict(value, fn)
+    if isinstance(value, list):
+        return [_map_files(v, fn) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return type(value)(_map_files(v, fn) for v in value)
+    if isinstance(value, tuple):
+        items = [_map_files(v, fn) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
+
+
+def _copy_dict(value: dict, fn: Callable[[File], File]) -> dict:
+    new = copy.copy(value)
+    for k, v in value.items():
+        new[k] = _map_files(v, fn)
+    return new
+
+
+def _snapshot_files(kwargs: dict[str, Any], store: Any, plan: _Plan) -> dict[str, Any]:
+    """Copy each File input into the store (once per content) and key it by the copy:
+    the job reads the snapshot, so a file changed after ``.run()`` cannot make the result
+    be stored under the old content's key."""
+    from .hashing import hash_file
+
+    def snap(f: File) -> File:
+        sha = plan.snapshots.get(f.path)
+        if sha is None:
+            try:
+                sha = hash_file(f.path)  # memoized by stat: an unchanged file is not read
+                if not store.has_blob("sha256://" + sha):
+                    sha = store.put_file(f.path).split("://", 1)[1]
+            except OSError as e:
+                raise SerializationError(f"cannot read File {f.path!r}: {e}") from e
+            plan.snapshots[f.path] = sha
+        return File._snapshot(f.path, sha)
+
+    changed = {name: _map_files(v, snap) for name, v in kwargs.items()
+               if type(v) not in _LEAVES and _files_in(v)}
+    return {**kwargs, **changed} if changed else kwargs
+
+
+def _link_snapshots(kwargs: dict[str, Any], store: Any, plan: _Plan, job_id: str
+                    ) -> dict[str, Any]:
+    """Hand the job its File inputs as read-only links to their snapshots, under their own
+    names (a suffix some readers depend on is kept)."""
+    links = plan.links = Path(store.tmp_dir) / f"in-{os.getpid()}-{job_id}-{secrets.token_hex(3)}"
+    plan.store_of_links = store
+    links.mkdir(mode=0o700, parents=True)
+    made: dict[str, File] = {}
+
+    def link(f: File) -> File:
+        done = made.get(f.path)
+        if done is not None:
+            return done
+        sha = plan.snapshots[f.path]
+        folder = links / str(len(made))
+        folder.mkdir(mode=0o700)
+        target = folder / (f.name or "file")
+        blob = store.blob_path("sha256://" + sha)
+        try:
+            os.link(blob, target)
+        except OSError:
+            shutil.copyfile(blob, target)
+            os.chmod(target, 0o444)
+        made[f.path] = new = File._snapshot(str(target), sha)
+        return new
+
+    return {name: _map_files(v, link) if type(v) not in _LEAVES else v
+            for name, v in kwargs.items()}
+
+
 def _bundle_of(fdef: FunctionDef, store: Any) -> Any:
-    """The function's code bundle in ``store``, published once per code identity: an edit
-    of a local module or an additional file (which changes the job key) ships anew."""
-    from .codeid import code_identity
-
-    code = code_identity(fdef.fn, local_modules=fdef.local_modules,
-                         additional_files=fdef.additional_files)
-    bundles = fdef.__dict__.setdefault("_bundles", {})
-    root = (str(store.root), code.digest)
-    bundle = bundles.get(root)
-    if bundle is None:
-        from .runtimes.bundle import code_bundle
-
-        bundle = bundles[root] = code_bundle(fdef.fn, store.root,
-                                             local_modules=fdef.local_modules,
-                                             additional_files=fdef.additional_files)
-    return bundle
+    """The function's code bundle in ``store`` (see :meth:`FunctionDef.code_bundle`)."""
+    return fdef.code_bundle(store.root)
 
 
 def _runtime_for(fdef: FunctionDef, settings: _config.Settings) -> Any:
@@ -261,17 +506,10 @@ def _find_unpicklable(kwargs: dict[str, Any]) -> tuple[str, Any]:
 
 
 # ------------------------------------------------------------------------ dependencies
-def _upstream_done(job: Job, upstream: Future) -> None:
-    with job._wait_lock:  # type: ignore[attr-defined]
-        if job.done() or job._status is not JobStatus.PENDING:
-            return
-        failed = upstream.cancelled() or Future.exception(upstream, 0) is not None
-        if failed:
-            job._waiting_on = -1  # type: ignore[attr-defined]
-        else:
-            job._waiting_on -= 1  # type: ignore[attr-defined]
-            if job._waiting_on:  # type: ignore[attr-defined]
-                return
+def _upstream_done(job: Job, nested: dict[str, list[Job]], upstream: Future) -> None:
+    failed = upstream.cancelled() or Future.exception(upstream, 0) is not None
+    if not job._upstream_finished(failed):
+        return
     if failed:
         assert isinstance(upstream, Job)
         err = Future.exception(upstream, 0)  # also the JobCancelledException of a cancel
@@ -281,150 +519,128 @@ def _upstream_done(job: Job, upstream: Future) -> None:
             f"{upstream.label!r} ({upstream.job_id}), {what}",
             upstream_label=upstream.label, upstream_id=upstream.job_id, job_label=job.label)
         e.__cause__ = err
-        _finish(job, Outcome(False, error=e), JobStatus.ERROR)
+        job._complete(Outcome(False, error=e), JobStatus.ERROR)
+        return
+    if in_io_thread():  # a handler's loop or I/O thread: plan elsewhere
+        _plan_pool().submit(_soon, _plan_and_dispatch, job, nested)
+    else:
+        _soon(_plan_and_dispatch, job, nested)
+
+
+def _plan_and_dispatch(job: Job, nested: dict[str, list[Job]]) -> None:
+    if job.done():
         return
     try:
-        kwargs = _replace_jobs(job._kwargs)
-        plan = _plan(job, kwargs)
+        plan = _plan(job, job.kwargs, nested)
     except Exception as e:  # noqa: BLE001 - the job fails, the pipeline goes on
-        _finish(job, Outcome(False, error=e), JobStatus.ERROR)
+        job._complete(Outcome(False, error=e), JobStatus.ERROR)
         return
-    _execute(job, kwargs, plan)
+    _dispatch(job, plan)
 
 
 # ------------------------------------------------------------------------ dispatch
-def _execute(job: Job, kwargs: dict[str, Any], plan: dict[str, Any]) -> None:
-    if job.done():  # cancelled meanwhile
+def _dispatch(job: Job, plan: _Plan) -> None:
+    if plan.hit is not None:
+        hit = plan.hit
+        job._set_result_hash(hit.info.get("result_hash"))
+        job._complete(hit, JobStatus.FINISHED if hit.ok else JobStatus.ERROR, cache_hit=True)
         return
-    settings = job._settings
-    fdef = job._fdef
-    keyinfo = plan.get("key")
-    if keyinfo is not None:
-        job.key = keyinfo.key
-        job._keyinfo = keyinfo  # type: ignore[attr-defined]
-        hit = plan.get("hit")
-        if hit is not None:
-            job.result_hash = hit.info.get("result_hash")
-            _finish(job, hit, JobStatus.FINISHED if hit.ok else JobStatus.ERROR, cache_hit=True)
-            return
+    settings = job.get_settings()
+    fdef = job.function_def
     launch = Launch(
         job_id=job.job_id,
         label=job.label,
         fid=fdef.fid,
         fn=fdef.fn,
-        kwargs=kwargs,
         fn_pickle=fdef.pickled,
-        kwargs_pickle=plan.get("kwargs_pickle"),
+        kwargs_pickle=plan.kwargs_pickle,
+        kwargs=plan.kwargs,
+        args_manifest=plan.args_manifest,
         timeout=settings.job_timeout,
-        stream_prefix=f"[{job.label}] " if settings.show_console else None,
-        runtime=plan.get("runtime"),
-        code=plan.get("code"),
-        store=plan.get("store"),
+        echo_label=job.get_label if settings.show_console else None,
+        runtime=plan.runtime,
+        code=plan.code,
+        store=plan.store,
         sys_path=tuple(fdef.local_module_paths()),
     )
     if job.done():  # cancelled while the launch was prepared
+        _cleanup(plan)
         return
-    job._status = JobStatus.QUEUED
-    hfut = job._handler.submit(launch)
-    job._hfuture = hfut
-    hfut.add_done_callback(partial(_on_outcome, job))
+    try:
+        hfut = job.handler.submit(launch)
+    except Exception as e:  # noqa: BLE001 - a broken handler fails the job, never hangs it
+        _cleanup(plan)
+        job._complete(Outcome(False, error=e), JobStatus.ERROR)
+        return
+    if not job._dispatched(hfut):  # cancelled meanwhile: withdraw it
+        job.handler.cancel(job.job_id)
+        _cleanup(plan)
+        return
+    hfut.add_done_callback(partial(_on_outcome, job, plan))
 
 
-def _on_outcome(job: Job, hfut: Future) -> None:
+def _on_outcome(job: Job, plan: _Plan, hfut: Future) -> None:
     try:
         outcome: Outcome = hfut.result()
     except BaseException as e:  # noqa: BLE001 - a broken handler must not hang the job
         outcome = Outcome(False, error=e)
+    if plan.links is not None and outcome.ok:
+        outcome.value = _map_files(outcome.value, partial(_unlinked, plan))
+    _cleanup(plan)
     if isinstance(outcome.error, JobCancelledException):
-        _finish(job, outcome, JobStatus.CANCELLED)
+        job._complete(outcome, JobStatus.CANCELLED)
         return
-    keyinfo = getattr(job, "_keyinfo", None)
+    keyinfo = job.keyinfo
     if keyinfo is not None:
-        from .cacheflow import record
-
-        try:
-            job.result_hash = record(job, keyinfo, outcome)
-        except Exception as e:  # noqa: BLE001 - a cache failure must not lose the result
-            import warnings
-
-            warnings.warn(f"could not store the result of job {job.label!r} in the job "
-                          f"cache: {type(e).__name__}: {e}", stacklevel=1)
-    _finish(job, outcome, JobStatus.FINISHED if outcome.ok else JobStatus.ERROR)
+        _record(job, plan, keyinfo, outcome)
+    remote = not job.handler.drives_in_caller or "runtime" in outcome.info
+    job._complete(outcome, JobStatus.FINISHED if outcome.ok else JobStatus.ERROR,
+                  remote=remote)
 
 
-def _finish(job: Job, outcome: Outcome, status: JobStatus, *, cache_hit: bool = False) -> None:
-    """Complete ``job`` with ``outcome`` (idempotent: the first completion wins)."""
-    if job.done():
-        return
-    start, end = outcome.start_time, outcome.end_time
-    if start is None:
-        start = end = time.time()
-    info: dict[str, Any] = {
-        "start_time": start,
-        "end_time": end,
-        "elapsed_sec": (end or start) - start,
-        "cache_hit": cache_hit,
-        "status": status.value,
-        "console_out": {"label": job.label, "lines": [
-            {"timestamp": t, "text": text, "stderr": err} for t, text, err in outcome.console]},
-    }
-    info.update(outcome.info)
-    if outcome.traceback_text:
-        info["traceback"] = outcome.traceback_text
-    job._runtime_info = info
-    job.cache_hit = cache_hit
-    job._status = status
-    if status is JobStatus.CANCELLED:
-        job._cancelled = True
+def _unlinked(plan: _Plan, f: File) -> File:
+    """A File of the result that is one of the job's input links (removed when the job
+    ends): the snapshot in the store it links to."""
+    sha = f._sha256
+    if sha is None or plan.links is None or not f.path.startswith(str(plan.links) + os.sep):
+        return f
+    store = plan.store_of_links
+    return File._snapshot(str(store.blob_path("sha256://" + sha)), sha)
+
+
+def _record(job: Job, plan: _Plan, keyinfo: Any, outcome: Outcome) -> None:
+    from .cacheflow import record
+
+    settings = job.get_settings()
     try:
-        if outcome.ok:
-            Future.set_result(job, outcome.value)
-        else:
-            err = outcome.error
-            if err is None:
-                err = JobError(f"job {job.label!r} failed", job_label=job.label)
-            remote = not job._handler.drives_in_caller or "runtime" in outcome.info
-            if outcome.traceback_text and err.__cause__ is None and remote:
-                err.__cause__ = RemoteTraceback(outcome.traceback_text)
-            Future.set_exception(job, err)
-    except Exception:  # noqa: BLE001 - InvalidStateError: completed concurrently
-        pass
-    _inline.notify_drivers()
+        job._set_result_hash(record(
+            settings.job_cache, keyinfo, outcome, settings=settings,
+            fdef=job.function_def, label=job.label, handler=type(job.handler).__name__,
+            inputs=lambda: _input_values(plan)))
+    except Exception as e:  # noqa: BLE001 - a cache failure must not lose the result
+        import warnings
+
+        warnings.warn(f"could not store the result of job {job.label!r} in the job "
+                      f"cache: {type(e).__name__}: {e}", stacklevel=1)
 
 
-class RemoteTraceback(Exception):
-    """Carries the traceback text of an exception raised in a worker (its ``__cause__``)."""
+def _input_values(plan: _Plan) -> tuple[str, dict[str, Any]]:
+    """The job's inputs as they ran: ``("manifest", {name: manifest})`` for a runtime job,
+    else ``("values", {name: value})`` (a private copy of the frozen arguments)."""
+    if plan.args_manifest is not None:
+        return "manifest", plan.args_manifest
+    if plan.kwargs_pickle is not None:
+        return "values", pickle.loads(plan.kwargs_pickle)
+    return "values", plan.kwargs or {}
 
-    def __str__(self) -> str:
-        return "\n\n" + str(self.args[0]).rstrip()
+
+def _cleanup(plan: _Plan) -> None:
+    if plan.links is not None:
+        shutil.rmtree(plan.links, ignore_errors=True)
+        plan.links = None
 
 
 # ------------------------------------------------------------------------ control
-def cancel_job(job: Job) -> bool:
-    """Cancel ``job`` (see :meth:`Job.cancel`)."""
-    if job.done():
-        return False
-    lock = getattr(job, "_wait_lock", None)
-    if job._hfuture is None:
-        if lock is not None:  # not while its last upstream is handing it over
-            with lock:
-                job._waiting_on = -1  # type: ignore[attr-defined]
-        _finish(job, Outcome(False, error=JobCancelledException(
-            f"job {job.label!r} was cancelled")), JobStatus.CANCELLED)
-        return True
-    return job._handler.cancel(job.job_id)
-
-
-def drive_until_done(job: Job, timeout: float | None) -> float | None:
-    """Run inline work in this thread until ``job`` is done, when any job of an inline
-    handler is still live (the job may wait for it); returns the time left of ``timeout``."""
-    if not _inline_live:
-        return timeout
-    start = time.monotonic()
-    _inline.drive(job.done, timeout)
-    return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-
-
 def live_jobs() -> list[Job]:
     """Jobs not completed yet."""
     with _live_lock:
@@ -432,7 +648,10 @@ def live_jobs() -> list[Job]:
 
 
 def wait_all(timeout: float | None = None, jobs: list[Job] | None = None) -> None:
-    """Wait until every job (or every job of ``jobs``) is complete; failures do not raise."""
+    """Wait until every job (or every job of ``jobs``) is complete; failures do not raise.
+
+    Ctrl-C while waiting cancels the jobs this thread started and raises
+    ``KeyboardInterrupt``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         pending = [j for j in (live_jobs() if jobs is None else jobs) if not j.done()]
@@ -446,17 +665,22 @@ def wait_all(timeout: float | None = None, jobs: list[Job] | None = None) -> Non
                 j.exception(remaining)
             except TimeoutError:
                 return
-            except BaseException:  # noqa: BLE001 - cancelled: fine, it is complete
-                pass
+            except JobCancelledException:
+                pass  # complete
         if jobs is not None:
             return
 
 
-def _wait_for_handler(handler: JobHandler) -> None:
-    wait_all(jobs=[j for j in live_jobs() if j._handler is handler])
-
-
-JobHandler._wait_for_jobs_hook = staticmethod(_wait_for_handler)  # type: ignore[assignment]
+def interrupted() -> None:
+    """Ctrl-C reached this thread while it waited: cancel the jobs it started (their
+    workers and containers are stopped). A second Ctrl-C skips the rest of the cleanup."""
+    me = threading.get_ident()
+    try:
+        for job in reversed(live_jobs()):  # downstream first: they end cancelled too
+            if job.created_by == me:
+                job.cancel()
+    except KeyboardInterrupt:
+        pass
 
 
 def reset() -> None:
@@ -466,10 +690,10 @@ def reset() -> None:
             f"job {job.label!r} was cancelled by hi.reset()"))
 
     for job in live_jobs():
-        if job._hfuture is None:
-            _finish(job, cancelled(job), JobStatus.CANCELLED)
+        if job.get_status() is JobStatus.PENDING:
+            job._complete(cancelled(job), JobStatus.CANCELLED)
     for handler in list(JobHandler._instances):
         handler.reset()
     for job in live_jobs():  # anything a handler did not report
-        _finish(job, cancelled(job), JobStatus.CANCELLED)
+        job._complete(cancelled(job), JobStatus.CANCELLED)
     _config._set_defaults()

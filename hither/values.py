@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,10 @@ def blob_writer(store: Any) -> Callable[[str, Any], str]:
     """A codec ``put_blob`` writing into ``store`` (files are copied in by content)."""
     def put_blob(kind: str, write: Any) -> str:
         if kind == "file":
-            return store.put_file(write)
+            known = getattr(write, "_sha256", None)
+            if known is not None and store.has_blob("sha256://" + known):
+                return "sha256://" + known  # a snapshot already in this store
+            return store.put_file(os.fspath(write))
         return store.put_writer(write)
 
     return put_blob

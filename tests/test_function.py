@@ -240,3 +240,39 @@ def test_opts_is_a_placeholder():
 
     f = hi.opts(example_opt=1)(with_opts)
     assert f is with_opts
+
+
+def test_notebook_cells_redefine_without_exception_or_warning():
+    """A later or re-run notebook cell (same module __main__, another cell file) replaces
+    the function, even with a new version, silently."""
+    import linecache
+
+    name = unique("cellfn")
+    ns = {"__name__": "__main__", "hi": hi}
+    for cell, version in (("/tmp/ipykernel_1/100.py", "1"), ("/tmp/ipykernel_1/101.py", "2"),
+                          ("/tmp/ipykernel_1/101.py", "2")):
+        src = FUNC_SRC.format(name=name, version=version, tag=cell)
+        linecache.cache[cell] = (len(src), None, src.splitlines(True), cell)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            exec(compile(src, cell, "exec"), ns)
+        assert hi.registered_functions()[name] == version
+        assert hi.run(name, x=1).result() == (cell, 1)
+
+
+def test_builtins_identity_and_noop_run_on_the_host():
+    assert hi.identity.run(x=[1, (2,)]).result() == [1, (2,)]
+    assert hi.noop.run().result() is None
+    assert hi.get_function("identity") is hi.identity
+    assert hi.identity.run(x=1).get_container() is None
+
+
+def test_a_user_function_named_like_a_builtin_replaces_it(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mod = load_module(write_func(tmp_path / "mine.py", "noop", "9.9", "mine"))
+    try:
+        assert hi.get_function("noop") is mod.noop
+    finally:
+        registry = importlib.import_module("hither.function")._registry
+        registry["noop"] = (hi.noop._hither, None)  # the built-in back, for other tests

@@ -120,13 +120,15 @@ def test_get_result_before_completion_raises(one_worker, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_wait_with_timeout_raises_timeout_error(one_worker, tmp_path):
+def test_wait_timeout_returns_none_result_timeout_raises(one_worker, tmp_path):
+    """0.4.2's ``wait(timeout)`` returns None when the time runs out; the Future's
+    ``result(timeout)`` raises TimeoutError."""
     go = tmp_path / "go"
     with hi.Config(job_handler=one_worker):
         job = jf_wait_for_file.run(path=str(go), value=None)
     try:
-        with pytest.raises(TimeoutError):
-            job.wait(timeout=0.1)
+        assert job.wait(timeout=0.1) is None
+        assert not job.done()
         with pytest.raises(TimeoutError):
             job.result(timeout=0.1)
         assert not job.done()  # the job goes on
@@ -145,7 +147,7 @@ def test_inline_wait_timeout_is_not_doubled(one_worker, tmp_path):
     t0 = time.monotonic()
     try:
         with pytest.raises(TimeoutError):
-            down.wait(timeout=2)
+            down.result(timeout=2)
         elapsed = time.monotonic() - t0
     finally:
         go.write_text("")

@@ -25,11 +25,13 @@ class JobHandler:
     #: True when launches run only while the caller waits (the inline handler)
     drives_in_caller: ClassVar[bool] = False
     _instances: ClassVar[weakref.WeakSet[JobHandler]] = weakref.WeakSet()
-    #: set by the scheduler: waits until every job routed to this handler is done
-    _wait_for_jobs_hook: ClassVar[Callable[[JobHandler], None] | None] = None
 
     def __init__(self) -> None:
         self._closed = False
+        # jobs routed to this handler and not complete yet, also those still waiting for
+        # their upstream jobs: leaving the `with` block waits for them
+        self._adopted: dict[str, Callable[[], object]] = {}
+        self._adopted_cond = threading.Condition()
         JobHandler._instances.add(self)
 
     # -- the interface ------------------------------------------------------------------
@@ -59,6 +61,31 @@ class JobHandler:
     def drive(self, until: Callable[[], bool], timeout: float | None) -> None:
         """Run queued work in the calling thread (inline handlers only)."""
 
+    # -- jobs routed here (called by the engine) ------------------------------------------
+    def adopt(self, job_id: str, cancel: Callable[[], object]) -> None:
+        """A job that will run on this handler was created; ``cancel`` cancels it."""
+        with self._adopted_cond:
+            self._adopted[job_id] = cancel
+
+    def forget(self, job_id: str) -> None:
+        """An adopted job completed."""
+        with self._adopted_cond:
+            if self._adopted.pop(job_id, None) is not None and not self._adopted:
+                self._adopted_cond.notify_all()
+
+    def wait_adopted(self) -> None:
+        """Wait until every adopted job is complete."""
+        with self._adopted_cond:
+            while self._adopted:
+                self._adopted_cond.wait(0.5)
+
+    def cancel_adopted(self) -> None:
+        """Cancel every adopted job (Ctrl-C while leaving the `with` block)."""
+        with self._adopted_cond:
+            cancels = list(self._adopted.values())
+        for cancel in cancels:
+            cancel()
+
     # -- helpers ------------------------------------------------------------------------
     def _closed_outcome(self, launch: Launch) -> Outcome:
         return Outcome(ok=False, error=HandlerClosedError(
@@ -74,13 +101,43 @@ class JobHandler:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and JobHandler._wait_for_jobs_hook is not None:
-            JobHandler._wait_for_jobs_hook(self)
-        self.shutdown(wait=exc_type is None, cancel=exc_type is not None)
+        if exc_type is not None:  # the block raised (Ctrl-C included): drop its jobs
+            _abandon(self)
+            return
+        try:
+            self.wait_adopted()
+        except KeyboardInterrupt:
+            _abandon(self)
+            raise
+        self.shutdown(wait=True)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {state}>"
+
+
+def _abandon(handler: JobHandler) -> None:
+    """A `with` block raised or was interrupted: cancel its jobs and stop its workers; a
+    second Ctrl-C skips the rest of this cleanup."""
+    try:
+        handler.cancel_adopted()
+        handler.shutdown(wait=False, cancel=True)
+    except KeyboardInterrupt:
+        pass
+
+
+_io = threading.local()
+
+
+def mark_io_thread() -> None:
+    """Mark the calling thread as a handler's loop or I/O thread: the engine then does no
+    slow work (hashing, cache I/O) in it."""
+    _io.flag = True
+
+
+def in_io_thread() -> bool:
+    """Whether the calling thread is a handler's loop or I/O thread."""
+    return getattr(_io, "flag", False)
 
 
 def completed_future(outcome: Outcome) -> Future[Outcome]:

@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any
 
 from .. import _worker
-from ..errors import JobFailedError
+from ..errors import JobFailedError, UnreadableResultError
 from ..launch import Launch, Outcome
 
 #: messages up to this size are written directly: with the jobs sent ahead (prefetch) they fit
@@ -40,8 +40,9 @@ class HostWorker:
         """The message running ``launch`` (the function is sent once per worker)."""
         kw = launch.pickled_kwargs()
         fn = None if launch.fid in self.fids else launch.fn_pickle()
-        return ("run", launch.job_id, launch.fid, fn, kw, launch.label, launch.stream_prefix,
-                launch.sys_path)
+        echo = "" if launch.echo_label is not None else None  # the parent adds the label
+        return ("run", launch.job_id, launch.fid, fn, kw, launch.label, echo,
+                launch.sys_path, bool(launch.timeout))
 
     def sent(self, msg: tuple) -> None:
         """Note that ``msg`` reached the worker (its function is now loaded there)."""
@@ -121,19 +122,28 @@ def describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        extra = " (SIGKILL: often the kernel's out-of-memory killer)" if -code == 9 else ""
+        extra = (" (sent by another process or by the kernel, e.g. its out-of-memory "
+                 "killer: see `dmesg`)") if -code == 9 else ""
         return f"killed by {name}{extra}"
-    return f"it exited with code {code} (the function or a library called exit)"
+    return f"it exited with code {code} (the function or a library it uses called exit)"
 
 
 def decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,
-                   end: float) -> Outcome:
+                   end: float, pid: int | None = None) -> Outcome:
     """The Outcome of a host worker's ``done`` message."""
+    out = _decode_outcome(launch, ok, payload, lines, start, end)
+    if pid is not None:
+        out.info["worker_pid"] = pid
+    return out
+
+
+def _decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,
+                    end: float) -> Outcome:
     if ok:
         try:
             value = pickle.loads(payload)
         except Exception as e:  # noqa: BLE001
-            err = JobFailedError(
+            err = UnreadableResultError(
                 f"the result of job {launch.label!r} could not be unpickled in the parent "
                 f"process: {type(e).__name__}: {e}", remote_type=type(e).__name__,
                 job_label=launch.label)

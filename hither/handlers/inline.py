@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from .. import _worker
 from ..errors import JobTimeoutError
 from ..launch import Launch, Outcome
+from ..progress import EchoStream
 from .base import JobHandler, completed_future
 from .stdio import StdioWorker, pool_key
 
@@ -32,6 +33,7 @@ class DefaultJobHandler(JobHandler):
         self._queue: deque[tuple[Launch, Future[Outcome]]] = deque()
         self._cond = _cond
         self._workers: dict[tuple, StdioWorker] = {}  # warm runtime workers, one per runtime
+        self._busy: dict[str, StdioWorker] = {}  # job id -> the runtime worker running it
 
     def submit(self, launch: Launch) -> Future[Outcome]:
         if self._closed:
@@ -43,13 +45,21 @@ class DefaultJobHandler(JobHandler):
         return fut
 
     def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job, or stop a runtime job running in another thread (a host
+        function running in a caller's thread cannot be stopped: False)."""
         with self._cond:
+            busy = self._busy.get(job_id)
             for item in self._queue:
                 if item[0].job_id == job_id:
                     self._queue.remove(item)
                     break
             else:
-                return False
+                item = None
+        if busy is not None:
+            busy.interrupt()
+            return True
+        if item is None:
+            return False
         launch, fut = item
         fut.set_result(self._cancelled_outcome(launch))
         return True
@@ -60,10 +70,17 @@ class DefaultJobHandler(JobHandler):
             self._queue.clear()
             workers = list(self._workers.values())
             self._workers.clear()
+            busy = list(self._busy.values())
         for launch, fut in items:
             fut.set_result(self._cancelled_outcome(launch, "was cancelled by hi.reset()"))
+        for w in busy:  # runtime jobs running in other threads: their containers go now
+            w.interrupt()
         for w in workers:
             w.stop()
+
+    def wait_adopted(self) -> None:
+        """Run this handler's jobs in the calling thread until all are complete."""
+        drive(lambda: not self._adopted, None)
 
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         if cancel:
@@ -105,6 +122,8 @@ class DefaultJobHandler(JobHandler):
                 worker = StdioWorker(launch.runtime, launch.store)
             except Exception as e:  # noqa: BLE001 - e.g. a missing image: the job fails
                 return Outcome(False, error=e)
+        with self._cond:
+            self._busy[launch.job_id] = worker
         try:
             outcome = worker.call(launch)
         except Exception as e:  # noqa: BLE001 - e.g. an argument the codec cannot encode
@@ -112,6 +131,12 @@ class DefaultJobHandler(JobHandler):
         except BaseException:  # Ctrl-C while waiting: leave no container behind
             worker.stop()
             raise
+        finally:
+            with self._cond:
+                self._busy.pop(launch.job_id, None)
+        if worker.interrupted:
+            worker.stop()
+            return self._cancelled_outcome(launch)
         if worker.alive():
             with self._cond:
                 spare = self._workers.setdefault(key, worker)
@@ -168,8 +193,10 @@ def drive(until: Callable[[], bool], timeout: float | None) -> None:
 def execute_inline(launch: Launch) -> Outcome:
     """Run a launch in this thread and describe how it ended."""
     _worker.add_sys_path(launch.sys_path)
+    prefix = launch.stream_prefix()
     ok, value, tb, lines, start, end = _worker.run_call(
-        launch.fn, launch.kwargs, launch.stream_prefix, launch.timeout)
+        launch.fn, launch.call_kwargs(), prefix, launch.timeout,
+        echo=EchoStream() if prefix is not None else None)
     if ok:
         return Outcome(True, value=value, console=lines, start_time=start, end_time=end)
     raised = True

@@ -5,29 +5,36 @@ from __future__ import annotations
 import multiprocessing
 import os
 import selectors
-import sys
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, InvalidStateError
+from functools import partial
 
 from ..errors import JobTimeoutError, WorkerCrashedError
 from ..launch import Launch, Outcome
-from .base import JobHandler, completed_future
+from ..progress import echo
+from . import _loop
+from .base import JobHandler, completed_future, in_io_thread
 from .host import HostWorker, decode_outcome, describe_exit
 from .stdio import StdioWorker, pool_key
 
 _START_METHODS = ("spawn", "forkserver", "fork")
 
+#: an outcome, or a call that makes it (run on an I/O thread, not in the loop)
+Settle = Outcome | Callable[[], Outcome]
+
 
 class _Task:
-    __slots__ = ("launch", "future", "started", "cancel_why", "slot")
+    __slots__ = ("launch", "future", "head_at", "started", "cancel_why", "slot")
 
     def __init__(self, launch: Launch, future: Future[Outcome]) -> None:
         self.launch = launch
         self.future = future
-        self.started: float | None = None  # monotonic time it became its worker's head
+        self.head_at: float | None = None  # monotonic time it became its worker's head
+        self.started: float | None = None  # monotonic time its function started (timeouts)
         self.cancel_why: str | None = None
         self.slot: _Slot | None = None
 
@@ -46,10 +53,11 @@ class _Slot:
         self.pid = host.pid if host is not None else stdio.pid  # type: ignore[union-attr]
         self.limit = limit if host is not None else StdioWorker.max_inflight
 
-
-def _echo(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    def fds(self) -> tuple[int, ...]:
+        if self.host is not None:
+            return (self.host.conn.fileno(), self.host.proc.sentinel)
+        assert self.stdio is not None
+        return self.stdio.fds()
 
 
 def _load(s: _Slot) -> int:
@@ -60,6 +68,16 @@ def _pool_key(launch: Launch) -> Hashable:
     return None if launch.runtime is None else pool_key(launch)
 
 
+def _kill_now(slot: _Slot) -> None:
+    """Stop a worker at once (the handler is gone or being reset)."""
+    if slot.host is not None:
+        slot.host.kill()
+        slot.host.close()
+        _reap(slot.host, 2)
+    elif slot.stdio is not None:
+        slot.stdio.stop()
+
+
 class ParallelJobHandler(JobHandler):
     """Run jobs on up to ``num_workers`` warm workers.
 
@@ -68,14 +86,13 @@ class ParallelJobHandler(JobHandler):
     ``docker run`` per worker, not per job). Host workers are sent up to ``prefetch`` jobs
     ahead so they never wait for the parent. ``start_method`` is a :mod:`multiprocessing`
     start method for host workers (``"spawn"``, ``"forkserver"`` or ``"fork"``; default
-    ``"forkserver"`` where available, else ``"spawn"``); as with any multiprocessing pool,
-    a script using spawn or forkserver must guard its entry point with
-    ``if __name__ == "__main__":``.
+    ``"forkserver"`` where available, else ``"spawn"``).
 
     A worker that dies (signal, OOM kill, ``os._exit``, a killed container) fails its
     running job with :class:`~hither.errors.WorkerCrashedError` and is replaced; a job past
-    its ``job_timeout`` or cancelled while running has its worker (and everything the job
-    started, container included) killed and replaced.
+    its ``job_timeout`` (counted from the moment its function starts) or cancelled while
+    running has its worker (and everything the job started, container included) killed and
+    replaced.
     """
 
     def __init__(self, num_workers: int | None = None, *, start_method: str | None = None,
@@ -101,13 +118,10 @@ class ParallelJobHandler(JobHandler):
         self._pending: dict[Hashable, deque[_Task]] = {}
         self._runtimes: dict[Hashable, tuple] = {}
         self._tasks: dict[str, _Task] = {}
-        self._slots: list[_Slot] = []
         self._starting: dict[Hashable, int] = {}
-        self._thread: threading.Thread | None = None
-        self._sel: selectors.BaseSelector | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._stop_loop = False
+        self._shared = _loop.Shared()
+        self._slots: list[_Slot] = self._shared.slots
+        self._finalizer = weakref.finalize(self, _loop.abandon, self._shared, _kill_now)
 
     # ---------------------------------------------------------------- public interface
     def submit(self, launch: Launch) -> Future[Outcome]:
@@ -115,27 +129,27 @@ class ParallelJobHandler(JobHandler):
             return completed_future(self._closed_outcome(launch))
         task = _Task(launch, Future())
         key = _pool_key(launch)
-        done: list[tuple[_Task, Outcome]] = []
+        done: list[tuple[_Task, Settle]] = []
         with self._lock:
             self._tasks[launch.job_id] = task
             self._pending.setdefault(key, deque()).append(task)
             if key is not None:
                 self._runtimes[key] = (launch.runtime, launch.store)
-            self._ensure_loop()
+            self._shared.start(self)
             mine = [s for s in self._slots if s.key == key]
             room = len(self._slots) + sum(self._starting.values()) < self.num_workers
             s = min(mine, key=_load, default=None)
             if s is not None and (not s.inflight or (not room and not self._starting.get(key))):
                 self._fill(s, done, limit=1)
                 if launch.timeout:
-                    self._wake()  # the loop must watch its deadline
+                    self._shared.wake()  # the loop must watch its deadline
             else:
-                self._wake()  # the loop starts a worker
-        self._complete(done)
+                self._shared.wake()  # the loop starts a worker
+        _settle(done)
         return task.future
 
     def cancel(self, job_id: str) -> bool:
-        done: list[tuple[_Task, Outcome]] = []
+        done: list[tuple[_Task, Settle]] = []
         with self._lock:
             task = self._tasks.get(job_id)
             if task is None or task.future.done() or task.cancel_why is not None:
@@ -151,18 +165,24 @@ class ParallelJobHandler(JobHandler):
                 assert slot.host is not None
                 slot.host.send(("skip", job_id))
                 self._finish(task, self._cancelled_outcome(task.launch), done)
-        self._complete(done)
+        _settle(done)
         return True
 
     def reset(self) -> None:
+        """Cancel every job and kill every worker; the handler stays usable."""
         self._cancel_all("was cancelled by hi.reset()")
-        self._stop_workers(graceful=False)
+        with self._lock:
+            slots = list(self._slots)
+            for slot in slots:
+                self._drop_slot(slot)
+        for slot in slots:
+            _kill_now(slot)
 
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         self._closed = True
         if cancel:
             self._cancel_all("was cancelled: its handler was shut down")
-        elif wait and threading.current_thread() is not self._thread:
+        elif wait and not self._in_loop():
             with self._idle:
                 while self._tasks:
                     self._idle.wait(0.1)
@@ -178,6 +198,9 @@ class ParallelJobHandler(JobHandler):
         return (f"<ParallelJobHandler num_workers={self.num_workers} "
                 f"start_method={self.start_method!r}{' closed' if self._closed else ''}>")
 
+    def _in_loop(self) -> bool:
+        return threading.current_thread() is self._shared.thread
+
     # ---------------------------------------------------------------- dispatch (lock held)
     def _fill(self, slot: _Slot, done: list, limit: int | None = None) -> None:
         q = self._pending.get(slot.key)
@@ -187,15 +210,16 @@ class ParallelJobHandler(JobHandler):
             try:
                 if slot.host is not None:
                     msg = slot.host.run_message(task.launch)
+                    sent = slot.host.send(msg)
                 else:
-                    msg = slot.stdio.message(task.launch)  # type: ignore[union-attr]
+                    assert slot.stdio is not None
+                    sent = slot.stdio.send_run(task.launch)
             except Exception as e:  # noqa: BLE001 - surfaces on the job, never in the loop
                 self._finish(task, Outcome(False, error=e, traceback_text=(
                     "the job's function or arguments could not be sent to a worker: "
                     f"{type(e).__name__}: {e}")), done)
                 continue
-            sender = slot.host if slot.host is not None else slot.stdio
-            if not sender.send(msg):  # type: ignore[union-attr]
+            if not sent:
                 q.appendleft(task)
                 return
             if slot.host is not None:
@@ -206,28 +230,29 @@ class ParallelJobHandler(JobHandler):
                 self._start(task)
 
     def _start(self, task: _Task) -> None:
-        task.started = time.monotonic()
+        task.head_at = time.monotonic()
+        if not task.launch.timeout:
+            task.started = task.head_at
         if not task.future.done():  # a job cancelled while sent ahead is already complete
             task.future.set_running_or_notify_cancel()
 
-    def _finish(self, task: _Task, outcome: Outcome, done: list) -> None:
+    def _finish(self, task: _Task, outcome: Settle, done: list) -> None:
         if self._tasks.pop(task.launch.job_id, None) is None:
             return  # already finished (e.g. cancelled while sent ahead)
         done.append((task, outcome))
         if not self._tasks:
             self._idle.notify_all()
 
-    @staticmethod
-    def _complete(done: list[tuple[_Task, Outcome]]) -> None:
-        # outside the lock: completing a future runs callbacks that may submit more jobs
-        for task, outcome in done:
+    def _complete(self, done: list[tuple[_Task, Settle]]) -> None:
+        """Complete futures from the loop: on an I/O thread (they run callbacks)."""
+        if done:
             try:
-                task.future.set_result(outcome)
-            except InvalidStateError:
-                pass
+                self._shared.io.submit(_settle, done)
+            except RuntimeError:  # the I/O threads are gone (shutdown): settle here
+                _settle(done)
 
     def _cancel_all(self, why: str) -> None:
-        done: list[tuple[_Task, Outcome]] = []
+        done: list[tuple[_Task, Settle]] = []
         with self._lock:
             for task in list(self._tasks.values()):
                 task.cancel_why = why
@@ -236,24 +261,9 @@ class ParallelJobHandler(JobHandler):
             for slot in list(self._slots):
                 if slot.inflight:
                     self._kill_slot(slot, done, head_outcome=None)
-        self._complete(done)
+        _settle(done)
 
     # ---------------------------------------------------------------- workers
-    def _ensure_loop(self) -> None:
-        if self._thread is None or self._stop_loop:
-            self._stop_loop = False
-            self._sel = selectors.DefaultSelector()
-            self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-            self._thread = threading.Thread(target=self._loop, name="hither-parallel",
-                                            daemon=True)
-            self._thread.start()
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
     def _plan_spawns(self) -> list[Hashable]:
         """Which pools get a new worker now (lock held); counted as starting."""
         keys = []
@@ -279,7 +289,7 @@ class ParallelJobHandler(JobHandler):
         return keys
 
     def _spawn(self, key: Hashable) -> None:
-        """Start a worker for pool ``key`` (lock NOT held: a container takes a while)."""
+        """Start a worker for pool ``key`` (on an I/O thread: a container takes a while)."""
         try:
             if key is None:
                 slot = _Slot(None, host=HostWorker(self._ctx), limit=self.prefetch)
@@ -287,28 +297,33 @@ class ParallelJobHandler(JobHandler):
                 runtime, store = self._runtimes[key]
                 slot = _Slot(key, stdio=StdioWorker(runtime, store))
         except Exception as e:  # noqa: BLE001 - e.g. a missing image: fail its jobs
-            done: list[tuple[_Task, Outcome]] = []
+            done: list[tuple[_Task, Settle]] = []
             with self._lock:
                 self._starting[key] -= 1
                 for task in self._pending.pop(key, deque()):
                     self._finish(task, Outcome(False, error=e), done)
-            self._complete(done)
+            _settle(done)
             return
-        sel = self._sel
-        assert sel is not None
+        sel = self._shared.sel
         with self._lock:
             self._starting[key] -= 1
-            if self._stop_loop:
-                self._stop_slot(slot, graceful=False)
+            if self._shared.stop or self._closed and not self._tasks:
+                _kill_now(slot)
                 return
-            if slot.host is not None:
-                sel.register(slot.host.conn.fileno(), selectors.EVENT_READ, ("msg", slot))
-                sel.register(slot.host.proc.sentinel, selectors.EVENT_READ, ("exit", slot))
-            else:
-                out, err = slot.stdio.fds()  # type: ignore[union-attr]
-                sel.register(out, selectors.EVENT_READ, ("out", slot))
-                sel.register(err, selectors.EVENT_READ, ("err", slot))
+            try:
+                if slot.host is not None:
+                    sel.register(slot.host.conn.fileno(), selectors.EVENT_READ, ("msg", slot))
+                    sel.register(slot.host.proc.sentinel, selectors.EVENT_READ,
+                                 ("exit", slot))
+                else:
+                    out, err = slot.stdio.fds()  # type: ignore[union-attr]
+                    sel.register(out, selectors.EVENT_READ, ("out", slot))
+                    sel.register(err, selectors.EVENT_READ, ("err", slot))
+            except (ValueError, OSError, KeyError):  # the loop has ended meanwhile
+                _kill_now(slot)
+                return
             self._slots.append(slot)
+        self._shared.wake()
 
     def _retire(self, slot: _Slot) -> None:
         self._drop_slot(slot)
@@ -331,80 +346,70 @@ class ParallelJobHandler(JobHandler):
                 else:
                     q.appendleft(task)
             slot.inflight.clear()
-        self._wake()
+        self._shared.wake()
 
     def _drop_slot(self, slot: _Slot) -> None:
         if slot not in self._slots:
             return
         self._slots.remove(slot)
-        fds = ((slot.host.conn.fileno(), slot.host.proc.sentinel) if slot.host is not None
-               else slot.stdio.fds())  # type: ignore[union-attr]
-        for fd in fds:
+        for fd in slot.fds():
             try:
-                assert self._sel is not None
-                self._sel.unregister(fd)
+                self._shared.sel.unregister(fd)
             except (KeyError, ValueError, OSError):
                 pass
 
-    @staticmethod
-    def _stop_slot(slot: _Slot, graceful: bool) -> None:
+    def _stop_slot(self, slot: _Slot, graceful: bool) -> None:
+        """Stop a worker dropped from the pool: a host process at once; a runtime worker
+        (its container) on an I/O thread."""
         if slot.host is not None:
             if graceful and not slot.inflight:
                 slot.host.send(("stop",))
             else:
                 slot.host.kill()
             slot.host.close()
-            threading.Thread(target=slot.host.proc.join, args=(5,), daemon=True).start()
-        else:
-            slot.stdio.stop(graceful=graceful and not slot.inflight)  # type: ignore[union-attr]
+            threading.Thread(target=_reap, args=(slot.host, 5), daemon=True).start()
+            return
+        assert slot.stdio is not None
+        if not graceful:
+            slot.stdio.interrupt()  # dead now; its removal may take a moment more
+        stop = partial(slot.stdio.stop, graceful=graceful and not slot.inflight)
+        try:
+            self._shared.io.submit(stop)
+        except RuntimeError:  # shutting down: stop it here
+            stop()
 
     def _stop_workers(self, graceful: bool) -> None:
         with self._lock:
             slots = list(self._slots)
-            self._stop_loop = True
             for slot in slots:
                 self._drop_slot(slot)
-            self._wake()
+            self._shared.stop = True
+            self._shared.wake()
         for slot in slots:
-            self._stop_slot(slot, graceful)
+            if slot.host is not None:
+                if graceful and not slot.inflight:
+                    slot.host.send(("stop",))
+                else:
+                    slot.host.kill()
+                slot.host.close()
+            else:
+                assert slot.stdio is not None
+                slot.stdio.stop(graceful=graceful and not slot.inflight)
         deadline = time.monotonic() + (2.0 if graceful else 0.5)
         for slot in slots:
             if slot.host is not None:
-                slot.host.proc.join(max(0.0, deadline - time.monotonic()))
-                if slot.host.proc.is_alive():
-                    slot.host.kill()
-                    slot.host.proc.join(2)
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+                _reap(slot.host, max(0.0, deadline - time.monotonic()))
+        thread = self._shared.thread
+        if thread is None:
+            self._shared.close()
+        elif thread is not threading.current_thread():
             thread.join(2)
-        if self._closed and (thread is None or not thread.is_alive()):
-            self._close_fds()
-
-    def _close_fds(self) -> None:
-        if self._sel is not None:
-            self._sel.close()
-            self._sel = None
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = -1
+        self._finalizer.detach()
+        self._shared.io.shutdown(wait=not in_io_thread())
 
     # ---------------------------------------------------------------- the event loop
-    def _loop(self) -> None:
-        while True:
-            try:
-                if self._loop_once():
-                    return
-            except Exception as e:  # noqa: BLE001 - keep serving; fail what was in hand
-                import traceback
-
-                traceback.print_exc()
-                self._fail_all(e)
-
     def _fail_all(self, error: BaseException) -> None:
-        done: list[tuple[_Task, Outcome]] = []
+        done: list[tuple[_Task, Settle]] = []
         with self._lock:
             for task in list(self._tasks.values()):
                 self._finish(task, Outcome(False, error=error), done)
@@ -414,14 +419,9 @@ class ParallelJobHandler(JobHandler):
                     self._kill_slot(slot, done, head_outcome=None)
         self._complete(done)
 
-    def _loop_once(self) -> bool:
-        """One turn of the event loop; True when the loop must end."""
-        sel = self._sel
-        assert sel is not None
-        done: list[tuple[_Task, Outcome]] = []
+    def _prepare(self) -> float | None:
+        done: list[tuple[_Task, Settle]] = []
         with self._lock:
-            if self._stop_loop:
-                return True
             waiting = any(self._pending.values())
             spawns = self._plan_spawns() if waiting else []
             for depth in range(1, (self.prefetch if waiting else 0) + 1):  # idle first
@@ -432,27 +432,25 @@ class ParallelJobHandler(JobHandler):
                         self._fill(slot, done, limit=depth - len(slot.inflight))
             timeout = self._next_deadline()
         self._complete(done)
-        if spawns:
-            for key in spawns:
+        for key in spawns:
+            try:
+                self._shared.io.submit(self._spawn, key)
+            except RuntimeError:
                 self._spawn(key)
-            return False
-        events = sel.select(timeout)
-        done = []
+        return timeout
+
+    def _handle(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        done: list[tuple[_Task, Settle]] = []
         with self._lock:
             for key, _mask in events:
                 if key.data is None:
-                    try:
-                        while os.read(self._wake_r, 4096):
-                            pass
-                    except BlockingIOError:
-                        pass
+                    self._shared.drain_wake()
                     continue
                 kind, slot = key.data
                 if slot in self._slots:
                     self._on_event(kind, slot, done)
             self._check_deadlines(done)
         self._complete(done)
-        return False
 
     def _on_event(self, kind: str, slot: _Slot, done: list) -> None:
         if kind == "msg":  # one message per event: the selector reports the rest
@@ -483,8 +481,7 @@ class ParallelJobHandler(JobHandler):
         elif kind == "err":
             if not slot.stdio.read_stderr():  # type: ignore[union-attr]
                 try:
-                    assert self._sel is not None
-                    self._sel.unregister(slot.stdio.fds()[1])  # type: ignore[union-attr]
+                    self._shared.sel.unregister(slot.stdio.fds()[1])  # type: ignore[union-attr]
                 except (KeyError, ValueError):
                     pass
 
@@ -521,25 +518,32 @@ class ParallelJobHandler(JobHandler):
 
     def _on_message(self, slot: _Slot, msg, done: list) -> None:
         if slot.host is not None:
-            if msg[0] == "echo":  # a live console line (show_console)
-                _echo(msg[1])
+            kind = msg[0]
+            if kind == "echo":  # a live console line (show_console)
+                prefix = slot.inflight[0].launch.stream_prefix() if slot.inflight else None
+                echo((prefix or "") + msg[1])
                 return
-            job_id, kind = msg[1], msg[0]
+            job_id = msg[1]
         else:
             job_id, kind = msg.get("id"), msg.get("op")
         if not slot.inflight or slot.inflight[0].launch.job_id != job_id:
             return  # stale answer of a job already given up on
+        if kind == "started":  # the function starts: its job_timeout counts from now
+            slot.inflight[0].started = time.monotonic()
+            return
         task = slot.inflight.popleft()
         if slot.inflight:
             self._start(slot.inflight[0])
+        outcome: Settle
         if kind == "skipped" or task.cancel_why is not None:
             outcome = self._cancelled_outcome(task.launch)
         elif slot.host is not None:
             _, _, ok, payload, lines, start, end = msg
-            outcome = decode_outcome(task.launch, ok, payload, lines, start, end)
-            outcome.info["worker_pid"] = slot.pid
+            outcome = partial(decode_outcome, task.launch, ok, payload, lines, start, end,
+                              slot.pid)
         else:
-            outcome = slot.stdio.outcome(task.launch, msg)  # type: ignore[union-attr]
+            assert slot.stdio is not None
+            outcome = slot.stdio.deferred_outcome(task.launch, msg)
         self._finish(task, outcome, done)
         self._fill(slot, done, limit=1)  # the loop tops the others up, idle workers first
 
@@ -553,13 +557,40 @@ class ParallelJobHandler(JobHandler):
             slot.host.proc.join(1)
             code = slot.host.proc.exitcode
             now = time.time()
-            started = now - (time.monotonic() - head.started) if head.started else None
+            started = now - (time.monotonic() - head.head_at) if head.head_at else None
             outcome = Outcome(False, error=WorkerCrashedError(
                 f"the worker process (pid {slot.pid}) running job {head.launch.label!r} died: "
-                f"{describe_exit(code)}. If it ran out of memory, give the job less data or "
-                "the machine more memory; the worker was replaced and other jobs go on.",
+                f"{describe_exit(code)}. The worker was replaced; other jobs go on.",
                 job_label=head.launch.label), start_time=started, end_time=now,
                 info={"worker_pid": slot.pid, "exit_code": code})
         else:
             outcome = slot.stdio.crash_outcome(head.launch)  # type: ignore[union-attr]
         self._kill_slot(slot, done, head_outcome=outcome)
+
+
+def _reap(host: HostWorker, timeout: float) -> None:
+    """Wait for a stopped host worker and release its process handle (a descriptor)."""
+    host.proc.join(timeout)
+    if host.proc.exitcode is None:
+        host.kill()
+        host.proc.join(2)
+    try:
+        host.proc.close()
+    except ValueError:  # still running: leave it to the garbage collector
+        pass
+
+
+def _settle(done: list[tuple[_Task, Settle]]) -> None:
+    """Make each outcome (decoding a result may take a while) and complete its future."""
+    for task, item in done:
+        if callable(item):
+            try:
+                outcome = item()
+            except Exception as e:  # noqa: BLE001 - a result that cannot be read fails the job
+                outcome = Outcome(False, error=e)
+        else:
+            outcome = item
+        try:
+            task.future.set_result(outcome)
+        except InvalidStateError:
+            pass

@@ -14,16 +14,23 @@ import json
 import os
 import select
 import shutil
-import sys
+import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import _codec, values
-from ..errors import JobFailedError, JobTimeoutError, WorkerCrashedError, rebuild_exception
+from ..errors import (
+    JobTimeoutError,
+    UnreadableResultError,
+    WorkerCrashedError,
+    rebuild_exception,
+)
 from ..launch import Launch, Outcome
+from ..progress import echo
 from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
 
@@ -70,6 +77,10 @@ class StdioWorker:
         self.head_console: list[tuple[float, str, bool]] = []
         self.hello: dict[str, Any] | None = None
         self.closed = False
+        self.interrupted = False
+        self._ingest_lock = threading.Lock()
+        self._ingesting = 0  # outcomes whose result files are still to be moved in
+        self.current: Launch | None = None  # the job sent last (a worker runs one at a time)
         for f in (self.proc.stdout, self.proc.stderr):
             os.set_blocking(f.fileno(), False)
 
@@ -77,14 +88,23 @@ class StdioWorker:
     def message(self, launch: Launch) -> bytes:
         """The JSON line that runs ``launch`` (arguments are written to the store now)."""
         bundle = launch.code
-        args = values.encode(launch.kwargs, self.store, path="kw")
+        args = launch.args_manifest
+        if args is None:
+            args = values.encode(launch.call_kwargs(), self.store, path="kw")
         code_dir = f"{self._paths['/hither/code']}/{bundle.digest}"
         msg = {"op": "run", "id": launch.job_id, "label": launch.label,
                "module": {"name": bundle.module, "dir": code_dir},
                "function": bundle.function, "args": args,
                "blobs": self._paths["/hither/blobs"],
-               "out": self._paths["/hither/out"], "stream": launch.stream_prefix}
+               "out": self._paths["/hither/out"],
+               "stream": "" if launch.echo_label is not None else None,
+               "timeout": bool(launch.timeout)}
         return (json.dumps(msg, allow_nan=True) + "\n").encode()
+
+    def send_run(self, launch: Launch) -> bool:
+        """Send the run message of ``launch``; False when the worker is gone."""
+        self.current = launch
+        return self.send(self.message(launch))
 
     def send(self, data: bytes) -> bool:
         """Write a message; False when the worker is gone."""
@@ -123,8 +143,8 @@ class StdioWorker:
                 if op == "hello":
                     self.hello = msg
                 elif op == "echo":  # a live console line (show_console)
-                    sys.stdout.write(msg.get("text", ""))
-                    sys.stdout.flush()
+                    prefix = self.current.stream_prefix() if self.current else None
+                    echo((prefix or "") + str(msg.get("text", "")))
                 else:
                     msgs.append(msg)
         return msgs
@@ -146,10 +166,33 @@ class StdioWorker:
         return True
 
     # ------------------------------------------------------------------ outcomes
-    def outcome(self, launch: Launch, msg: dict[str, Any]) -> Outcome:
-        """Turn a ``done`` message into an Outcome (result blobs moved into the store)."""
-        console = [tuple(x) for x in msg.get("console") or []] + self.head_console
+    def deferred_outcome(self, launch: Launch, msg: dict[str, Any]) -> Callable[[], Outcome]:
+        """Take what belongs to a ``done`` message now (its stderr lines) and return the call
+        that makes its Outcome (moving result blobs into the store takes a while, so a
+        handler's loop runs it elsewhere). The out folder stays until that call is made."""
+        console = self.head_console
         self.head_console = []
+        with self._ingest_lock:
+            self._ingesting += 1
+
+        def make() -> Outcome:
+            try:
+                return self.outcome(launch, msg, console)
+            finally:
+                with self._ingest_lock:
+                    self._ingesting -= 1
+                    remove = self.closed and not self._ingesting
+                if remove:
+                    shutil.rmtree(self.out_dir, ignore_errors=True)
+
+        return make
+
+    def outcome(self, launch: Launch, msg: dict[str, Any],
+                stderr_lines: list[tuple[float, str, bool]] | None = None) -> Outcome:
+        """Turn a ``done`` message into an Outcome (result blobs moved into the store)."""
+        if stderr_lines is None:
+            stderr_lines, self.head_console = self.head_console, []
+        console = [tuple(x) for x in msg.get("console") or []] + stderr_lines
         console.sort(key=lambda x: x[0])
         info: dict[str, Any] = {"worker_pid": self.pid, "runtime": self.runtime.describe()}
         start, end = msg.get("start"), msg.get("end")
@@ -158,7 +201,7 @@ class StdioWorker:
                 manifest = self._ingest(msg["result"])
                 value = values.decode(manifest, self.store)
             except Exception as e:  # noqa: BLE001
-                err = JobFailedError(f"the result of job {launch.label!r} could not be read "
+                err = UnreadableResultError(f"the result of job {launch.label!r} could not be read "
                                      f"back from the worker: {e}", remote_type=type(e).__name__,
                                      job_label=launch.label)
                 return Outcome(False, error=err, console=console, start_time=start,
@@ -213,6 +256,16 @@ class StdioWorker:
         """True while the worker process runs."""
         return not self.closed and self.proc.poll() is None
 
+    def interrupt(self) -> None:
+        """Stop the job running in this worker from another thread: the worker (and its
+        container) is killed now; the thread waiting in :meth:`call` sees it end."""
+        self.interrupted = True
+        try:
+            self.runtime.stop_worker(self.proc, self.spec)
+        except Exception as e:  # noqa: BLE001 - stop() tries again and warns
+            warnings.warn(f"could not stop worker {self.spec.name}: {e}", RuntimeWarning,
+                          stacklevel=2)
+
     def stop(self, graceful: bool = False) -> None:
         """Stop the worker and remove what it leaves (container, output folder)."""
         if self.closed:
@@ -235,14 +288,17 @@ class StdioWorker:
                     f.close()
                 except OSError:
                     pass
-            shutil.rmtree(self.out_dir, ignore_errors=True)
+            with self._ingest_lock:
+                remove = not self._ingesting  # else the last pending outcome removes it
+            if remove:
+                shutil.rmtree(self.out_dir, ignore_errors=True)
 
     def call(self, launch: Launch) -> Outcome:
         """Run ``launch`` and wait for its outcome, in this thread (inline handler)."""
         started = time.time()
-        if not self.send(self.message(launch)):
+        if not self.send_run(launch):
             return self.crash_outcome(launch, "could not be reached")
-        deadline = None if not launch.timeout else time.monotonic() + launch.timeout
+        deadline = None  # the job_timeout clock starts when the function starts
         out_fd, err_fd = self.fds()
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -261,7 +317,12 @@ class StdioWorker:
                     self.stop()
                     return out
                 for msg in msgs:
-                    if msg.get("op") == "done" and msg.get("id") == launch.job_id:
+                    if msg.get("id") != launch.job_id:
+                        continue
+                    if msg.get("op") == "started" and launch.timeout:
+                        started = time.time()
+                        deadline = time.monotonic() + launch.timeout
+                    elif msg.get("op") == "done":
                         return self.outcome(launch, msg)
 
 

@@ -348,14 +348,11 @@ class ShellScript:
             raise RuntimeError("cannot get the return code: the script is still running")
         return code
 
-    def elapsedTimeSinceStart(self) -> float:
-        """Seconds since :meth:`start` (still counting after the script ended).
-
-        Raises:
-            RuntimeError: if the script was not started.
-        """
+    def elapsedTimeSinceStart(self) -> float | None:
+        """Seconds since :meth:`start` (still counting after the script ended); None before
+        :meth:`start`, as in hither 0.4.2."""
         if self._start_time is None:
-            raise RuntimeError("the script has not been started")
+            return None
         return time.monotonic() - self._start_time
 
     def scriptPath(self) -> str | None:

@@ -258,3 +258,38 @@ def read_pid(path, timeout: float = 30.0) -> int:
         raise AssertionError(f"{path} was not written within {timeout} s")
     with open(path) as f:
         return int(f.read())
+
+
+@hi.function("jf_zero_then_sum", "1")
+def jf_zero_then_sum(x):
+    """Mutates its input in place (as some user code does), then sums it."""
+    x[0] = 0
+    return int(sum(x))
+
+
+@hi.function("jf_read_after", "1")
+def jf_read_after(f, go, limit=30.0):
+    """Wait for the file ``go``, then read ``f`` twice, a moment apart."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(f) as fh:
+        first = fh.read()
+    time.sleep(0.2)
+    with open(f) as fh:
+        second = fh.read()
+    return [first, second]
+
+
+@hi.function("jf_make_array", "1")
+def jf_make_array(n):
+    import numpy as np
+
+    return np.arange(n, dtype=np.int64)
+
+
+@hi.function("jf_file_name", "1")
+def jf_file_name(f):
+    return os.path.basename(os.fspath(f))

@@ -1,0 +1,118 @@
+"""Live progress: counts, when it shows, the terminal display (in a real pseudo-terminal)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+from jobfuncs import jf_add, jf_print_then_raise
+
+import hither as hi
+from hither import progress
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "progress_child.py")
+
+
+def test_counts_text_and_eta():
+    c = progress.Counts(total=10, done=4, cached=2, failed=1, running=2)
+    assert c.eta(10.0) == pytest.approx(10.0 / 2 * 5)
+    text = c.text(65)
+    assert "5/10 jobs" in text and "2 running" in text and "2 cached" in text
+    assert "1 failed" in text and "1:05" in text and "ETA" in text
+    assert progress.Counts(total=3).eta(1.0) is None
+
+
+def test_enabled_precedence(monkeypatch):
+    monkeypatch.setenv("HITHER_PROGRESS", "0")
+    assert not progress.enabled(None) and progress.enabled(True)
+    monkeypatch.setenv("HITHER_PROGRESS", "1")
+    assert progress.enabled(None) and not progress.enabled(False)
+    monkeypatch.delenv("HITHER_PROGRESS")
+    assert progress.enabled(None) is False  # pytest's output is not a terminal
+
+
+class _Recorder:
+    frames: list = []
+
+    def start(self):
+        pass
+
+    def update(self, counts, elapsed):
+        _Recorder.frames.append(progress.Counts(**vars(counts)))
+
+    def print(self, text):
+        pass
+
+    def stop(self):
+        pass
+
+
+def test_a_session_counts_done_cached_and_failed(monkeypatch, tmp_path):
+    monkeypatch.setattr(progress, "_default_display", _Recorder)
+    _Recorder.frames = []
+    cache = hi.JobCache(path=tmp_path / "store")
+    with hi.Config(progress=True, job_cache=cache, cache_failing=True):
+        [jf_add.run(x=i) for i in range(5)]
+        jf_print_then_raise.run(message="counted as failed")
+        hi.wait()
+        again = [jf_add.run(x=i) for i in range(5)]
+        hi.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (
+            _Recorder.frames and _Recorder.frames[-1].cached == 5):
+        time.sleep(0.05)
+    assert all(j.cache_hit for j in again)
+    last = _Recorder.frames[-1]
+    assert (last.total, last.done, last.cached, last.failed) in ((5, 5, 5, 0), (11, 10, 5, 1))
+
+
+def _run_in_terminal(args: list[str], env: dict[str, str]) -> str:
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, SCRIPT, *args], stdin=follower, stdout=follower,
+                            stderr=follower, env={**os.environ, **env, "TERM": "xterm",
+                                                  "COLUMNS": "100"}, close_fds=True)
+    os.close(follower)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    proc.wait(10)
+    os.close(leader)
+    return out.decode("utf-8", "replace")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_terminal_shows_progress_and_job_lines_stay_whole():
+    raw = _run_in_terminal(["console"], {"HITHER_PROGRESS": ""})
+    text = _ANSI.sub("", raw).replace("\r", "\n")
+    assert "8/8 jobs" in text, text[-2000:]
+    lines = [x.strip() for x in text.split("\n")]
+    for i in range(8):  # each echoed job line arrives whole, on a line of its own
+        assert f"[progress_slow] line from job {i}" in lines, lines
+    assert "results [0, 1, 2, 3, 4, 5, 6, 7]" in text
+
+
+def test_progress_off_by_env_and_when_not_a_terminal():
+    text = _ANSI.sub("", _run_in_terminal(["quiet"], {"HITHER_PROGRESS": "0"}))
+    assert "jobs" not in text and "results [0, 1" in text
+    out = subprocess.run([sys.executable, SCRIPT, "quiet"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "HITHER_PROGRESS": ""})
+    assert "jobs" not in out.stdout and "results [0, 1" in out.stdout

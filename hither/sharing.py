@@ -32,8 +32,12 @@ def _upstream(record: Mapping[str, Any]) -> Iterator[str]:
     inputs = record.get("inputs")
     if isinstance(inputs, dict):
         for entry in inputs.values():
-            if isinstance(entry, dict) and isinstance(entry.get("job"), str):
+            if not isinstance(entry, dict):
+                continue
+            if isinstance(entry.get("job"), str):
                 yield entry["job"]
+            if isinstance(entry.get("jobs"), list):  # jobs nested inside an argument
+                yield from (k for k in entry["jobs"] if isinstance(k, str))
 
 
 def _code(record: Mapping[str, Any]) -> Iterator[str]:
@@ -52,7 +56,7 @@ def _code_digest(files: Mapping[str, str]) -> str:
 RECORD_REFS = RecordRefs(blobs=_blobs, upstream=_upstream, code=_code,
                          code_digest=_code_digest)
 """What a hither record references: blobs (result, input values, console), the records of
-the jobs its inputs came from (``inputs[*].job``) and its code bundle
+the jobs its inputs came from (``inputs[*].job`` and ``inputs[*].jobs``) and its code bundle
 (``provenance.code_bundle``, when the record names one)."""
 
 

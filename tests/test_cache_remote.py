@@ -227,3 +227,18 @@ def test_record_path_for_local_hits_is_unchanged(tmp_path: Path, bucket: str,
     assert files == [".json", ".json", ".sig", ".sig"]
     for k, _ in cache.store.iter_records():
         assert cache.store.record_path(k).read_bytes().startswith(b'{"format":1,')
+
+
+def test_lineage_of_nested_jobs_is_pushed(tmp_path: Path, bucket: str,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          lab_a: tuple[Path, str], calls: Path) -> None:
+    """An argument holding several jobs' results (a list of jobs) is lineage too."""
+    from tests.sharefuncs.pipeline import share_digest, share_make
+
+    a = hi.JobCache(path=tmp_path / "A", remotes=[])
+    with hi.Config(job_cache=a):
+        parts = [share_make.run(seed=i) for i in range(3)]
+        joined = share_digest.run(data=parts, tag="all")
+        joined.wait()
+    report = a.push([joined.key], f"s3://{bucket}/nested")
+    assert sorted(report.pushed) == sorted([joined.key] + [p.key for p in parts])

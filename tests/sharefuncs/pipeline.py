@@ -33,8 +33,10 @@ def share_make(seed: int) -> bytes:
 
 
 @hi.function("share_digest", "1")
-def share_digest(data: bytes, tag: str) -> dict:
+def share_digest(data: bytes | list[bytes], tag: str) -> dict:
     _log("digest")
+    if isinstance(data, list):
+        data = b"".join(data)
     return {"tag": tag, "sha": hashlib.sha256(data).hexdigest(), "n": len(data)}
 
 

@@ -38,6 +38,11 @@ class JobCache:
     store before use. Default: the urls in ``$HITHER_REMOTES``; ``remotes=[]`` for none.
     With ``$HITHER_SIGNING_KEY`` set, every record written is signed.
 
+    ``shared_group="lab"`` (or ``$HITHER_STORE_GROUP``) shares the store folder with the
+    users of a group, e.g. on NFS: its folders become setgid and group-writable and its
+    files group-writable, whatever each user's umask. A store folder that is setgid
+    already (``chmod 2775``) is shared that way without asking.
+
     Whether failures are stored and reused is set per block with ``hi.Config(
     cache_failing=..., rerun_failing=..., force_run=...)``.
     """
@@ -45,7 +50,8 @@ class JobCache:
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  use_tempdir: bool | None = None, readonly: bool = False,
                  store: LocalStore | None = None,
-                 remotes: Iterable[str | Remote] | None = None) -> None:
+                 remotes: Iterable[str | Remote] | None = None,
+                 shared_group: str | None = None) -> None:
         given = sum(x is not None for x in (path, store)) + bool(use_tempdir)
         if given > 1:
             raise ValueError("give at most one of path=, use_tempdir=True and store=")
@@ -58,8 +64,8 @@ class JobCache:
             else:
                 root = default_store_path()
             try:
-                store = LocalStore(root)
-            except OSError as e:
+                store = LocalStore(root, group=shared_group)
+            except (OSError, ValueError) as e:
                 raise CacheError(f"cannot open the job cache at {root}: {e}") from e
         self.store = store
         self.readonly = bool(readonly)

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._shared import make_dirs
+
 BLOB_SCHEME = "sha256://"
 ENV_STORE = "HITHER_STORE"
 
@@ -144,7 +146,7 @@ class Layout:
     def create(self) -> None:
         """Create the directories of an empty store (idempotent)."""
         for d in (self.blobs_dir, self.records_dir, self.tmp_dir, self.quarantine_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_dirs(d)
 
     def blob_path(self, hexdigest: str) -> Path:
         """Path of the blob with this (already validated) hex digest."""

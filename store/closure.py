@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ._paths import parse_blob_uri
+from ._shared import make_dirs
 from ._verify import hash_stream
 from .errors import BlobNotFoundError, StoreError
 from .local import LocalStore
@@ -248,6 +249,7 @@ def install_code_dir(root: Path, digest: str, files: Mapping[str, Path | bytes],
     if final.is_dir():
         return
     tmp = code_root / f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    make_dirs(code_root)
     try:
         for rel, src in files.items():
             target = tmp / rel

@@ -23,6 +23,7 @@ from ._atomic import (
 from ._maintenance import clear_store, collect_garbage, store_info
 from ._paths import _RECORD_SUFFIX, Layout, blob_uri, check_key, parse_blob_uri
 from ._records import BadRecord, decode_record, encode_record
+from ._shared import ENV_GROUP, share_with_group
 from ._verify import VERIFIED, hash_stream, signature
 from .errors import BlobNotFoundError, CorruptBlobError, StoreWarning
 
@@ -52,17 +53,26 @@ class LocalStore:
 
     Args:
         root: the store directory; it and its subdirectories are created if missing.
+        group: share the store with the users of this group (default:
+            ``$HITHER_STORE_GROUP``): its folders become setgid and group-writable, and
+            every file it writes group-writable, whatever the umask (see
+            :mod:`hither_store._shared`). A store whose folder is setgid is shared so
+            anyway.
         fsync: fsync every file before publishing it (default: ``$HITHER_STORE_FSYNC``,
             else off). Without it a power loss may lose the newest writes, which then
             read as damaged and are ignored (a cache miss), never as wrong content;
             with it each write costs a disk flush (about 0.6 ms here).
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool | None = None,
+                 group: str | None = None) -> None:
         if fsync is None:
             fsync = os.environ.get("HITHER_STORE_FSYNC", "").lower() in ("1", "true", "yes")
         self.fsync = fsync
         self._layout = Layout(Path(os.fspath(root)).expanduser().resolve())
+        group = group or os.environ.get(ENV_GROUP) or None
+        if group:
+            share_with_group(self._layout.root, group, self._layout.subdirs())
         self._layout.create()
         self._records_root = str(self._layout.records_dir)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hither_store._shared import make_dirs
+
 from ..codeid import source_files
 
 _HERE = Path(__file__).resolve().parent.parent  # the hither package
@@ -54,6 +56,7 @@ def _publish(root: Path, files: dict[str, Path]) -> tuple[str, Path]:
     contents: dict[str, bytes] = {rel: Path(files[rel]).read_bytes() for rel in sorted(files)}
     digest = bundle_digest({rel: hashlib.sha256(data).hexdigest()
                             for rel, data in contents.items()})
+    make_dirs(root)  # group-writable in a group-shared store
     final = root / digest
     if final.is_dir():
         return digest, final
@@ -86,7 +89,7 @@ def worker_dir(store_root: Path) -> Path:
 def code_root(store_root: Path) -> Path:
     """The folder under which every code bundle of this store lives."""
     root = store_root / "code"
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     return root
 
 

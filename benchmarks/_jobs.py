@@ -43,6 +43,14 @@ def noop():
     return None
 
 
+@hi.function("make_text", "0.1.0")
+def make_text(mb, kind):
+    """``mb`` megabytes of text, as a ``str`` or as ``bytes``: a job with a big result."""
+    unit = "hither caches big values as blobs. "
+    text = (unit * (mb * 1_000_000 // len(unit) + 1))[: mb * 1_000_000]
+    return text if kind == "str" else text.encode()
+
+
 @hi.function("file_size", "0.1.0")
 def file_size(f, after=None):
     """Size of a File input (its content is hashed into the job's key)."""

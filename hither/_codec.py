@@ -7,10 +7,11 @@ as ``hither._codec`` or as a top-level ``_codec``.
 
 Manifest format
 ---------------
-Plain JSON stands for itself: ``None``, ``bool``, ``str``, ``int`` with ``|v| < 2**63``,
-finite ``float``, ``list`` and ``dict`` whose keys are ``str``, already in sorted order
-(so canonical, key-sorted JSON keeps insertion order) and never the tag key ``"~"``.
-Everything else is a *tagged node*, a JSON object carrying the tag key ``"~"``::
+Plain JSON stands for itself: ``None``, ``bool``, ``str`` of at most :data:`STR_INLINE_LIMIT`
+characters, ``int`` with ``|v| < 2**63``, finite ``float``, ``list`` and ``dict`` whose keys
+are such ``str``, already in sorted order (so canonical, key-sorted JSON keeps insertion
+order) and never the tag key ``"~"``. Everything else is a *tagged node*, a JSON object
+carrying the tag key ``"~"``::
 
     {"~": "int", "v": "-1f"}                      big int, hexadecimal
     {"~": "float", "v": "nan" | "inf" | "-inf"}   non-finite float ("nan:<hex bits>" for odd NaNs)
@@ -19,6 +20,8 @@ Everything else is a *tagged node*, a JSON object carrying the tag key ``"~"``::
     {"~": "dict", "v": [[k, v], ...]}             any other dict, insertion order kept
     {"~": "b64", "v": "<base64>"}                 small bytes / bytearray (decoded as bytes)
     {"~": "bytes", "ref": ref, "size": n}         large bytes, stored as a blob
+    {"~": "str", "ref": ref, "size": n}           long str, stored as a blob of n bytes (UTF-8,
+                                                  lone surrogates kept with "surrogatepass")
     {"~": "npy", "ref" | "b64": ..., "dtype": ..., "shape": [...]}   numpy array as .npy
     {"~": "npscalar", "dtype": "<f8", "v": "<base64 raw bytes>"}     numpy scalar
     {"~": "npscalar", "npy": "<base64 .npy of a 0-d array>"}        structured numpy scalar
@@ -26,6 +29,13 @@ Everything else is a *tagged node*, a JSON object carrying the tag key ``"~"``::
 
 A user dict is tagged as soon as one key is not a ``str`` or equals ``"~"``, so a dict that
 merely looks like a tagged node is never mistaken for one.
+
+Strings that are not valid UTF-8 (lone surrogates, as ``os.fsdecode`` makes of undecodable
+file names) are plain ``str`` too: JSON text written with ``ensure_ascii`` escapes them.
+
+Containers (lists, tuples, dicts, sets, frozensets) nested more than :data:`MAX_DEPTH` deep
+are refused by :func:`encode` (:class:`EncodeError`) and by :func:`decode`
+(:class:`DecodeError`), which raises nothing else whatever the manifest holds.
 """
 
 from __future__ import annotations
@@ -33,15 +43,19 @@ from __future__ import annotations
 import base64
 import io
 import json
+import mmap
 import os
 import struct
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Set, Tuple, Union
 
 __all__ = [
+    "BLOB_KINDS",
     "DecodeError",
     "EncodeError",
     "File",
+    "MAX_DEPTH",
+    "STR_INLINE_LIMIT",
     "SUPPORTED_TYPES",
     "TAG",
     "decode",
@@ -62,8 +76,17 @@ SUPPORTED_TYPES = (
 )
 """Human-readable list of the value types the codec and the key hasher accept."""
 
+MAX_DEPTH = 200
+"""How deep containers may nest in a value that is hashed, stored or sent to a worker."""
+
+STR_INLINE_LIMIT = 1 << 16
+"""Longer ``str`` values are stored as blobs, not inside the manifest."""
+
+BLOB_KINDS = ("npy", "bytes", "file", "str")
+"""The tags of manifest nodes that reference a blob through their ``"ref"``."""
+
 _INT_LIMIT = 1 << 63
-_BLOB_KINDS = ("npy", "bytes", "file")
+_STR_CHUNK = 1 << 24  # characters encoded at a time when a long str is written to a blob
 
 PutBlob = Callable[[str, Any], str]
 GetBlob = Callable[[str, str], Any]
@@ -176,10 +199,12 @@ class File:
 
 # ---------------------------------------------------------------------------- plain fast path
 
-def _is_plain(value: Any, active: Set[int]) -> bool:
+def _is_plain(value: Any, active: Set[int], depth: int = 0) -> bool:
     """True if ``value`` is its own manifest (plain JSON, nothing to tag)."""
     t = type(value)
-    if t is str or t is bool or value is None:
+    if t is str:
+        return len(value) <= STR_INLINE_LIMIT
+    if t is bool or value is None:
         return True
     if t is int:
         return -_INT_LIMIT < value < _INT_LIMIT
@@ -190,18 +215,23 @@ def _is_plain(value: Any, active: Set[int]) -> bool:
     elif t is dict:
         prev = None
         for key in value:
-            if type(key) is not str or key == TAG or (prev is not None and not prev < key):
+            if type(key) is not str or key == TAG or (prev is not None and not prev < key) \
+                    or len(key) > STR_INLINE_LIMIT:
                 return False
             prev = key
         items = value.values()
     else:
         return False
-    if id(value) in active:
-        return False  # a cycle: let the full encoder report it with its path
+    if id(value) in active or depth >= MAX_DEPTH:
+        return False  # a cycle or too deep: let the full encoder report it with its path
     active.add(id(value))
     for x in items:
         tx = type(x)
-        if tx is str or tx is bool or x is None:
+        if tx is str:
+            if len(x) <= STR_INLINE_LIMIT:
+                continue
+            return False
+        if tx is bool or x is None:
             continue
         if tx is int:
             if -_INT_LIMIT < x < _INT_LIMIT:
@@ -211,7 +241,7 @@ def _is_plain(value: Any, active: Set[int]) -> bool:
             if x - x == 0.0:
                 continue
             return False
-        if not _is_plain(x, active):
+        if not _is_plain(x, active, depth + 1):
             return False
     active.discard(id(value))
     return True
@@ -226,12 +256,14 @@ def encode(value: Any, put_blob: PutBlob, *, path: str = "value",
     ``put_blob(kind, write)`` is called with ``kind`` ``"npy"`` or ``"bytes"`` and a callable
     that writes the content into a binary file object, or with ``kind`` ``"file"`` and a
     source path; it returns an opaque ref string. Bytes up to ``inline_limit`` long and arrays
-    smaller than ``inline_limit`` bytes are inlined as base64. Raises :class:`EncodeError`
-    naming ``path`` (extended as ``path[2]['key']``) for unsupported values and cycles.
+    smaller than ``inline_limit`` bytes are inlined as base64; ``str`` longer than
+    :data:`STR_INLINE_LIMIT` characters goes to a ``"bytes"`` blob. Raises
+    :class:`EncodeError` naming ``path`` (extended as ``path[2]['key']``) for unsupported
+    values, cycles and containers nested deeper than :data:`MAX_DEPTH`.
     """
     if _is_plain(value, set()):
         return value
-    return _Encoder(put_blob, inline_limit).enc(value, path)
+    return _Encoder(put_blob, inline_limit).enc(value, path, 0)
 
 
 def _float_node(value: float) -> Any:
@@ -265,31 +297,38 @@ class _Encoder:
         path = render_path(trail)
         return EncodeError(make_message(path), path)
 
-    def enter(self, value: Any, trail: Trail) -> None:
+    def enter(self, value: Any, trail: Trail, depth: int) -> None:
+        if depth >= MAX_DEPTH:
+            raise self.fail(lambda path: "cannot encode containers nested more than %d "
+                            "deep at %s" % (MAX_DEPTH, path), trail)
         if id(value) in self.active:
             name = type(value).__qualname__
             raise self.fail(lambda path: "cannot encode value of type %r at %s: reference "
                             "cycle (the container contains itself)" % (name, path), trail)
         self.active.add(id(value))
 
-    def items(self, values: Any, trail: Trail) -> List[Any]:
-        out = []
+    def items(self, values: Any, trail: Trail, depth: int) -> List[Any]:
+        out = []  # type: List[Any]
         append = out.append
         for i, x in enumerate(values):
             t = type(x)
-            if t is str or t is bool or x is None:
+            if t is str and len(x) <= STR_INLINE_LIMIT:
+                append(x)
+            elif t is bool or x is None:
                 append(x)
             elif t is int and -_INT_LIMIT < x < _INT_LIMIT:
                 append(x)
             elif t is float and x - x == 0.0:
                 append(x)
             else:
-                append(self.enc(x, (trail, i, _IDX)))
+                append(self.enc(x, (trail, i, _IDX), depth))
         return out
 
-    def enc(self, value: Any, trail: Trail) -> Any:
+    def enc(self, value: Any, trail: Trail, depth: int) -> Any:
         t = type(value)
-        if t is str or t is bool or value is None:
+        if t is str:
+            return value if len(value) <= STR_INLINE_LIMIT else self.long_str(value)
+        if t is bool or value is None:
             return value
         if t is int:
             if -_INT_LIMIT < value < _INT_LIMIT:
@@ -298,17 +337,17 @@ class _Encoder:
         if t is float:
             return _float_node(value)
         if t is list or t is tuple:
-            self.enter(value, trail)
-            out = self.items(value, trail)
+            self.enter(value, trail, depth)
+            out = self.items(value, trail, depth + 1)
             self.active.discard(id(value))
             return out if t is list else {TAG: "tuple", "v": out}
         if t is dict:
-            return self.dict(value, trail)
+            return self.dict(value, trail, depth)
         if t is bytes or t is bytearray:
             return self.bytes(bytes(value), trail)
         if t is set or t is frozenset:
-            self.enter(value, trail)
-            nodes = [self.enc(x, (trail, None, _SET_ITEM)) for x in value]
+            self.enter(value, trail, depth)
+            nodes = [self.enc(x, (trail, None, _SET_ITEM), depth + 1) for x in value]
             self.active.discard(id(value))
             return {TAG: t.__name__, "v": _canonical_sort(nodes)}
         if t is complex:
@@ -323,24 +362,25 @@ class _Encoder:
                 return self.np_scalar(np, value, trail)
         raise self.fail(lambda path: unsupported_type_message(value, path), trail)
 
-    def dict(self, value: Dict[Any, Any], trail: Trail) -> Any:
-        self.enter(value, trail)
+    def dict(self, value: Dict[Any, Any], trail: Trail, depth: int) -> Any:
+        self.enter(value, trail, depth)
         plain = True
         prev = None
         for key in value:
-            if type(key) is not str or key == TAG or (prev is not None and not prev < key):
+            if type(key) is not str or key == TAG or (prev is not None and not prev < key) \
+                    or len(key) > STR_INLINE_LIMIT:
                 plain = False
                 break
             prev = key
         if plain:
             out = {}  # type: Any
             for key, x in value.items():
-                out[key] = self.enc(x, (trail, key, _KEY))
+                out[key] = self.enc(x, (trail, key, _KEY), depth + 1)
         else:
             pairs = []
             for key, x in value.items():
-                pairs.append([self.enc(key, (trail, key, _DICT_KEY)),
-                              self.enc(x, (trail, key, _KEY))])
+                pairs.append([self.enc(key, (trail, key, _DICT_KEY), depth + 1),
+                              self.enc(x, (trail, key, _KEY), depth + 1)])
             out = {TAG: "dict", "v": pairs}
         self.active.discard(id(value))
         return out
@@ -353,6 +393,19 @@ class _Encoder:
             fileobj.write(data)
 
         return {TAG: "bytes", "ref": self.put_blob("bytes", write), "size": len(data)}
+
+    def long_str(self, text: str) -> Any:
+        size = [0]
+
+        def write(fileobj: Any) -> None:
+            size[0] = 0
+            for i in range(0, len(text), _STR_CHUNK):
+                chunk = text[i:i + _STR_CHUNK].encode("utf-8", "surrogatepass")
+                fileobj.write(chunk)
+                size[0] += len(chunk)
+
+        ref = self.put_blob("bytes", write)
+        return {TAG: "str", "ref": ref, "size": size[0]}
 
     def file(self, value: File, trail: Trail) -> Any:
         if not os.path.isfile(value.path):
@@ -407,115 +460,216 @@ def decode(manifest: Any, get_blob: GetBlob) -> Any:
 
     ``get_blob(ref, kind)`` returns the blob's bytes or a filesystem path. Arrays given by
     path are memory-mapped copy-on-write (no copy, writable, the file is never modified).
-    Raises :class:`DecodeError` for malformed manifests.
+    Raises :class:`DecodeError`, and nothing else, for whatever cannot be decoded: a
+    malformed or too deeply nested manifest, an unknown tag, a blob that cannot be read
+    (the error of ``get_blob`` is the cause) or that is not of the kind its node says.
     """
-    return _Decoder(get_blob).dec(manifest)
+    try:
+        return _Decoder(get_blob).dec(manifest, 0)
+    except DecodeError:
+        raise
+    except RecursionError:
+        raise DecodeError("manifest nested too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - anything a hostile manifest can provoke
+        raise DecodeError("malformed manifest: %s: %s" % (type(exc).__name__, exc)) from exc
 
 
 class _Decoder:
     def __init__(self, get_blob: GetBlob) -> None:
         self.get_blob = get_blob
 
-    def dec(self, node: Any) -> Any:
+    def dec(self, node: Any, depth: int) -> Any:
         t = type(node)
+        if t is str or t is int or t is float or t is bool or node is None:
+            return node
         if t is list:
-            return self.items(node)
+            _check_depth(depth)
+            return self.items(node, depth + 1)
         if t is dict:
             if TAG not in node:
-                return {key: self.dec(x) for key, x in node.items()}
+                _check_depth(depth)
+                return {key: self.dec(x, depth + 1) for key, x in node.items()}
             tag = node[TAG]
             handler = _DECODERS.get(tag) if type(tag) is str else None
             if handler is None:
                 raise DecodeError("unknown manifest tag %r" % (tag,))
             try:
-                return handler(self, node)
-            except (KeyError, TypeError, IndexError) as exc:
-                raise DecodeError("malformed %r node in manifest: %s" % (tag, exc)) from exc
-        if t is str or t is int or t is float or t is bool or node is None:
-            return node
+                return handler(self, node, depth)
+            except DecodeError:
+                raise
+            except (KeyError, TypeError, IndexError, ValueError, AttributeError,
+                    OverflowError, struct.error) as exc:
+                raise DecodeError("malformed %r node in manifest: %s: %s"
+                                  % (tag, type(exc).__name__, exc)) from exc
         raise DecodeError("unexpected %s in manifest" % t.__name__)
 
-    def items(self, nodes: Any) -> List[Any]:
+    def items(self, nodes: Any, depth: int) -> List[Any]:
         if type(nodes) is not list:
             raise DecodeError("expected a JSON array in manifest, got %s" % type(nodes).__name__)
         dec = self.dec
-        return [x if (type(x) is str or type(x) is int or type(x) is float) else dec(x)
+        return [x if (type(x) is str or type(x) is int or type(x) is float) else dec(x, depth)
                 for x in nodes]
 
-    def blob_bytes(self, ref: str, kind: str) -> bytes:
-        got = self.get_blob(ref, kind)
+    def blob(self, node: Any, kind: str) -> Any:
+        """What ``get_blob`` gives for the node's ref; its failures become DecodeError."""
+        ref = node["ref"]
+        if type(ref) is not str:
+            raise DecodeError("blob ref %r is not a string" % (ref,))
+        try:
+            return self.get_blob(ref, kind)
+        except Exception as exc:  # noqa: BLE001 - any failure to read is a failure to decode
+            raise DecodeError("%s blob %s cannot be read: %s" % (kind, ref, exc)) from exc
+
+    def blob_bytes(self, node: Any) -> bytes:
+        got = self.blob(node, "bytes")
         if isinstance(got, (bytes, bytearray, memoryview)):
-            return bytes(got)
-        with open(os.fspath(got), "rb") as fh:
-            return fh.read()
+            data = bytes(got)
+        else:
+            try:
+                with open(os.fspath(got), "rb") as fh:
+                    data = fh.read()
+            except OSError as exc:
+                raise DecodeError("bytes blob %s cannot be read: %s" % (node["ref"], exc)) \
+                    from exc
+        _check_size(node, len(data))
+        return data
 
-    def d_tuple(self, node: Any) -> Any:
-        return tuple(self.items(node["v"]))
+    def d_tuple(self, node: Any, depth: int) -> Any:
+        _check_depth(depth)
+        return tuple(self.items(node["v"], depth + 1))
 
-    def d_set(self, node: Any) -> Any:
-        return set(self.items(node["v"]))
+    def d_set(self, node: Any, depth: int) -> Any:
+        _check_depth(depth)
+        return set(self.items(node["v"], depth + 1))
 
-    def d_frozenset(self, node: Any) -> Any:
-        return frozenset(self.items(node["v"]))
+    def d_frozenset(self, node: Any, depth: int) -> Any:
+        _check_depth(depth)
+        return frozenset(self.items(node["v"], depth + 1))
 
-    def d_dict(self, node: Any) -> Any:
+    def d_dict(self, node: Any, depth: int) -> Any:
+        _check_depth(depth)
         out = {}
-        for key, x in node["v"]:
-            out[self.dec(key)] = self.dec(x)
+        pairs = node["v"]
+        if type(pairs) is not list:
+            raise DecodeError("malformed 'dict' node in manifest: 'v' is not a list")
+        for pair in pairs:
+            if type(pair) is not list or len(pair) != 2:
+                raise DecodeError("malformed 'dict' node in manifest: an item is not a pair")
+            out[self.dec(pair[0], depth + 1)] = self.dec(pair[1], depth + 1)
         return out
 
-    def d_int(self, node: Any) -> Any:
-        return int(node["v"], 16)
+    def d_int(self, node: Any, depth: int) -> Any:
+        text = node["v"]
+        if type(text) is not str:
+            raise DecodeError("malformed 'int' node in manifest")
+        return int(text, 16)
 
-    def d_float(self, node: Any) -> Any:
+    def d_float(self, node: Any, depth: int) -> Any:
         return _decode_float(node)
 
-    def d_complex(self, node: Any) -> Any:
+    def d_complex(self, node: Any, depth: int) -> Any:
         re, im = node["v"]
         return complex(_decode_float(re), _decode_float(im))
 
-    def d_b64(self, node: Any) -> Any:
-        return base64.b64decode(node["v"])
+    def d_b64(self, node: Any, depth: int) -> Any:
+        return base64.b64decode(_text(node, "v"), validate=True)
 
-    def d_bytes(self, node: Any) -> Any:
-        return self.blob_bytes(node["ref"], "bytes")
+    def d_bytes(self, node: Any, depth: int) -> Any:
+        return self.blob_bytes(node)
 
-    def d_file(self, node: Any) -> Any:
-        got = self.get_blob(node["ref"], "file")
+    def d_str(self, node: Any, depth: int) -> Any:
+        got = self.blob(node, "str")
+        if isinstance(got, (bytes, bytearray, memoryview)):
+            data = bytes(got)
+            _check_size(node, len(data))
+            return data.decode("utf-8", "surrogatepass")
+        # decoded straight from the page cache: no second copy of a text of hundreds of MB
+        with open(os.fspath(got), "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            _check_size(node, size)
+            if size == 0:
+                return ""
+            try:
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # filesystems that cannot mmap
+                return fh.read().decode("utf-8", "surrogatepass")
+        try:
+            with memoryview(mapped) as view:
+                return str(view, "utf-8", "surrogatepass")
+        finally:
+            mapped.close()
+
+    def d_file(self, node: Any, depth: int) -> Any:
+        got = self.blob(node, "file")
         if isinstance(got, (bytes, bytearray, memoryview)):
             raise DecodeError("get_blob must return a path for a 'file' blob, got bytes")
         return File(got)
 
-    def d_npy(self, node: Any) -> Any:
+    def d_npy(self, node: Any, depth: int) -> Any:
         import numpy as np
 
         if "b64" in node:
-            return np.load(io.BytesIO(base64.b64decode(node["b64"])), allow_pickle=False)
-        got = self.get_blob(node["ref"], "npy")
-        if isinstance(got, (bytes, bytearray, memoryview)):
-            return np.load(io.BytesIO(bytes(got)), allow_pickle=False)
-        path = os.fspath(got)
-        try:
-            arr = np.load(path, mmap_mode="c", allow_pickle=False)
-        except OSError:
-            return np.load(path, allow_pickle=False)  # filesystems that cannot mmap
-        # a plain ndarray view whose base keeps the copy-on-write map alive
-        return arr.view(np.ndarray)
+            arr = np.load(io.BytesIO(base64.b64decode(_text(node, "b64"), validate=True)),
+                          allow_pickle=False)
+        else:
+            got = self.blob(node, "npy")
+            if isinstance(got, (bytes, bytearray, memoryview)):
+                arr = np.load(io.BytesIO(bytes(got)), allow_pickle=False)
+            else:
+                path = os.fspath(got)
+                try:
+                    arr = np.load(path, mmap_mode="c", allow_pickle=False)
+                except OSError:
+                    arr = np.load(path, allow_pickle=False)  # filesystems that cannot mmap
+                # a plain ndarray view whose base keeps the copy-on-write map alive
+                arr = arr.view(np.ndarray)
+        if type(arr) is not np.ndarray:  # np.load gives an NpzFile for a zip archive
+            raise DecodeError("'npy' node does not hold a .npy array")
+        # structured dtypes print differently across numpy versions: their shape is checked
+        simple = arr.dtype.names is None
+        if node.get("shape") != list(arr.shape) or (simple and node.get("dtype") != arr.dtype.str):
+            raise DecodeError("'npy' node says %s %r, its data holds %s %r" % (
+                node.get("dtype"), node.get("shape"), _dtype_label(arr.dtype), list(arr.shape)))
+        return arr
 
-    def d_npscalar(self, node: Any) -> Any:
+    def d_npscalar(self, node: Any, depth: int) -> Any:
         import numpy as np
 
         if "npy" in node:
-            arr = np.load(io.BytesIO(base64.b64decode(node["npy"])), allow_pickle=False)
+            arr = np.load(io.BytesIO(base64.b64decode(_text(node, "npy"), validate=True)),
+                          allow_pickle=False)
+            if type(arr) is not np.ndarray or arr.shape != ():
+                raise DecodeError("'npscalar' node does not hold a 0-d array")
             return arr[()]
-        raw = base64.b64decode(node["v"])
-        return np.ndarray(shape=(), dtype=np.dtype(node["dtype"]), buffer=raw)[()]
+        dtype = np.dtype(_text(node, "dtype"))
+        if dtype.hasobject:
+            raise DecodeError("'npscalar' node has an object dtype")
+        raw = base64.b64decode(_text(node, "v"), validate=True)
+        return np.ndarray(shape=(), dtype=dtype, buffer=raw)[()]
+
+
+def _check_size(node: Any, actual: int) -> None:
+    size = node["size"]
+    if type(size) is not int or size != actual:
+        raise DecodeError("blob %s holds %d bytes, its node says %r" % (node["ref"], actual, size))
+
+
+def _check_depth(depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise DecodeError("manifest nests containers more than %d deep" % MAX_DEPTH)
+
+
+def _text(node: Any, field: str) -> str:
+    value = node[field]
+    if type(value) is not str:
+        raise DecodeError("field %r of a %r node is not a string" % (field, node.get(TAG)))
+    return value
 
 
 def _decode_float(node: Any) -> float:
     if type(node) is float or type(node) is int:
         return float(node)
-    text = node["v"]
+    text = _text(node, "v")
     if text.startswith("nan:"):
         return struct.unpack("<d", struct.pack("<Q", int(text[4:], 16)))[0]
     if text not in ("nan", "inf", "-inf"):
@@ -533,10 +687,11 @@ _DECODERS = {
     "complex": _Decoder.d_complex,
     "b64": _Decoder.d_b64,
     "bytes": _Decoder.d_bytes,
+    "str": _Decoder.d_str,
     "file": _Decoder.d_file,
     "npy": _Decoder.d_npy,
     "npscalar": _Decoder.d_npscalar,
-}  # type: Dict[str, Callable[[_Decoder, Any], Any]]
+}  # type: Dict[str, Callable[[_Decoder, Any, int], Any]]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -550,7 +705,7 @@ def walk_refs(manifest: Any) -> Iterator[str]:
         if t is list:
             stack.extend(node)
         elif t is dict:
-            if node.get(TAG) in _BLOB_KINDS and "ref" in node:
+            if node.get(TAG) in BLOB_KINDS and "ref" in node:
                 yield node["ref"]
             else:
                 stack.extend(node.values())

@@ -52,7 +52,7 @@ def _blob_getter(blobs_dir):
     def get_blob(ref, kind):
         hexd = ref.split("://", 1)[-1]
         path = os.path.join(blobs_dir, "sha256", hexd[:2], hexd[2:4], hexd)
-        if kind in ("npy", "file"):
+        if kind in ("npy", "file", "str"):
             return path
         with open(path, "rb") as f:
             return f.read()

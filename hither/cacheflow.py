@@ -2,7 +2,7 @@
 
 A job's key is the sha256 of a small canonical structure::
 
-    {"format": 1,
+    {"format": 2,
      "function": {"name", "version", "code": <code identity digest>},
      "runtime": <runtime identity: {"kind": "host"}, an image digest, an env lock hash>,
      "inputs": {<argument name>: <hash_value of the argument>}}
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import platform
+import re
 import socket
 import sys
 import time
@@ -25,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hither_store import StoreError
+from hither_store import StoreError, StoreWarning
 
-from . import _codec, values
+from . import values
 from .codeid import CodeIdentity, code_identity
 from .config import Settings
 from .errors import (
@@ -42,7 +43,7 @@ from .fdef import FunctionDef
 from .hashing import describe_value, hash_struct, hash_value
 from .launch import Outcome
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: value digests from BLAKE3 (hashing scheme v2), never xxh3
 RECORD_FORMAT = 1
 #: failures that say something about the machine, not about the function: never cached
 _TRANSIENT = (JobTimeoutError, WorkerCrashedError, HandlerClosedError, JobCancelledException)
@@ -105,8 +106,20 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
 
 
 # ------------------------------------------------------------------------ lookup
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class _BadRecord(ValueError):
+    """A record that is not what hither writes."""
+
+
 def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
-    """The cached outcome for ``keyinfo`` under ``settings``' flags, or None (a miss)."""
+    """The cached outcome for ``keyinfo`` under ``settings``' flags, or None (a miss).
+
+    A record is untrusted input: one that cannot be used for any reason (a result manifest
+    that does not decode, a missing or damaged blob, fields of the wrong type) is a miss
+    with one warning, and is moved to the store's quarantine. Never an exception.
+    """
     if settings.force_run:
         return None
     cache = settings.job_cache
@@ -117,32 +130,70 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
         return None
     if rec is None:
         return None
+    try:
+        return _outcome_of(rec, keyinfo, settings, cache.store)
+    except Exception as e:  # noqa: BLE001 - whatever a record provokes, the job runs again
+        _set_aside(cache, keyinfo.key, e)
+        return None
+
+
+def _outcome_of(rec: dict[str, Any], keyinfo: KeyInfo, settings: Settings,
+                store: Any) -> Outcome | None:
+    if rec.get("format") != RECORD_FORMAT or rec.get("key") != keyinfo.key:
+        raise _BadRecord(f"format {rec.get('format')!r}, key {str(rec.get('key'))[:16]!r}")
     status = rec.get("status")
     if status == "finished":
-        try:
-            value = values.decode(rec["result"], cache.store)
-        except (StoreError, OSError, _codec.DecodeError, KeyError, ValueError) as e:
-            warnings.warn(f"cached result {keyinfo.key[:12]} cannot be read ({e}); the job "
-                          "runs again", stacklevel=2)
-            return None
-        out = Outcome(True, value=value)
+        result_hash = rec.get("result_hash")
+        if type(result_hash) is not str or not _HEX64.fullmatch(result_hash):
+            raise _BadRecord(f"result_hash {result_hash!r} is not a sha256 hex digest")
+        if "result" not in rec:
+            raise _BadRecord("no result")
+        out = Outcome(True, value=values.decode(rec["result"], store))
     elif status == "error":
         if not settings.cache_failing or settings.rerun_failing:
             return None
-        err = rec.get("error") or {}
-        out = Outcome(False, error=rebuild_exception(err.get("type", "Exception"),
-                                                    err.get("message", ""), err.get("traceback"),
-                                                    args=err.get("args")),
+        err = rec.get("error")
+        if not isinstance(err, dict) or type(err.get("type")) is not str \
+                or type(err.get("message")) is not str \
+                or not isinstance(err.get("traceback"), (str, type(None))) \
+                or not isinstance(err.get("args"), (list, type(None))):
+            raise _BadRecord(f"malformed error {err!r:.200}")
+        out = Outcome(False, error=rebuild_exception(err["type"], err["message"],
+                                                    err.get("traceback"), args=err.get("args")),
                       traceback_text=err.get("traceback"))
+        result_hash = None
     else:
-        return None
+        raise _BadRecord(f"unknown status {status!r:.100}")
     prov = rec.get("provenance", {})
-    out.console = [tuple(x) for x in rec.get("console", [])]  # type: ignore[misc]
-    out.start_time = prov.get("start_time")
-    out.end_time = prov.get("end_time")
-    out.info["result_hash"] = rec.get("result_hash")
-    out.info["cached_at"] = prov.get("recorded_at")
+    console = rec.get("console", [])
+    if not isinstance(prov, dict) or not isinstance(console, list) or not all(
+            type(x) is list and len(x) == 3 and isinstance(x[0], (int, float))
+            and type(x[1]) is str and type(x[2]) is bool for x in console):
+        raise _BadRecord("malformed provenance or console")
+    times = [prov.get(k) for k in ("start_time", "end_time", "recorded_at")]
+    if not all(t is None or (isinstance(t, (int, float)) and type(t) is not bool) for t in times):
+        raise _BadRecord(f"malformed times {times!r:.200}")
+    out.console = [tuple(x) for x in console]  # type: ignore[misc]
+    out.start_time, out.end_time = times[0], times[1]
+    out.info["result_hash"] = result_hash
+    out.info["cached_at"] = times[2]
     return out
+
+
+def _set_aside(cache: Any, key: str, error: BaseException) -> None:
+    """One warning for an unusable record, which goes to quarantine (unless read-only)."""
+    reason = f"{type(error).__name__}: {error}"
+    if len(reason) > 300:
+        reason = reason[:299] + "…"
+    fate = "left in place (read-only cache)"
+    if not cache.readonly:
+        try:
+            moved = cache.store.quarantine_record(key)
+            fate = f"moved to {moved}" if moved is not None else "already gone"
+        except (OSError, ValueError) as e:
+            fate = f"could not be moved aside ({e})"
+    warnings.warn(f"cached record {key[:12]} cannot be used ({reason}); it was {fate}, and "
+                  "the job runs again", StoreWarning, stacklevel=3)
 
 
 # ------------------------------------------------------------------------ record

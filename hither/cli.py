@@ -7,6 +7,7 @@
     hither explain KEY                     what went into a key; how it differs from the
                                            nearest other record of the same function
     hither key|push|pull|publish|remote    sharing results (see hither.cli_share)
+    hither ui                              lineage pages of the store on 127.0.0.1
 
 Every command takes ``--store PATH`` (default: ``$HITHER_STORE`` or the user cache
 directory). Keys may be abbreviated to a unique prefix of at least 6 hex characters.
@@ -233,6 +234,12 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
     if args.source:
         _print_sources(rec, out)
         return 0
+    if args.html:
+        from .lineage_html import write_lineage_html
+
+        graph = write_lineage_html(key, args.html, store)
+        out.print(Text(f"wrote {args.html}: the lineage of {key[:12]}, {len(graph.nodes)} jobs"))
+        return 0
     prov = rec.get("provenance") or {}
     fn = _fn(rec)
     table = _fields_table()
@@ -299,6 +306,15 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
     """``hither explain KEY``: what went into a key; the nearest record and differences."""
     store = _store(args)
     out.print(Text(explain(args.key, store).to_text()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- ui
+def cmd_ui(args: argparse.Namespace, out: Console) -> int:
+    """``hither ui``: serve the lineage pages of the store on 127.0.0.1 until Ctrl-C."""
+    from .lineage_ui import serve
+
+    serve(_store(args), args.port)
     return 0
 
 
@@ -412,6 +428,8 @@ def _parser() -> argparse.ArgumentParser:
         group.add_argument("--source", action="store_true",
                            help="print the function's normalized source and helpers")
         group.add_argument("--json", action="store_true", help="print the record as JSON")
+        group.add_argument("--html", metavar="FILE", help="write the lineage as a "
+                           "self-contained HTML page (a drawing of the DAG; no network)")
 
     cache = sub.add_parser("cache", help="inspect and maintain the job cache",
                            description="Inspect and maintain the job cache.")
@@ -445,6 +463,12 @@ def _parser() -> argparse.ArgumentParser:
                              "(same as 'cache show')"))
     key_command(sub, "explain", cmd_explain, "what went into a key, and how it differs "
                 "from the nearest other record of the same function")
+    p = sub.add_parser("ui", parents=[common], help="serve lineage pages on 127.0.0.1",
+                       description="Serve the lineage pages of the store, read-only, on "
+                       "127.0.0.1 until Ctrl-C.")
+    p.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any)")
+    p.set_defaults(func=cmd_ui)
+
     from .cli_share import add_commands
 
     add_commands(sub, common)

@@ -34,7 +34,8 @@ its bytecode instead and ``source_available`` is ``False`` (bytecode differs bet
 versions). The walk is cached per function object and code object: a helper or constant
 redefined at run time (in a notebook) is not seen until the function itself is redefined or
 :func:`clear_code_identity_cache` is called. Files are re-checked on every call (one ``stat``
-each; contents are re-read when size, mtime or inode changed).
+each; contents are re-read when size, mtime, ctime or inode changed, and a file changed in the
+two seconds before it was read is read again on its next use).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from hither_store import FileMemo
 
 from ._codefiles import PathArg, add_file, code_files
 
@@ -430,7 +433,11 @@ class _Walker:
 
 # --- files: local modules and additional files -------------------------------------------------
 
-_FILE_DIGESTS: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}
+# memoized by the file's stat signature, ctime included, and only once settled (see
+# hither_store._statmemo): an edit in the same timestamp tick or a restore with ``cp -p``
+# is never hidden behind an old digest
+_PY_DIGESTS = FileMemo(4096)
+_RAW_DIGESTS = FileMemo(4096)
 
 
 def _source_file(fn: Any) -> str | None:
@@ -444,25 +451,29 @@ def _source_file(fn: Any) -> str | None:
     return os.path.abspath(filename) if filename and os.path.isfile(filename) else None
 
 
-def _file_digest(path: str, python: bool) -> str:
-    """sha256 of a file (of its normalized source if ``python``), memoized by its stat."""
-    st = os.stat(path)
-    sig, memo_key = (st.st_size, st.st_mtime_ns, st.st_ino), (path, "py" if python else "raw")
-    hit = _FILE_DIGESTS.get(memo_key)
-    if hit is not None and hit[0] == sig:
-        return hit[1]
+@functools.lru_cache(maxsize=256)
+def _source_digest(data: bytes) -> str:
+    """The digest of a Python file's normalized source (by content: a file read again while
+    it is too fresh to be memoized by its stat is not parsed again)."""
+    try:
+        tree = ast.parse(data)
+    except (SyntaxError, ValueError):
+        return _sha("raw", data)
+    _strip_docstrings(tree)
+    return _sha("source", ast.unparse(tree))
+
+
+def _read_digest(path: str, python: bool) -> str:
     with open(path, "rb") as f:
         data = f.read()
-    digest = _sha("raw", data)
+    return _source_digest(data) if python else _sha("raw", data)
+
+
+def _file_digest(path: str, python: bool) -> str:
+    """sha256 of a file (of its normalized source if ``python``), memoized by its stat."""
     if python:
-        try:
-            tree = ast.parse(data)
-            _strip_docstrings(tree)
-            digest = _sha("source", ast.unparse(tree))
-        except (SyntaxError, ValueError):
-            pass
-    _FILE_DIGESTS[memo_key] = (sig, digest)
-    return digest
+        return _PY_DIGESTS.get(path, functools.partial(_read_digest, python=True))
+    return _RAW_DIGESTS.get(path, functools.partial(_read_digest, python=False))
 
 
 # --- public API and cache ----------------------------------------------------------------------
@@ -536,7 +547,9 @@ def clear_code_identity_cache() -> None:
     with _LOCK:
         _CACHE.clear()
         _parse.cache_clear()
-        _FILE_DIGESTS.clear()
+        _PY_DIGESTS.clear()
+        _RAW_DIGESTS.clear()
+        _source_digest.cache_clear()
 
 
 def source_files(fn: Callable[..., Any], local_modules: Iterable[PathArg] = (),

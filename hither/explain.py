@@ -152,6 +152,8 @@ def describe_manifest(manifest: Any) -> str:
             return f"bytes({len(base64.b64decode(manifest['v']))})"
         if tag == "bytes":
             return f"bytes({manifest.get('size', '?')})"
+        if tag == "str":
+            return f"str ({manifest.get('size', '?')} bytes of UTF-8)"
         if tag == "file":
             return f"File {manifest.get('name')!r}"
         if tag == "npscalar":
@@ -165,9 +167,12 @@ def describe_manifest(manifest: Any) -> str:
 
 def format_time(t: float | None) -> str:
     """A local date and time, ``2026-01-31 14:05:09`` (``-`` when unknown)."""
-    if not isinstance(t, (int, float)):
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):  # a record's absurd time
+        return "-"
 
 
 def format_runtime(runtime: Any) -> str:
@@ -417,6 +422,11 @@ class Explanation:
     def __str__(self) -> str:
         return self.to_text()
 
+    def _repr_html_(self) -> str:
+        from .explain_html import explanation_html
+
+        return explanation_html(self)
+
 
 def explain(target: Any, cache: StoreArg = None) -> Explanation:
     """Explain a key: ``target`` is a :class:`hither.Job` or a key (or unique key prefix).
@@ -484,10 +494,27 @@ class LineageNode:
         for c in self.children:
             yield from c.walk()
 
+    def _repr_html_(self) -> str:
+        from .explain_html import lineage_tree_html
+
+        return lineage_tree_html(self)
+
+
+def upstream_keys(entry: dict[str, Any]) -> list[str]:
+    """The keys of the jobs an input of a record came from: ``job`` (the input is that
+    job's result) or ``jobs`` (jobs nested in a list, tuple or dict)."""
+    up = entry.get("job")
+    if isinstance(up, str):
+        return [up]
+    ups = entry.get("jobs")
+    if isinstance(ups, list):
+        return [k for k in ups if isinstance(k, str)]
+    return []
+
 
 def lineage(key: str, cache: StoreArg = None, *, max_depth: int = 50) -> LineageNode:
     """The lineage tree of record ``key`` (a key or unique prefix): its inputs' records,
-    followed through ``inputs[*].job`` recursively. Cycles and records already shown are
+    followed through ``inputs[*].job`` and ``inputs[*].jobs`` recursively. Cycles and records already shown are
     not expanded again; nothing deeper than ``max_depth`` is read."""
     store = open_store(cache)
     full = resolve_key(store, key)
@@ -523,15 +550,17 @@ def _visit(store: LocalStore, key: str, input_name: str | None, depth: int,
     inputs = rec.get("inputs") or {}
     for name in sorted(inputs):
         entry = inputs[name] if isinstance(inputs[name], dict) else {}
-        up = entry.get("job")
-        if not isinstance(up, str):
+        ups = upstream_keys(entry)
+        if not ups or "job" not in entry:  # a value (perhaps holding job results)
             desc = entry.get("desc")
             if desc is None and "value" in entry:
                 desc = describe_manifest(entry["value"])
             node.values.append((name, _typed(str(desc), _manifest_type(entry.get("value")))))
-        elif depth + 1 > max_depth:
-            node.children.append(LineageNode(key=up, input_name=name, note="depth limit"))
-        else:
-            node.children.append(_visit(store, up, name, depth + 1, (*ancestors, key), seen,
-                                        max_depth))
+        for i, up in enumerate(ups):
+            label = name if "job" in entry else f"{name}[{i}]"
+            if depth + 1 > max_depth:
+                node.children.append(LineageNode(key=up, input_name=label, note="depth limit"))
+            else:
+                node.children.append(_visit(store, up, label, depth + 1, (*ancestors, key),
+                                            seen, max_depth))
     return node

@@ -388,6 +388,12 @@ class Job(Future):
     def __repr__(self) -> str:
         return f"<Job {self._label} {self._job_id} {self.get_status().value}>"
 
+    def _repr_html_(self) -> str:
+        """The job in a notebook: status, key, cache hit, elapsed time, console tail."""
+        from .explain_html import job_html
+
+        return job_html(self)
+
 
 def _runtime_info(label: str, outcome: Outcome, status: JobStatus,
                   cache_hit: bool) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as _config
-from ._codec import File
+from ._codec import MAX_DEPTH, File
 from .errors import JobCancelledException, SerializationError, UpstreamJobError
 from .fdef import FunctionDef
 from .handlers import inline as _inline
@@ -40,8 +40,9 @@ from .handlers.inline import DefaultJobHandler
 from .job import Job, JobStatus
 from .launch import Launch, Outcome
 
-#: arguments nested deeper than this are refused at ``.run()`` (SerializationError)
-MAX_NESTING = 200
+#: arguments nested deeper than this are refused at ``.run()`` (SerializationError): the
+#: limit of what the codec and the key hasher accept
+MAX_NESTING = MAX_DEPTH
 _LEAVES = (str, int, float, bool, type(None), bytes, bytearray, complex)
 
 _live: dict[int, Job] = {}

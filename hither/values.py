@@ -23,9 +23,10 @@ def blob_writer(store: Any) -> Callable[[str, Any], str]:
 
 
 def blob_reader(store: Any) -> Callable[[str, str], Any]:
-    """A codec ``get_blob`` reading verified blobs from ``store`` (arrays memory-mapped)."""
+    """A codec ``get_blob`` reading verified blobs from ``store`` (arrays memory-mapped,
+    long strings decoded from the file)."""
     def get_blob(ref: str, kind: str) -> Any:
-        if kind in ("npy", "file"):
+        if kind in ("npy", "file", "str"):
             return str(store.blob_path(ref))
         return store.get_bytes(ref)
 

@@ -14,6 +14,7 @@ This package depends on nothing in ``hither``.
 """
 
 from ._paths import blob_uri, default_store_path, parse_blob_uri
+from ._statmemo import FileMemo, PersistentStatMemo, StatMemo
 from .closure import Closure, RecordRefs, compute_closure
 from .errors import (
     BlobNotFoundError,
@@ -31,8 +32,10 @@ __all__ = [
     "BlobNotFoundError",
     "Closure",
     "CorruptBlobError",
+    "FileMemo",
     "LocalStore",
     "LookupCache",
+    "PersistentStatMemo",
     "PublicKey",
     "PullReport",
     "PushReport",
@@ -41,6 +44,7 @@ __all__ = [
     "RemoteStoreWarning",
     "SecretKey",
     "Sidecar",
+    "StatMemo",
     "StoreError",
     "StoreStack",
     "StoreWarning",

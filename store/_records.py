@@ -5,7 +5,8 @@ A record file is one JSON object::
     {"format": 1, "key": "<key>", "sha256": "<hex>", "body": {...}}
 
 where ``sha256`` is the digest of the canonical JSON of ``body`` (sorted keys, no spaces,
-UTF-8). A file that is truncated, not JSON, stored under another key's name, or whose
+UTF-8; a body holding strings that UTF-8 cannot encode, such as the lone surrogates of
+``os.fsdecode``, is written with ASCII escapes instead). A file that is truncated, not JSON, stored under another key's name, or whose
 body does not match its checksum is rejected by :func:`decode_record`.
 """
 
@@ -27,9 +28,21 @@ def canonical_json(body: dict[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _canonical_bytes(body: dict[str, Any]) -> bytes:
+    """The bytes of a record body as written: canonical JSON in UTF-8, or, when the body
+    holds lone surrogates, which UTF-8 cannot encode, with every non-ASCII character
+    escaped (still JSON, and it reads back the same strings)."""
+    text = canonical_json(body)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=True).encode("ascii")
+
+
 def body_checksum(body: dict[str, Any]) -> str:
     """The hex sha256 of a record body's canonical JSON: the ``sha256`` field of its file."""
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_bytes(body)).hexdigest()
 
 
 def encode_record(key: str, body: dict[str, Any]) -> bytes:
@@ -42,16 +55,16 @@ def encode_record(key: str, body: dict[str, Any]) -> bytes:
     """
     if not isinstance(body, dict):
         raise TypeError(f"a record must be a dict, got {type(body).__name__}")
-    text = canonical_json(body)
+    data = _canonical_bytes(body)
     # Refuse now what would otherwise be rejected as corrupt on every later read.
-    if canonical_json(json.loads(text)) != text:
+    if _canonical_bytes(json.loads(data)) != data:
         raise ValueError(
             f"record for key {key!r} does not survive a JSON round trip "
             "(duplicate keys after conversion to strings?)"
         )
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     head = f'{{"format":{FORMAT},"key":{json.dumps(key)},"sha256":"{digest}","body":'
-    return (head + text + "}\n").encode("utf-8")
+    return head.encode("utf-8") + data + b"}\n"
 
 
 def decode_record(key: str, raw: bytes) -> dict[str, Any]:
@@ -75,7 +88,7 @@ def decode_record(key: str, raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRecord("missing or non-object body")
     expected = doc.get("sha256")
-    actual = hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    actual = hashlib.sha256(_canonical_bytes(body)).hexdigest()
     if actual != expected:
         raise BadRecord(f"checksum mismatch: file says {expected!r}, body hashes to {actual}")
     return body

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -208,6 +209,7 @@ class LocalStore:
         """
         hexdigest = parse_blob_uri(uri)
         path = self._layout.blob_path(hexdigest)
+        started = time.time_ns()
         try:
             f = open(path, "rb")
         except FileNotFoundError:
@@ -223,7 +225,7 @@ class LocalStore:
         if actual != hexdigest:
             self._corrupt(uri, path, st, actual)
         if complete:
-            VERIFIED.remember(str(path), sig)
+            VERIFIED.remember(str(path), sig, started_ns=started)
         return data
 
     def blob_path(self, uri: str) -> Path:
@@ -239,6 +241,7 @@ class LocalStore:
         """
         hexdigest = parse_blob_uri(uri)
         path = self._layout.blob_path(hexdigest)
+        started = time.time_ns()
         try:
             f = open(path, "rb", buffering=0)
         except FileNotFoundError:
@@ -253,7 +256,7 @@ class LocalStore:
         if actual != hexdigest:
             self._corrupt(uri, path, before, actual)
         if after == sig:
-            VERIFIED.remember(str(path), sig)
+            VERIFIED.remember(str(path), sig, started_ns=started)
         return path
 
     def blob_size(self, uri: str) -> int:
@@ -341,6 +344,17 @@ class LocalStore:
             if moved is not None:
                 return None
         return None
+
+    def quarantine_record(self, key: str) -> Path | None:
+        """Move the record file of ``key`` to quarantine (for a record its reader found
+        unusable, e.g. a result it cannot decode); return where it went, or None if there
+        was none."""
+        path = self.record_path(key)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return quarantine_file(self._layout.quarantine_dir, path, st, "record")
 
     def has_record(self, key: str) -> bool:
         """Whether a record file exists for ``key`` (cheap: its content is not verified)."""

@@ -76,6 +76,14 @@ def missing(component: str, images: tuple[str, ...] = (TEST_IMAGE,)) -> str | No
         return None
     if component == "two-uids":
         return _two_uids_missing()
+    if component == "jupyter-kernel":
+        try:
+            import ipykernel  # noqa: F401
+            import nbclient  # noqa: F401
+            import nbformat  # noqa: F401
+        except ImportError as e:
+            return f"nbclient, nbformat and ipykernel ({e})"
+        return None
     raise ValueError(f"unknown component {component!r}")
 
 

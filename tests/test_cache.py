@@ -490,7 +490,7 @@ def test_a_tampered_result_blob_is_a_miss_never_a_wrong_value(what, where, cache
     st = blob.stat()
     flip_byte(blob, where)
     os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the edit from the mtime
-    with pytest.warns(UserWarning, match="cannot be read"):
+    with pytest.warns(UserWarning, match="cannot be used"):
         second = run(fn, cache=cache)(**kwargs)
     assert not second.cache_hit
     assert calls(log, name) == 2
@@ -498,8 +498,9 @@ def test_a_tampered_result_blob_is_a_miss_never_a_wrong_value(what, where, cache
         strict_equal(second.result(), first.result())
     else:
         assert value(second) == expected
-    # the damaged file was set aside and the store repaired by the re-run
-    assert len(list((cache.path / "quarantine").iterdir())) == 1
+    # the damaged blob and its record were set aside, and the store repaired by the re-run
+    assert sorted(p.name.split("-")[0] for p in (cache.path / "quarantine").iterdir()) == \
+        ["blob", "record"]
     assert all(blob_is_intact(p) for p in blob_files(cache.path))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -516,7 +517,7 @@ def test_a_truncated_result_blob_is_a_miss(cache, log):
     blob = blob_path_of(cache.path, cache.get_record(first.key)["result"]["ref"])
     os.chmod(blob, 0o644)
     os.truncate(blob, 1000)
-    with pytest.warns(UserWarning, match="cannot be read"):
+    with pytest.warns(UserWarning, match="cannot be used"):
         second = run(cf.cf_bytes, cache=cache)(n=60_000)
     assert not second.cache_hit and second.result() == first.result()
     assert calls(log, "cf_bytes") == 2

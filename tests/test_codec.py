@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import io
 import json
@@ -446,6 +447,182 @@ def test_malformed_manifests() -> None:
         decode({"~": "tuple"}, no_blobs)
     with pytest.raises(DecodeError):
         decode({"~": "float", "v": "1.5"}, no_blobs)
+
+
+# ---------------------------------------------------------------------------- depth, hostile manifests
+
+def _nested(depth: int, make: Any = lambda x: [x]) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = make(value)
+    return value
+
+
+@pytest.mark.parametrize("make", [lambda x: [x], lambda x: (x,), lambda x: {"k": x},
+                                  lambda x: {2: x}, lambda x: frozenset([x])],
+                         ids=["list", "tuple", "dict", "dict-nonstr", "frozenset"])
+def test_nesting_limit_is_the_same_for_encode_and_decode(make: Any) -> None:
+    ok = _nested(_codec.MAX_DEPTH, make)
+    manifest = encode(ok, no_blobs, path="kw")
+    back = decode(loads_manifest(dumps_manifest(manifest)), no_blobs)
+    assert back == ok and type(back) is type(ok)
+    too_deep = make(ok)
+    with pytest.raises(EncodeError, match="nested more than 200") as info:
+        encode(too_deep, no_blobs, path="kw")
+    assert info.value.path.startswith("kw")
+    # the same value, written by something else than encode, is refused by decode
+    one_more = _nest_manifest(manifest, loads_manifest(dumps_manifest(encode(make(1),
+                                                                             no_blobs))))
+    with pytest.raises(DecodeError, match="more than 200 deep"):
+        decode(one_more, no_blobs)
+
+
+def _nest_manifest(inner: Any, outer_of_one: Any) -> Any:
+    """``outer_of_one`` (the manifest of a container holding 1) with ``inner`` for the 1."""
+    if outer_of_one == 1:
+        return inner
+    if isinstance(outer_of_one, list):
+        return [_nest_manifest(inner, x) for x in outer_of_one]
+    if isinstance(outer_of_one, dict):
+        return {k: (v if k == "~" else _nest_manifest(inner, v)) for k, v in outer_of_one.items()}
+    return outer_of_one
+
+
+def test_a_400_deep_list_is_refused_and_its_manifest_is_a_decode_error() -> None:
+    deep = _nested(400)
+    with pytest.raises(EncodeError):
+        encode(deep, no_blobs, path="result")
+    with pytest.raises(DecodeError):  # as stored by a hither that accepted it
+        decode(deep, no_blobs)
+    with pytest.raises(DecodeError):  # far beyond the interpreter's recursion limit
+        decode(_nested(100_000), no_blobs)
+
+
+def _blob_store_with(data: bytes) -> tuple[MemoryStore, str]:
+    store = MemoryStore()
+    ref = store.put("bytes", lambda f: f.write(data))
+    return store, ref
+
+
+def _npy_bytes(arr: Any) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+def base64_text(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+HOSTILE = {
+    "unknown tag": {"~": "pickle", "v": "gASV"},
+    "tag not a string": {"~": ["tuple"], "v": []},
+    "tuple without v": {"~": "tuple"},
+    "tuple v not a list": {"~": "tuple", "v": 3},
+    "set of unhashables": {"~": "set", "v": [[1]]},
+    "dict v not pairs": {"~": "dict", "v": [[1, 2, 3]]},
+    "dict with unhashable key": {"~": "dict", "v": [[[1], 2]]},
+    "int not hex": {"~": "int", "v": "xyz"},
+    "int of wrong type": {"~": "int", "v": 12},
+    "float text": {"~": "float", "v": "1.5"},
+    "float nan bits": {"~": "float", "v": "nan:zz"},
+    "complex of one": {"~": "complex", "v": [1.0]},
+    "b64 not base64": {"~": "b64", "v": "***"},
+    "b64 not a string": {"~": "b64", "v": 5},
+    "bytes ref not a string": {"~": "bytes", "ref": 7, "size": 1},
+    "missing blob": {"~": "bytes", "ref": "sha256://" + "0" * 64, "size": 3},
+    "npy inline not npy": {"~": "npy", "b64": base64_text(b"not an npy file"), "dtype": "<f8",
+                           "shape": [1]},
+    "npy inline pickled": {"~": "npy", "b64": base64_text(_npy_bytes(np.array([None]))),
+                           "dtype": "|O", "shape": [1]},
+    "npy inline truncated": {"~": "npy", "b64": base64_text(_npy_bytes(np.arange(9))[:70]),
+                             "dtype": np.arange(9).dtype.str, "shape": [9]},
+    "npy dtype lies": {"~": "npy", "b64": base64_text(_npy_bytes(np.arange(3))),
+                       "dtype": "<f8", "shape": [3]},
+    "npy shape lies": {"~": "npy", "b64": base64_text(_npy_bytes(np.arange(3))),
+                       "dtype": np.arange(3).dtype.str, "shape": [4]},
+    "npscalar object dtype": {"~": "npscalar", "dtype": "|O", "v": base64_text(b"\0" * 8)},
+    "npscalar short buffer": {"~": "npscalar", "dtype": "<f8", "v": base64_text(b"\0")},
+    "npscalar bad dtype": {"~": "npscalar", "dtype": "nonsense", "v": ""},
+    "str blob missing": {"~": "str", "ref": "sha256://" + "1" * 64, "size": 1},
+    "unexpected type": {"a": object()},
+    "file ref missing": {"~": "file"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_manifests_raise_decode_error_only(name: str) -> None:
+    store = MemoryStore()
+    with pytest.raises(DecodeError):
+        decode(HOSTILE[name], store.get)
+
+
+def test_blob_of_the_wrong_kind_or_size() -> None:
+    store, ref = _blob_store_with(b"plain bytes, not a .npy file")
+    with pytest.raises(DecodeError, match="npy"):
+        decode({"~": "npy", "ref": ref, "dtype": "<f8", "shape": [2]}, store.get)
+    with pytest.raises(DecodeError, match="holds 28 bytes"):
+        decode({"~": "bytes", "ref": ref, "size": 29}, store.get)
+    npz = io.BytesIO()
+    np.savez(npz, a=np.arange(3))
+    store2, ref2 = _blob_store_with(npz.getvalue())
+    with pytest.raises(DecodeError):
+        decode({"~": "npy", "ref": ref2, "dtype": "<i8", "shape": [3]}, store2.get)
+    invalid_utf8 = b"\xff\xfe"
+    store3, ref3 = _blob_store_with(invalid_utf8)
+    with pytest.raises(DecodeError):
+        decode({"~": "str", "ref": ref3, "size": 2}, store3.get)
+
+
+def test_get_blob_failure_is_a_decode_error_naming_the_blob() -> None:
+    def broken(ref: str, kind: str) -> Any:
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(DecodeError, match="Input/output error") as info:
+        decode([{"~": "bytes", "ref": "sha256://ab", "size": 1}], broken)
+    assert "sha256://ab" in str(info.value) and isinstance(info.value.__cause__, OSError)
+
+
+# ---------------------------------------------------------------------------- text and size
+
+SURROGATES = os.fsdecode(b"caf\xe9 \xff\xfe")  # lone surrogates, as os.fsdecode makes them
+
+
+def test_strings_that_are_not_utf8_round_trip() -> None:
+    value = {SURROGATES: [SURROGATES, (SURROGATES,)], "k": {SURROGATES}, 1: SURROGATES}
+    manifest = encode(value, no_blobs)
+    for text in (json.dumps(manifest), json.dumps(manifest, ensure_ascii=False)):
+        assert strict_equal(decode(json.loads(text), no_blobs), value)
+    ascii_text = json.dumps(manifest)  # what the worker protocol sends
+    assert ascii_text.isascii()
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "path"])
+def test_long_str_goes_to_a_blob(store_kind: str, tmp_path: Path) -> None:
+    store = MemoryStore() if store_kind == "memory" else PathStore(tmp_path / "blobs")
+    limit = _codec.STR_INLINE_LIMIT
+    assert encode("x" * limit, no_blobs) == "x" * limit
+    long = ("é" * limit) + SURROGATES + "\U0001F600"
+    manifest = encode({"text": long, long: 1, "items": [long]}, store.put)
+    nodes = [m for m in [manifest] + list(_all_nodes(manifest)) if isinstance(m, dict)
+             and m.get("~") == "str"]
+    assert len(nodes) == 3 and len(set(n["ref"] for n in nodes)) == 1
+    assert nodes[0]["size"] == len(long.encode("utf-8", "surrogatepass"))
+    assert len(dumps_manifest(manifest)) < 1000  # the text is not in the manifest
+    assert len(list(walk_refs(manifest))) == 3
+    back = decode(loads_manifest(dumps_manifest(manifest)), store.get)
+    assert back == {"text": long, long: 1, "items": [long]}
+
+
+def _all_nodes(node: Any) -> Any:
+    if isinstance(node, list):
+        for x in node:
+            yield x
+            yield from _all_nodes(x)
+    elif isinstance(node, dict):
+        for x in node.values():
+            yield x
+            yield from _all_nodes(x)
 
 
 # ---------------------------------------------------------------------------- portability

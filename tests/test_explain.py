@@ -307,3 +307,25 @@ def test_describe_manifest_never_loads_blobs():
     assert describe_manifest(3) == "3"
     assert dtype_name("|b1") == "bool" and dtype_name("<i4") == "int32"
     assert dtype_name("<M8[ns]") == "datetime64[ns]" and dtype_name("<U5") == "<U5"
+
+
+def test_lineage_follows_jobs_nested_in_lists(tmp_path):
+    from jobfuncs import jf_add, jf_sum
+
+    from hither.explain import lineage
+
+    cache = hi.JobCache(path=tmp_path / "store")
+    with hi.Config(job_cache=cache):
+        parts = [jf_add.run(x=i) for i in range(3)]
+        total = jf_sum.run(values=parts)
+        assert total.result() == 3
+    tree = lineage(total.key, cache)
+    assert [c.key for c in tree.children] == [p.key for p in parts]
+    assert [c.input_name for c in tree.children] == ["values[0]", "values[1]", "values[2]"]
+    assert all(c.function == "jf_add" for c in tree.children)
+
+
+def test_absurd_times_in_a_record_do_not_break_explain():
+    from hither.explain import format_time
+
+    assert format_time(1e300) == "-" and format_time(True) == "-"

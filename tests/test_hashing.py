@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import numpy as np
 import pytest
+from hither_store import _statmemo
 
 from hither import hashing
 from hither._codec import File
 from hither.errors import SerializationError
 from hither.hashing import (
+    MAX_DEPTH,
     canonical_json,
     clear_file_hash_memo,
     describe_value,
@@ -42,8 +45,19 @@ def private_filehash_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     clear_file_hash_memo()
 
 
+@pytest.fixture
+def settle_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files count as settled as soon as they were changed before the read started.
+
+    Every file a test writes has a fresh inode change time, which no call can date back, so
+    without this a file is memoized only two seconds after it was written. The tests of that
+    window do not use this fixture.
+    """
+    monkeypatch.setattr(_statmemo, "RACY_NS", 0)
+
+
 def write_old(path: Path, data: bytes, age_ns: int = HOUR_NS) -> Path:
-    """Write a file and date it in the past, so it is outside the racy window."""
+    """Write a file and date its modification time in the past."""
     path.write_bytes(data)
     old = time.time_ns() - age_ns
     os.utime(path, ns=(old, old))
@@ -127,7 +141,85 @@ def test_golden_digest_pins_the_scheme() -> None:
     assert hash_value(value) == GOLDEN
 
 
-GOLDEN = "e3fc1f2f1212e321fd565dea48bba2b8fd78ac3c0fa2536f9559beef03ee8129"
+GOLDEN = "5bc08ab9fa328384d62b025476002e98c80afd23c99d5cbb6f207ec8b95f4285"  # scheme v2
+
+
+def _expected(*parts: bytes) -> str:
+    return hashlib.sha256(b"hither-key-v2\0" + b"".join(parts)).hexdigest()
+
+
+def test_large_values_are_keyed_by_blake3() -> None:
+    # keys are shared between labs: every digest in them must be collision-resistant
+    n = struct.Struct("<Q").pack
+    raw = os.urandom(5000)
+    assert hash_value(raw) == _expected(b"B", n(5000), blake3.blake3(raw).digest())
+    assert hash_value(bytearray(raw)) == hash_value(raw)
+    text = "é" + "x" * 5000 + "\udcff"
+    encoded = text.encode("utf-8", "surrogatepass")
+    assert hash_value(text) == _expected(b"U", n(len(encoded)), blake3.blake3(encoded).digest())
+    big = np.random.default_rng(0).random((512, 600))  # 2.4 MB: over the memo threshold
+    want = _expected(b"a", n(3), b"<f8", n(2), n(512), n(600),
+                     blake3.blake3(big.tobytes()).digest())
+    assert hash_value(big) == want
+    assert hash_value(big) == want  # the second time through the in-process memo
+    assert hash_value(np.asfortranarray(big)) == want  # chunked, not contiguous
+    big[0, 0] += 1.0
+    assert hash_value(big) != want
+
+
+def test_buffer_changed_while_hashed_leaves_no_memo_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    arr = np.zeros(1 << 18)  # 2 MiB
+    real = hashing.blake3.blake3
+
+    def changing(data: Any = b"", **kw: Any) -> Any:
+        arr[7] = 5.0  # another thread writes while BLAKE3 reads
+        return real(data, **kw)
+
+    hashing._digests.clear()
+    monkeypatch.setattr(hashing.blake3, "blake3", changing)
+    hash_value(arr)
+    assert len(hashing._digests) == 0
+    monkeypatch.setattr(hashing.blake3, "blake3", real)
+    arr[7] = 0.0
+    assert hash_value(arr) == hash_value(np.zeros(1 << 18))
+
+
+def test_a_forked_child_hashes_large_buffers() -> None:
+    # BLAKE3's thread pool does not survive fork: a child using it would wait forever
+    script = (
+        "import os, sys, time\n"
+        "import numpy as np\n"
+        "from hither.hashing import hash_value\n"
+        "hash_value(np.ones(1 << 22))  # 32 MB: the parent starts the thread pool\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    hash_value(np.full(1 << 22, 2.0))\n"
+        "    os._exit(0)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline:\n"
+        "    done, status = os.waitpid(pid, os.WNOHANG)\n"
+        "    if done:\n"
+        "        sys.exit(os.waitstatus_to_exitcode(status))\n"
+        "    time.sleep(0.05)\n"
+        "os.kill(pid, 9)\n"
+        "sys.exit('the forked child hung')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_buffer_memo_is_bounded_and_keyed_by_content() -> None:
+    a = np.zeros(1 << 18)  # 2 MiB
+    first = hash_value(a)
+    a[12345] = 1.0  # same object, same size, new content: never the memoized digest
+    assert hash_value(a) != first
+    a[12345] = 0.0
+    assert hash_value(a) == first
+    for i in range(hashing._MEMO_MAX + 10):
+        hashing._buffer_digest(np.full(1 << 17, float(i)))
+    assert len(hashing._digests) == hashing._MEMO_MAX
 
 
 # ---------------------------------------------------------------------------- equalities
@@ -208,13 +300,13 @@ def test_structured_and_datetime_arrays_hash_like_their_copy() -> None:
 def test_contiguous_array_is_hashed_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     arr = np.arange(1 << 16, dtype=np.float64).reshape(256, 256)
     seen: list[Any] = []
-    real = hashing.xxhash.xxh3_128
+    real = hashing.blake3.blake3
 
-    def spy(data: Any = b"") -> Any:
+    def spy(data: Any = b"", **kw: Any) -> Any:
         seen.append(data)
-        return real(data)
+        return real(data, **kw)
 
-    monkeypatch.setattr(hashing.xxhash, "xxh3_128", spy)
+    monkeypatch.setattr(hashing.blake3, "blake3", spy)
     hash_value(arr)
     assert len(seen) == 1
     assert np.shares_memory(np.asarray(seen[0]), arr)
@@ -274,6 +366,25 @@ def test_cycles_raise() -> None:
     hash_value([shared, shared])  # shared, not cyclic
 
 
+def _nested(depth: int, leaf: Any = 1, make: Any = lambda x: [x]) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = make(value)
+    return value
+
+
+@pytest.mark.parametrize("make", [lambda x: [x], lambda x: (x,), lambda x: {"k": x},
+                                  lambda x: {1: x}, lambda x: frozenset([x])],
+                         ids=["list", "tuple", "dict", "dict-nonstr", "frozenset"])
+def test_nesting_limit(make: Any) -> None:
+    assert MAX_DEPTH == 200
+    hash_value(_nested(MAX_DEPTH, make=make))
+    for deep in (_nested(MAX_DEPTH + 1, make=make), _nested(5000, make=make)):
+        with pytest.raises(SerializationError, match="nested more than 200") as info:
+            hash_value(deep, path="kw['x']")
+        assert info.value.path.startswith("kw['x']")
+
+
 def test_missing_file_raises_serialization_error(tmp_path: Path) -> None:
     with pytest.raises(SerializationError) as info:
         hash_value({"f": File(tmp_path / "missing")}, path="kw")
@@ -312,6 +423,7 @@ def test_hash_file_matches_sha256(tmp_path: Path) -> None:
     assert hash_file(empty) == hashlib.sha256(b"").hexdigest()
 
 
+@pytest.mark.usefixtures("settle_at_once")
 def test_hash_file_memo_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = ReadCounter(monkeypatch)
     path = write_old(tmp_path / "f.bin", b"hello")
@@ -321,6 +433,7 @@ def test_hash_file_memo_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert reads.count == 1
 
 
+@pytest.mark.usefixtures("settle_at_once")
 def test_hash_file_symlink_shares_memo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = ReadCounter(monkeypatch)
     path = write_old(tmp_path / "f.bin", b"hello")
@@ -340,6 +453,7 @@ def test_content_change_changes_hash(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert reads.count == 2
 
 
+@pytest.mark.usefixtures("settle_at_once")
 def test_touch_rereads_but_same_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = ReadCounter(monkeypatch)
     path = write_old(tmp_path / "f.bin", b"stable", age_ns=2 * HOUR_NS)
@@ -364,6 +478,7 @@ def test_recently_modified_file_is_not_memoized(tmp_path: Path,
     assert reads.count == 2
 
 
+@pytest.mark.usefixtures("settle_at_once")
 def test_persistent_memo_survives_in_process_clear(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    private_filehash_db: Path) -> None:
@@ -379,6 +494,7 @@ def test_persistent_memo_survives_in_process_clear(tmp_path: Path,
     assert reads.count == 1
 
 
+@pytest.mark.usefixtures("settle_at_once")
 def test_persistent_memo_is_used_by_a_new_process(tmp_path: Path,
                                                   private_filehash_db: Path) -> None:
     path = write_old(tmp_path / "f.bin", b"x" * 1000)
@@ -400,6 +516,7 @@ def test_persistent_memo_is_used_by_a_new_process(tmp_path: Path,
 
 def test_concurrent_processes_share_the_db(tmp_path: Path, private_filehash_db: Path) -> None:
     files = [write_old(tmp_path / f"f{i}.bin", f"file {i}".encode()) for i in range(20)]
+    time.sleep(_statmemo.RACY_NS / 1e9 + 0.2)  # the child processes memoize settled files only
     script = (
         "import sys; from hither.hashing import hash_file\n"
         "print(','.join(hash_file(p) for p in sys.argv[1:]))\n"
@@ -414,7 +531,7 @@ def test_concurrent_processes_share_the_db(tmp_path: Path, private_filehash_db: 
         assert proc.returncode == 0, err
         assert out.strip() == expected
     with sqlite3.connect(private_filehash_db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM filehash").fetchone()[0] == 20
+        assert conn.execute("SELECT COUNT(*) FROM statmemo_v2").fetchone()[0] == 20
 
 
 def test_threads_hash_concurrently(tmp_path: Path) -> None:
@@ -433,6 +550,7 @@ def test_threads_hash_concurrently(tmp_path: Path) -> None:
     assert all(results[n] == expected for n in range(4))
 
 
+@pytest.mark.usefixtures("settle_at_once")
 @pytest.mark.parametrize("bad", ["dir", "under_file", "empty"])
 def test_unusable_db_falls_back_to_in_process(bad: str, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
@@ -460,6 +578,16 @@ def test_corrupt_db_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     clear_file_hash_memo()
     path = write_old(tmp_path / "f.bin", b"data")
     assert hash_file(path) == hashlib.sha256(b"data").hexdigest()
+
+
+@pytest.mark.usefixtures("settle_at_once")
+def test_hash_file_of_a_name_that_is_not_utf8(tmp_path: Path) -> None:
+    path = write_old(tmp_path / os.fsdecode(b"caf\xe9-\xff.bin"), b"bytes")
+    want = hashlib.sha256(b"bytes").hexdigest()
+    assert hash_file(path) == want
+    clear_file_hash_memo()  # the next one comes from the persistent memo
+    assert hash_file(path) == want
+    assert hash_value(File(path)) == hash_value(File(write_old(tmp_path / "b", b"bytes")))
 
 
 def test_hash_file_errors(tmp_path: Path) -> None:

@@ -221,7 +221,7 @@ class StdioWorker:
         if isinstance(manifest, list):
             return [self._ingest(x) for x in manifest]
         if isinstance(manifest, dict):
-            if manifest.get(_codec.TAG) in ("npy", "bytes", "file") and \
+            if manifest.get(_codec.TAG) in _codec.BLOB_KINDS and \
                     str(manifest.get("ref", "")).startswith("out:"):
                 node = dict(manifest)
                 node["ref"] = self.store.put_file(self.out_dir / manifest["ref"][4:], move=True)

@@ -5,8 +5,9 @@ The image is a ``.sif`` file, a sandbox directory, or a URI apptainer can build 
 into a SIF in hither's cache (``$HITHER_SIF_DIR``, default ``<user cache>/hither/sif``) on
 first use and reused afterwards; delete that file to rebuild (e.g. after the tag moved).
 
-Identity: a SIF's digest is the sha256 of the file, memoized (in this process and in a
-small JSON file next to the built SIFs) by path, size, mtime and inode. A sandbox
+Identity: a SIF's digest is the sha256 of the file, memoized like every file hash
+(:func:`hither.hashing.hash_file`: in this process and in a small sqlite file shared by
+processes, by real path, device, inode, size, mtime and ctime). A sandbox
 directory is hashed by its *file list* (relative paths, sizes, modification times and
 symlink targets), not by content: an approximation that changes whenever a file is
 rewritten, and that a same-size edit preserving the mtime would escape. Both are resolved
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RuntimeUnavailableError
+from ..hashing import hash_file
 from ..utils import FileLock
 from .base import Runtime, WorkerSpec, kill_process_group
 
@@ -48,7 +50,7 @@ def clear_identity_cache() -> None:
 
 
 def sif_dir() -> Path:
-    """Where SIFs built from URIs and the SIF digest memo live."""
+    """Where SIFs built from URIs live."""
     env = os.environ.get("HITHER_SIF_DIR")
     if env:
         return Path(env)
@@ -247,30 +249,5 @@ def _tree_digest(root: str) -> str:
 
 
 def _sif_digest(path: str) -> str:
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-    memo_path = sif_dir() / "digests.json"
-    memo: dict[str, Any] = {}
-    try:
-        memo = json.loads(memo_path.read_text())
-        entry = memo.get(real)
-        if entry and entry.get("stamp") == stamp:
-            return str(entry["sha256"])
-    except (OSError, ValueError):
-        pass
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    memo[real] = {"stamp": stamp, "sha256": digest}
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=memo_path.parent, suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(memo, f)
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass  # the memo only saves time
-    return digest
+    """sha256 of a SIF file, memoized like every file hash (:func:`hither.hashing.hash_file`)."""
+    return hash_file(path)

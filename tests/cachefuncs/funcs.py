@@ -34,6 +34,24 @@ def cf_echo(x):
     return x
 
 
+@hi.function("cf_nested", "1")
+def cf_nested(depth):
+    """A list nested ``depth`` deep around 1."""
+    log_call("cf_nested")
+    value = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@hi.function("cf_text", "1")
+def cf_text(unit, n, kind="str"):
+    """``unit * n`` as a str, or its UTF-8 (surrogates kept) as bytes."""
+    log_call("cf_text")
+    text = unit * n
+    return text if kind == "str" else text.encode("utf-8", "surrogatepass")
+
+
 @hi.function("cf_square", "1")
 def cf_square(x):
     log_call("cf_square")

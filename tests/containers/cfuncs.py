@@ -223,3 +223,25 @@ def c_read_stdin():
 def c_return_object():
     """A value the codec cannot carry."""
     return {"ok": 1, "bad": [object()]}
+
+
+@hi.function("c_text", "1")
+def c_text(unit, n, kind="str"):
+    """``unit * n`` as a str, or its UTF-8 (lone surrogates kept) as bytes."""
+    text = unit * n
+    return text if kind == "str" else text.encode("utf-8", "surrogatepass")
+
+
+@hi.function("c_nested", "1")
+def c_nested(depth):
+    """A list nested ``depth`` deep around 1."""
+    value = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@hi.function("c_len", "1")
+def c_len(x):
+    """``len(x)`` and the type name, as the job sees its argument."""
+    return [len(x), type(x).__name__]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hither.errors import RuntimeUnavailableError
+from hither.hashing import clear_file_hash_memo
 from hither.runtimes import ApptainerRuntime, clear_identity_cache
 from hither.runtimes import apptainer as app_mod
 
@@ -94,9 +96,7 @@ def test_sif_identity_is_file_sha256(sif):
     h = hashlib.sha256(Path(sif.image).read_bytes()).hexdigest()
     assert sif.identity() == {"kind": "apptainer", "image": sif.image,
                               "digest": f"sha256:{h}"}
-    # memo on disk: a new process (simulated by clearing) reuses it without rehashing
     clear_identity_cache()
-    assert (Path(os.environ["HITHER_SIF_DIR"]) / "digests.json").is_file()
     assert sif.identity()["digest"] == f"sha256:{h}"
 
 
@@ -108,6 +108,23 @@ def test_sif_digest_memo_follows_the_file(tmp_path, monkeypatch):
     f.write_bytes(b"two")
     os.utime(f, ns=(1, 1))  # a new mtime (and content): the memo entry is stale
     assert app_mod._sif_digest(str(f)) == hashlib.sha256(b"two").hexdigest()
+
+
+def test_sif_digest_sees_a_restore_keeping_size_and_mtime(tmp_path, monkeypatch):
+    # the SIF digest is memoized like every file hash: by a signature that includes the
+    # ctime, so a same-size image restored with cp -p (mtime kept) is hashed again
+    monkeypatch.setenv("HITHER_FILEHASH_DB", str(tmp_path / "filehash.sqlite"))
+    monkeypatch.setattr("hither_store._statmemo.RACY_NS", 0)
+    clear_file_hash_memo()
+    f, backup = tmp_path / "x.sif", tmp_path / "backup.sif"
+    f.write_bytes(b"image one")
+    backup.write_bytes(b"image two")
+    for p in (f, backup):
+        os.utime(p, ns=(10**18, 10**18))
+    assert app_mod._sif_digest(str(f)) == hashlib.sha256(b"image one").hexdigest()
+    subprocess.run(["cp", "-p", str(backup), str(f)], check=True)
+    assert app_mod._sif_digest(str(f)) == hashlib.sha256(b"image two").hexdigest()
+    clear_file_hash_memo()
 
 
 def test_sandbox_identity_follows_its_file_list(tmp_path):

@@ -1,0 +1,253 @@
+"""Memos of what was computed from a file's content, trusted while the file's stat is unchanged.
+
+Hashing a multi-gigabyte file (a blob, a ``hi.File`` input, a SIF image) or re-parsing a
+source file on every use is wasteful, so the result is remembered together with the file's
+*signature*: device, inode, size, modification time and inode change time. While the file
+on disk keeps that signature the remembered value is used without reading the file.
+
+Two rules make that safe:
+
+* The signature includes the inode change time (ctime), which no user-level call can set:
+  an edit in place followed by restoring the modification time (``cp -p``, ``rsync -t``,
+  ``os.utime``) still changes it.
+* A value is remembered only when the file had not changed for :data:`RACY_NS` before its
+  read started. Timestamps have a granularity (a kernel tick, two seconds on FAT, more on
+  some network filesystems), so a second edit within the tick of the first leaves the
+  signature as it was; a file that was already settled when it was read cannot have been
+  edited in the same tick as the read. A fresh file is read again on its next use.
+
+This module is used by ``hither_store`` for verified blobs and by ``hither`` for file hashes,
+code identities and image digests: one implementation of the rules above.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["RACY_NS", "FileMemo", "PersistentStatMemo", "Signature", "StatMemo", "settled",
+           "signature"]
+
+RACY_NS = 2_000_000_000
+"""A file changed less than this many nanoseconds before a read is not memoized."""
+
+Signature = tuple[int, int, int, int, int]
+"""``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)``."""
+
+V = TypeVar("V")
+
+
+def signature(st: os.stat_result) -> Signature:
+    """What identifies one unchanged version of a file: device, inode, size, mtime, ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def settled(sig: Signature, started_ns: int) -> bool:
+    """Whether a file with signature ``sig`` had last changed more than :data:`RACY_NS`
+    before ``started_ns`` (a ``time.time_ns()`` taken before the read began)."""
+    return started_ns - max(sig[3], sig[4]) > RACY_NS
+
+
+class StatMemo(Generic[V]):
+    """Thread-safe, bounded (least recently used first out) map ``key -> (signature, value)``."""
+
+    def __init__(self, max_entries: int = 8192) -> None:
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, tuple[Signature, V]] = OrderedDict()
+
+    def get(self, key: Hashable, sig: Signature) -> V | None:
+        """The value remembered for ``key`` while its file had exactly signature ``sig``."""
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] != sig:
+                return None
+            self._entries.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: Hashable, sig: Signature, value: V, *,
+            started_ns: int | None) -> bool:
+        """Remember ``value`` for ``key`` at signature ``sig``; return whether it was kept.
+
+        ``started_ns`` is when the read that produced ``value`` began: a file changed shortly
+        before is not remembered (see the module docstring). ``None`` only for content this
+        process has just written itself and knows.
+        """
+        if started_ns is not None and not settled(sig, started_ns):
+            with self._lock:
+                self._entries.pop(key, None)
+            return False
+        with self._lock:
+            self._entries[key] = (sig, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return True
+
+    def forget(self, key: Hashable) -> None:
+        """Drop what is known about ``key``."""
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def forget_under(self, prefix: str) -> None:
+        """Drop every entry whose key is a string starting with ``prefix``."""
+        with self._lock:
+            for k in [k for k in self._entries if isinstance(k, str) and k.startswith(prefix)]:
+                del self._entries[k]
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class PersistentStatMemo:
+    """A :class:`StatMemo` of strings shared by processes: one small sqlite table.
+
+    ``locate()`` gives the database path (``None`` or ``""``: no persistent memo); it is
+    called when the database is first needed and again after :meth:`reset`. Any sqlite or
+    file system trouble silently disables the memo for this process: it only saves time.
+    Paths are stored as bytes (``os.fsencode``), so names that are not valid UTF-8 work.
+    """
+
+    _TABLE = "statmemo_v2"
+
+    def __init__(self, locate: Callable[[], str | None]) -> None:
+        self._locate = locate
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._disabled = False
+        self._orphans: list[sqlite3.Connection] = []
+
+    def reset(self, *, wipe: bool = False) -> None:
+        """Close the database (it is located again on next use); ``wipe`` deletes its rows."""
+        with self._lock:
+            conn = self._connect() if wipe else None
+            if conn is not None:
+                try:
+                    conn.execute(f"DELETE FROM {self._TABLE}")
+                except sqlite3.Error:
+                    pass
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+            self._disabled = False
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._disabled:
+            return None
+        if self._conn is not None:
+            if self._pid == os.getpid():
+                return self._conn
+            # inherited through fork: never use (or close) the parent's connection
+            self._orphans.append(self._conn)
+            self._conn = None
+        db = self._locate()
+        if not db:
+            self._disabled = True
+            return None
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
+            conn = sqlite3.connect(db, timeout=2.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=2000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._TABLE} (path BLOB NOT NULL, "
+                         "kind TEXT NOT NULL, sig TEXT NOT NULL, value TEXT NOT NULL, "
+                         "PRIMARY KEY (path, kind))")
+        except (sqlite3.Error, OSError):
+            self._disabled = True
+            return None
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def get(self, path: str, kind: str, sig: Signature) -> str | None:
+        """The value stored for ``(path, kind)`` at signature ``sig``."""
+        with self._lock:
+            try:
+                conn = self._connect()
+                if conn is None:
+                    return None
+                row = conn.execute(f"SELECT sig, value FROM {self._TABLE} WHERE path = ? AND "
+                                   "kind = ?", (os.fsencode(path), kind)).fetchone()
+            except (sqlite3.Error, ValueError):
+                self._disabled = True
+                return None
+        if row is None or row[0] != _sig_text(sig):
+            return None
+        return str(row[1])
+
+    def put(self, path: str, kind: str, sig: Signature, value: str) -> None:
+        """Store ``value`` for ``(path, kind)`` at signature ``sig``."""
+        with self._lock:
+            try:
+                conn = self._connect()
+                if conn is not None:
+                    conn.execute(f"INSERT OR REPLACE INTO {self._TABLE} (path, kind, sig, value) "
+                                 "VALUES (?, ?, ?, ?)",
+                                 (os.fsencode(path), kind, _sig_text(sig), value))
+            except (sqlite3.Error, ValueError):
+                self._disabled = True
+
+
+def _sig_text(sig: Signature) -> str:
+    # text, not integers: inode numbers may not fit a signed 64-bit sqlite INTEGER
+    return ":".join(str(n) for n in sig)
+
+
+class FileMemo:
+    """Values computed from files (digests), memoized by path and signature.
+
+    In this process always, and across processes too when a :class:`PersistentStatMemo`
+    is given. ``kind`` tells apart different values computed from the same file.
+    """
+
+    def __init__(self, max_entries: int = 8192, persistent: PersistentStatMemo | None = None,
+                 kind: str = "sha256") -> None:
+        self.memo: StatMemo[str] = StatMemo(max_entries)
+        self.persistent = persistent
+        self.kind = kind
+
+    def get(self, path: str, compute: Callable[[str], str],
+            st: os.stat_result | None = None) -> str:
+        """``compute(path)``, or the value remembered for the file as it is now.
+
+        ``st`` is the file's ``os.stat`` when the caller has it already. The value is
+        remembered only when the file kept its signature through the computation and had
+        settled before it (see the module docstring). ``OSError`` from ``stat`` or
+        ``compute`` propagates.
+        """
+        sig = signature(os.stat(path) if st is None else st)
+        hit = self.memo.get(path, sig)
+        if hit is not None:
+            return hit
+        if self.persistent is not None:
+            hit = self.persistent.get(path, self.kind, sig)
+            if hit is not None:
+                self.memo.put(path, sig, hit, started_ns=None)  # it was settled when stored
+                return hit
+        started = time.time_ns()
+        value = compute(path)
+        if signature(os.stat(path)) == sig and self.memo.put(path, sig, value,
+                                                             started_ns=started):
+            if self.persistent is not None:
+                self.persistent.put(path, self.kind, sig, value)
+        return value
+
+    def clear(self, *, persistent: bool = False) -> None:
+        """Forget this process's entries; the persistent database is closed (and, with
+        ``persistent=True``, emptied)."""
+        self.memo.clear()
+        if self.persistent is not None:
+            self.persistent.reset(wipe=persistent)

@@ -1,0 +1,242 @@
+"""cacheflow.lookup and record: a stored record is untrusted input, values of any text and size.
+
+A record that cannot be used for any reason is a miss with one warning and is quarantined,
+never an exception out of ``.run()`` and never a wrong value. Strings that are not valid
+UTF-8 are cached; long strings and bytes are blobs, not text inside a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hither_store import StoreWarning
+
+import hither as hi
+from hither import hashing
+from hither.hashing import MAX_DEPTH
+from tests.cachefuncs import CALL_LOG_ENV, blob_path_of, read_calls
+from tests.cachefuncs import funcs as cf
+
+pytestmark = pytest.mark.timeout(180)
+
+SURROGATES = os.fsdecode(b"caf\xe9-\xff\xfe")  # what os.fsdecode makes of non-UTF-8 names
+
+
+@pytest.fixture
+def log(tmp_path, monkeypatch):
+    path = tmp_path / "calls.log"
+    monkeypatch.setenv(CALL_LOG_ENV, str(path))
+    monkeypatch.setenv("HITHER_FILEHASH_DB", str(tmp_path / "filehash.sqlite"))
+    hashing.clear_file_hash_memo()
+    yield path
+    hashing.clear_file_hash_memo()
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return hi.JobCache(path=tmp_path / "store")
+
+
+@pytest.fixture(params=["inline", "parallel"])
+def handler(request, log):  # after the env is set: spawn workers inherit it
+    h = hi.DefaultJobHandler() if request.param == "inline" else \
+        hi.ParallelJobHandler(2, start_method="spawn")
+    yield h
+    h.shutdown(wait=False, cancel=True)
+
+
+def run(fn, handler, cache, **kwargs):
+    with hi.Config(job_handler=handler, job_cache=cache, cache_failing=True):
+        job = fn.run(**kwargs)
+    job.exception(timeout=120)
+    return job
+
+
+def quarantined(cache) -> list[str]:
+    return sorted(p.name.split("-")[0] for p in (cache.path / "quarantine").iterdir())
+
+
+def forge(cache, key: str, change: Callable[[dict[str, Any], Any], None]) -> None:
+    """Rewrite the record of ``key`` (with a valid checksum: as another writer could)."""
+    rec = cache.get_record(key)
+    change(rec, cache)
+    os.chmod(cache.store.record_path(key), 0o644)
+    cache.store.put_record(key, rec)
+
+
+def _nest(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _set(field: str, value: Any) -> Callable[[dict[str, Any], Any], None]:
+    def change(rec: dict[str, Any], cache: Any) -> None:
+        rec[field] = value
+    return change
+
+
+def _blob_gone(rec: dict[str, Any], cache: Any) -> None:
+    path = blob_path_of(cache.path, rec["result"]["ref"])
+    os.chmod(path, 0o644)
+    path.unlink()
+
+
+def _wrong_kind(rec: dict[str, Any], cache: Any) -> None:
+    # an 'npy' node pointing at a blob that is a plain bytes blob
+    ref = cache.store.put_bytes(b"these are not the bytes of a .npy file" * 200)
+    rec["result"] = {"~": "npy", "ref": ref, "dtype": "<f8", "shape": [2]}
+
+
+def _drop(field: str) -> Callable[[dict[str, Any], Any], None]:
+    def change(rec: dict[str, Any], cache: Any) -> None:
+        del rec[field]
+    return change
+
+
+HOSTILE = {
+    "400-deep result": _set("result", _nest(400)),
+    "100000-deep result": _set("result", "deep"),  # replaced below: JSON past any recursion
+    "unknown tag": _set("result", {"~": "pickle", "v": "gASVAAAA"}),
+    "result of the wrong type": _set("result", {"~": "tuple", "v": 7}),
+    "missing blob": _blob_gone,
+    "blob of the wrong kind": _wrong_kind,
+    "result_hash not a digest": _set("result_hash", 12),
+    "console not lines": _set("console", [["t", 1]]),
+    "provenance a string": _set("provenance", "nope"),
+    "times of the wrong type": _set("provenance", {"start_time": "yesterday"}),
+    "unknown status": _set("status", "done"),
+    "no result": _drop("result"),
+    "another key": _set("key", "f" * 64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_an_unusable_record_is_a_miss_with_one_warning_and_is_quarantined(
+        name, handler, cache, log):
+    fn, kwargs = (cf.cf_bytes, {"n": 50_000}) if name in ("missing blob",) \
+        else (cf.cf_echo, {"x": [1, "two"]})
+    first = run(fn, handler, cache, **kwargs)
+    expected = first.result()
+    if name == "100000-deep result":
+        # written as raw JSON: json.dumps itself could not nest this deep
+        text = "[" * 100_000 + "1" + "]" * 100_000
+        rec = cache.get_record(first.key)
+        rec["result"] = "PLACEHOLDER"
+        body = json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        body = body.replace('"PLACEHOLDER"', text)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        path = cache.store.record_path(first.key)
+        os.chmod(path, 0o644)
+        path.write_text(f'{{"format":1,"key":"{first.key}","sha256":"{digest}","body":{body}}}\n')
+    else:
+        forge(cache, first.key, HOSTILE[name])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = run(fn, handler, cache, **kwargs)
+    assert second.exception() is None and not second.cache_hit
+    assert second.result() == expected
+    mine = [w for w in caught if issubclass(w.category, UserWarning)]
+    assert len(mine) == 1, [str(w.message) for w in mine]
+    assert issubclass(mine[0].category, StoreWarning)
+    assert first.key[:12] in str(mine[0].message)
+    assert "record" in quarantined(cache)
+    assert read_calls(log)[fn.__name__] == 2
+    third = run(fn, handler, cache, **kwargs)  # the re-run stored a good record again
+    assert third.cache_hit and third.result() == expected
+
+
+def test_a_malformed_stored_failure_is_a_miss(cache, log):
+    h = hi.DefaultJobHandler()
+    first = run(cf.cf_fail, h, cache, kind="ValueError", message="bad")
+    assert isinstance(first.exception(), ValueError)
+    forge(cache, first.key, _set("error", {"type": ["x"], "message": 3}))
+    with pytest.warns(StoreWarning, match="cannot be used"):
+        second = run(cf.cf_fail, h, cache, kind="ValueError", message="bad")
+    assert isinstance(second.exception(), ValueError) and not second.cache_hit
+    assert read_calls(log)["cf_fail"] == 2
+
+
+def test_a_readonly_cache_leaves_an_unusable_record_in_place(tmp_path, log):
+    h = hi.DefaultJobHandler()
+    cache = hi.JobCache(path=tmp_path / "store")
+    first = run(cf.cf_echo, h, cache, x=5)
+    forge(cache, first.key, _set("result", {"~": "nope"}))
+    ro = hi.JobCache(path=tmp_path / "store", readonly=True)
+    with pytest.warns(StoreWarning, match="left in place"):
+        second = run(cf.cf_echo, h, ro, x=5)
+    assert second.result() == 5 and not second.cache_hit
+    assert not (tmp_path / "store" / "quarantine").exists() or \
+        not any((tmp_path / "store" / "quarantine").iterdir())
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("with_cache", [True, False])
+def test_cycles_and_deep_nesting_raise_at_run_naming_the_path(handler, tmp_path, with_cache):
+    cache = hi.JobCache(path=tmp_path / "store") if with_cache else None
+    loop: list[Any] = [1, {"k": []}]
+    loop[1]["k"].append(loop)
+    cases = [({"x": loop}, "kw['x'][1]['k'][0]", "reference cycle"),
+             ({"x": {"deep": _nest(MAX_DEPTH)}}, "kw['x']['deep']", "nested more than 200"),
+             ({"x": (1, _nest(5000))}, "kw['x'][1]", "nested more than 200")]
+    for kwargs, path, what in cases:
+        with hi.Config(job_handler=handler, job_cache=cache):
+            with pytest.raises(hi.SerializationError, match=what) as info:
+                cf.cf_echo.run(**kwargs)
+        assert info.value.path.startswith(path)
+    with hi.Config(job_handler=handler, job_cache=cache):  # the limit itself is fine
+        assert cf.cf_echo.run(x=_nest(MAX_DEPTH)).result(timeout=120) == _nest(MAX_DEPTH)
+
+
+def test_a_too_deep_result_is_not_stored_and_later_runs_work(handler, cache, log):
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="nested more than 200"):
+            job = run(cf.cf_nested, handler, cache, depth=400)
+        assert job.result() == _nest(400) and not job.cache_hit
+    assert read_calls(log)["cf_nested"] == 2
+
+
+# ----------------------------------------------------------------------------- text and size
+
+def test_strings_that_are_not_utf8_round_trip_and_are_cached(handler, cache, log, tmp_path):
+    name = tmp_path / SURROGATES
+    name.write_bytes(b"file content")
+    value = {SURROGATES: [SURROGATES, (SURROGATES, 1)], "k": SURROGATES * 3}
+    first = run(cf.cf_echo, handler, cache, x=value)
+    assert first.result() == value
+    second = run(cf.cf_echo, handler, cache, x=value)
+    assert second.cache_hit and second.result() == value
+    f1 = run(cf.cf_read_file, handler, cache, f=hi.File(name))
+    f2 = run(cf.cf_read_file, handler, cache, f=hi.File(name))
+    assert f1.result() == b"file content" and f2.cache_hit
+    assert read_calls(log)["cf_echo"] == 1 and read_calls(log)["cf_read_file"] == 1
+    record = cache.store.record_path(first.key).read_bytes()
+    record.decode("utf-8")  # still a UTF-8 JSON file
+
+
+@pytest.mark.parametrize("kind", ["str", "bytes"])
+def test_long_str_and_bytes_are_blobs_not_record_text(handler, cache, log, kind):
+    unit = "αβγ" + SURROGATES
+    n = 300_000  # 3 MB of text
+    first = run(cf.cf_text, handler, cache, unit=unit, n=n, kind=kind)
+    expected = unit * n if kind == "str" else (unit * n).encode("utf-8", "surrogatepass")
+    assert first.result() == expected
+    second = run(cf.cf_text, handler, cache, unit=unit, n=n, kind=kind)
+    assert second.cache_hit and second.result() == expected
+    assert read_calls(log)["cf_text"] == 1
+    record = cache.store.record_path(first.key)
+    assert record.stat().st_size < 20_000
+    blob = blob_path_of(cache.path, cache.get_record(first.key)["result"]["ref"])
+    size = len(expected if kind == "bytes" else expected.encode("utf-8", "surrogatepass"))
+    assert blob.stat().st_size == size
+    total = sum(p.stat().st_size for p in Path(cache.path).rglob("*") if p.is_file())
+    assert total <= 1.2 * size

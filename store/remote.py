@@ -227,9 +227,7 @@ class FsspecBackend:
         bucket = self.root.split("/", 1)[0]
         if not self.fs.exists(bucket):
             raise FileNotFoundError(f"no bucket {bucket!r} at {self.url}")
-        marker = self.exists("records") or bool(self.fs.ls(self._path("records"),
-                                                            detail=False)[:1])
-        return "reachable" + ("" if marker else " (no records yet)")
+        return "reachable" + ("" if self.exists("records") else " (no records yet)")
 
 
 # ---------------------------------------------------------------------------- http

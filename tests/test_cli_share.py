@@ -131,6 +131,7 @@ def test_remote_ls(tmp_path: Path, bucket: str, key: tuple[Path, str],
     monkeypatch.setenv("HITHER_REMOTES", f"s3://{bucket}/x http://127.0.0.1:{port}/store")
     monkeypatch.setenv("HITHER_TRUSTED_KEYS", key[1])
     assert main(["remote", "ls"]) == 1  # one of them does not answer
-    out = capsys.readouterr().out
-    assert f"s3://{bucket}/x" in out and "reachable" in out and "lab-a" in out
-    assert "unreachable" in out
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    s3_row, http_row = rows[f"s3://{bucket}/x"], rows[f"http://127.0.0.1:{port}/store"]
+    assert "lab-a" in s3_row and "reachable (no records yet)" in s3_row
+    assert "unreachable" not in s3_row and "unreachable" in http_row

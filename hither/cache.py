@@ -76,6 +76,10 @@ class JobCache:
         signer = signing_key_from_env()
         if remote_list or signer is not None:
             self._stack = make_stack(store, remote_list, signer)
+            if remote_list and getattr(store, "readonly", False):
+                warnings.warn(f"the store at {store.root} is read-only: results found on "
+                              "remote stores could not be copied into it, so remotes are "
+                              "not read", RemoteStoreWarning, stacklevel=2)
             for r in remote_list:
                 if r.require_signature and not self._stack.trusted_for(r):
                     warnings.warn(f"remote store {r.url} accepts only records signed by a "

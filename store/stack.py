@@ -253,6 +253,8 @@ class StoreStack:
         """The record ``key`` from the first remote that has a valid copy, after copying
         it (and its blobs) into the local store; None when none has. Never raises for
         what a remote holds or fails to do: a bad entry is one :class:`RemoteStoreWarning`."""
+        if getattr(self.local, "readonly", False):
+            return None  # a hit could not be copied in (said once, when configured)
         for remote in self.remotes:
             if remote.require_signature and not self.trusted_for(remote):
                 continue  # nothing it holds could be believed (said once, when configured)

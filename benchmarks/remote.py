@@ -141,11 +141,17 @@ def main() -> None:
                 client.get_object(Bucket="bench", Key=o)["Body"].read()
             return C.now() - t
 
-        print(f"(a) cold replay: {n} jobs, {len(objects)} objects")
-        rows_a = [C.measure("hither cold replay (empty local store)", cold,
-                            repeats=args.repeats, n=n, warmup=0),
-                  C.measure(f"raw boto3 get_object x {len(objects)} (same objects)", raw_boto3,
-                            repeats=args.repeats, n=n, warmup=1)]
+        print(f"(a) cold replay: {n} jobs, {len(objects)} objects (the two alternate, so "
+              "that a change of load on the machine hits both)")
+        rows_a = [C.Row("hither cold replay (empty local store)", n=n),
+                  C.Row(f"raw boto3 get_object x {len(objects)} (same objects)", n=n)]
+        raw_boto3()  # warm-up: imports, first connection
+        for _ in range(args.repeats):
+            for row, once in zip(rows_a, (cold, raw_boto3), strict=True):
+                row.times.append(once())
+        for row in rows_a:
+            print(f"  {row.tool}: best {C.fmt_s(row.best)}, median {C.fmt_s(row.median)} "
+                  f"({', '.join(f'{t:.3f}' for t in row.times)})", flush=True)
 
         cache = last["cache"]
         counting = Counting(cache.remotes[0].backend)

@@ -484,7 +484,8 @@ class StoreStack:
         rel = blob_relpath(hexdigest)
         if size > SMALL_OBJECT and be.exists(rel):
             return False  # do not send a large body only to hear that it is there
-        return be.create(rel, self.local.get_bytes("sha256://" + hexdigest))
+        path = self.local.blob_path("sha256://" + hexdigest)  # verified
+        return be.create_file(rel, str(path), size)
 
     def _upload_code(self, be: RemoteBackend, digest: str) -> None:
         files = code_files(self.local.root, digest)

@@ -443,3 +443,27 @@ def test_code_bundles_travel_with_their_records(tmp_path: Path, bucket: str,
                    lookup=LookupCache(tmp_path / "lc"))
     assert "missing or damaged" in fetch_one_warning(c, KEY)
     assert code_files(c.local.root, digest) is None and c.local.get_record(KEY) is None
+
+
+def test_large_blobs_stream_both_ways(tmp_path: Path, bucket: str, keys: dict,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blobs above the one-request sizes go up as a streamed upload and come down in
+    ranged pieces, checked against their signed size and hash."""
+    import hither_store.remote as remote_mod
+    import hither_store.stack as stack_mod
+
+    monkeypatch.setattr(remote_mod, "SMALL_UPLOAD", 1000)
+    monkeypatch.setattr(remote_mod, "SMALL_OBJECT", 4096)
+    monkeypatch.setattr(stack_mod, "SMALL_OBJECT", 4096)
+    monkeypatch.setattr(stack_mod, "PREFETCH", 2048)
+    payload = bytes(range(256)) * 100  # 25,600 bytes: 7 ranged reads of 4096
+    a = stack(tmp_path, "a", [s3_remote(bucket)], signer=keys["a"])
+    body = record_with_blob(a.local, payload)
+    a.put_record(KEY, body)
+    assert a.push([KEY], a.remotes[0]).blobs_uploaded == 1
+    b = stack(tmp_path, "b", [s3_remote(bucket, [keys["a"]])])
+    counting = Counting(b.remotes[0].backend)
+    b.remotes[0]._backend = counting  # type: ignore[assignment]
+    assert b.fetch(KEY) == body
+    assert b.local.get_bytes(body["result"]["ref"]) == payload
+    assert counting.calls == ["read", "read_many", "stream"]

@@ -157,11 +157,16 @@ def main() -> None:
         counting = Counting(cache.remotes[0].backend)
         cache.remotes[0]._backend = counting
         local = hi.JobCache(path=cache.path, remotes=[])
-        print("(b) warm replay: local store and lookup cache warm")
-        rows_b = [C.measure("hither warm replay (remote configured)",
-                            C.timed(lambda: replay(cache, n)), repeats=args.repeats, n=n),
-                  C.measure("hither replay, local store only",
-                            C.timed(lambda: replay(local, n)), repeats=args.repeats, n=n)]
+        print("(b) warm replay: local store and lookup cache warm (alternating)")
+        rows_b = [C.Row("hither warm replay (remote configured)", n=n),
+                  C.Row("hither replay, local store only", n=n)]
+        replay(local, n)  # warm-up
+        for _ in range(args.repeats):
+            for row, c in zip(rows_b, (cache, local), strict=True):
+                row.times.append(C.timed(lambda c=c: replay(c, n))())
+        for row in rows_b:
+            print(f"  {row.tool}: best {C.fmt_s(row.best)}, median {C.fmt_s(row.median)} "
+                  f"({', '.join(f'{t:.3f}' for t in row.times)})", flush=True)
         print(f"  remote requests during the warm replays: {counting.calls}")
     finally:
         proc.terminate()

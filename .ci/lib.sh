@@ -4,8 +4,9 @@
 #   source .ci/lib.sh
 #
 # Defines: HITHER_CI_DIR (work dir, created), CI_REPO (repo root), CI_ENV_FILE (.ci/env.sh),
+# CI_PYTHON (the interpreter of the tests: $HITHER_CI_PYTHON, else python3 on PATH),
 # and the functions log, warn, die, retry, wait_for, show_log, apt_install, env_set,
-# env_has, start_daemon, pid_alive.
+# env_has, start_daemon, stop_pidfile, pid_alive, port_owner, ensure_test_extra.
 # Sourcing it does not change shell options of the caller.
 
 : "${HITHER_CI_DIR:=/var/tmp/hither-ci}"
@@ -13,6 +14,9 @@ export HITHER_CI_DIR
 CI_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CI_ENV_FILE="$CI_REPO/.ci/env.sh"
 mkdir -p "$HITHER_CI_DIR/log"
+# Services written in Python (moto, dask, the HTTP server) run on the tests' interpreter, so
+# that dask workers import the same hither and the same library versions as the tests.
+CI_PYTHON="${HITHER_CI_PYTHON:-$(command -v python3 || echo python3)}"
 
 # log MSG...: timestamped message on stderr.
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -151,3 +155,57 @@ env_set() {
 
 # env_has KEY: true if .ci/env.sh sets KEY.
 env_has() { [[ -f "$CI_ENV_FILE" ]] && grep -q "^export $1=" "$CI_ENV_FILE"; }
+
+# stop_pidfile NAME: TERM the process in $HITHER_CI_DIR/NAME.pid and wait up to 20 s (then
+# KILL); then end whatever is left of its process group (start_daemon makes each daemon a
+# group leader), so no child outlives it. Removes the PID file. Never fails.
+stop_pidfile() {
+    local name="$1" f="$HITHER_CI_DIR/$1.pid" pid pgid
+    if ! pid_alive "$f"; then
+        [[ -f "$f" ]] && log "$name: not running (stale PID file)"
+        rm -f "$f"
+        return 0
+    fi
+    pid=$(cat "$f")
+    pgid=$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_for "! kill -0 $pid" 20; then
+        warn "$name (pid $pid) did not stop, killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_for "! kill -0 $pid" 5 || true
+    fi
+    if [[ "$pgid" == "$pid" ]] && pgrep -g "$pgid" >/dev/null 2>&1; then
+        log "$name: ending the rest of its process group ($(pgrep -g "$pgid" | tr '\n' ' '))"
+        kill -TERM -- "-$pgid" 2>/dev/null || true
+        wait_for "! pgrep -g $pgid" 10 || kill -KILL -- "-$pgid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+}
+
+# port_owner PORT: print the PID listening on TCP 127.0.0.1:PORT (or on all addresses);
+# returns 1 if nothing listens there.
+port_owner() {
+    local out
+    out=$(ss -Hltnp "sport = :$1" 2>/dev/null) || return 1
+    [[ -n "$out" ]] || return 1
+    grep -o 'pid=[0-9]*' <<<"$out" | head -n1 | cut -d= -f2
+    return 0
+}
+
+# ensure_test_extra MODULE...: unless CI_PYTHON finds every (top-level) MODULE, pip-install this
+# checkout with its test extra into CI_PYTHON (the same versions the README command installs).
+ensure_test_extra() {
+    local find='import importlib.util as u, sys; m = [a for a in sys.argv[1:] if u.find_spec(a) is None]; print(*m); sys.exit(bool(m))'
+    local missing
+    missing=$("$CI_PYTHON" -c "$find" "$@" 2>&1) && return 0
+    log "$CI_PYTHON lacks $missing: pip install -e '${CI_REPO}[test]'"
+    retry timeout 900 "$CI_PYTHON" -m pip install -q --disable-pip-version-check -e "${CI_REPO}[test]" \
+        >>"$HITHER_CI_DIR/log/pip.log" 2>&1 || { show_log "$HITHER_CI_DIR/log/pip.log"; return 1; }
+    if command -v pyenv >/dev/null; then pyenv rehash >/dev/null 2>&1 || true; fi
+    missing=$("$CI_PYTHON" -c "$find" "$@" 2>&1) || { log "still missing after pip install: $missing"; return 1; }
+}
+
+# now_ms: milliseconds since the epoch. elapsed T0_MS: the time since T0_MS, as "12.3 s".
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+elapsed() { local ms=$(( $(now_ms) - $1 )); printf '%d.%d s' $((ms / 1000)) $(((ms % 1000) / 100)); }

@@ -4,17 +4,23 @@ This module runs wherever a job runs: in a host worker process, in a container, 
 uv-built environment. It therefore uses only the standard library (``cloudpickle`` only when
 a host worker meets a function pickled by value) and stays valid Python 3.8.
 
-Protocol of a host worker (messages pickled over a ``multiprocessing`` connection):
+Protocol of a host worker (messages pickled over a ``multiprocessing`` connection; the
+process is started by :mod:`hither._hostworker`):
 
 parent -> worker
+    {"cwd", "sys_path", "env"}   first, once: the parent's, applied by the worker
     ("run", job_id, fid, fn_bytes | None, kwargs_bytes, label, stream_prefix | None,
-     sys_path, timed)
+     sys_path, timed, sources | None)
+        sources: ({file name: source lines}, {code_key(code): file name}) of a function
+        sent by value (a script's or a notebook's): its code objects get their file names
+        back and the lines go into ``linecache``, so that tracebacks show them
     ("skip", job_id)       drop a job sent ahead that has not started yet
     ("stop",)              exit after the current job
 worker -> parent
     ("done", job_id, ok, payload, console_lines, start_time, end_time)
         ok=True:  payload is the pickled return value
-        ok=False: payload is (pickled exception | None, type name, message, traceback text)
+        ok=False: payload is (pickled exception | None, type name, message, traceback text,
+        raised by the function)
     ("skipped", job_id)
     ("started", job_id)    the function starts (only for a timed job: its timeout counts
                            from here, not from the loading of its function and arguments)
@@ -31,7 +37,6 @@ import pickle
 import signal
 import sys
 import time
-import traceback
 
 # ---------------------------------------------------------------------------- console capture
 
@@ -167,8 +172,13 @@ def run_call(fn, kwargs, stream_prefix=None, timeout=None, echo=None):
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 - a job's failure is data, whatever it is
-        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        return False, e, tb, cap.lines, start, time.time()
+        return False, e, _format_exception(e), cap.lines, start, time.time()
+
+
+def _format_exception(e):
+    import traceback  # imported when needed: a worker starts faster without it
+
+    return "".join(traceback.format_exception(type(e), e, e.__traceback__))
 
 
 def _raise_alarm(signum, frame):
@@ -212,13 +222,88 @@ def _error_payload(exc, tb_text, raised=False):
     except Exception:
         message = "<str() of the exception failed>"
     pickled = None
-    try:
-        data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(data)  # an exception that pickles but cannot be rebuilt is common
-        pickled = data
-    except Exception:
-        pickled = None
+    dumpers = [pickle.dumps]
+    if type(exc).__module__ == "__main__":  # a script's class: by value, as its functions
+        dumpers.append(_cloudpickle_dumps)
+    for dumps in dumpers:
+        try:
+            data = dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(data)  # an exception that pickles but cannot be rebuilt is common
+            pickled = data
+            break
+        except Exception:
+            pickled = None
     return (pickled, type_name, message, tb_text, raised)
+
+
+def _cloudpickle_dumps(obj, protocol=None):
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=protocol)
+
+
+def code_key(code):
+    """What identifies a code object across a pickle round trip (not its file name:
+    cloudpickle replaces that)."""
+    import zlib
+
+    return (code.co_name, code.co_firstlineno, zlib.crc32(code.co_code))
+
+
+def _register_sources(sources):
+    """Make ``linecache`` (and so tracebacks) show these files' lines: the source of a
+    function sent by value, whose file this process may not have (a notebook cell)."""
+    import linecache
+
+    for filename, lines in (sources[0] if sources else {}).items():
+        lines = list(lines)
+        # no mtime: linecache.checkcache() keeps the entry
+        linecache.cache[filename] = (sum(len(x) for x in lines), None, lines, filename)
+
+
+def _with_file_names(code, files):
+    import types
+
+    consts = tuple(_with_file_names(c, files) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    changes = {}
+    if any(consts[i] is not code.co_consts[i] for i in range(len(consts))):
+        changes["co_consts"] = consts
+    name = files.get(code_key(code))
+    if name and name != code.co_filename:
+        changes["co_filename"] = name
+    return code.replace(**changes) if changes else code
+
+
+def _restore_file_names(fn, sources):
+    """Give the code of a function received by value (and of the ``__main__`` functions
+    and classes it uses) the file names it had in the parent."""
+    import types
+
+    files = sources[1] if sources else None
+    if not files:
+        return
+    seen = set()
+    todo = [fn]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, type):
+            if obj.__module__ == "__main__":
+                todo.extend(getattr(v, "__func__", v) for v in vars(obj).values())
+            continue
+        if not isinstance(obj, types.FunctionType) or obj.__module__ != "__main__":
+            continue
+        obj.__code__ = _with_file_names(obj.__code__, files)
+        names = set()
+        stack = [obj.__code__]
+        while stack:
+            code = stack.pop()
+            names.update(code.co_names)
+            stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        todo.extend(obj.__globals__[n] for n in names if n in obj.__globals__)
 
 
 def add_sys_path(paths):
@@ -229,34 +314,26 @@ def add_sys_path(paths):
 
 
 def _init_worker(init):
-    """Set up a fresh worker process from the parent's description."""
-    try:
-        os.setpgid(0, 0)  # own process group: killing the job kills what it started too
-    except OSError:
-        pass
-    _set_parent_death_signal()
+    """Give this worker the parent's working directory, ``sys.path`` and environment as
+    they were when the parent asked for it (a fork server was started earlier than that).
+
+    Process-level set-up (process group, parent-death signal, SIGINT) is done by
+    :mod:`hither._hostworker` before the connection is served.
+    """
     if init.get("cwd"):
         try:
             os.chdir(init["cwd"])
         except OSError:
             pass
-    add_sys_path(init.get("sys_path"))
-    for k, v in init.get("env", {}).items():
-        os.environ[k] = v
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
-def _set_parent_death_signal():
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:
-        pass
+    if init.get("sys_path") is not None:
+        sys.path[:] = init["sys_path"]
+    env = init.get("env")
+    if env is not None:
+        for k in [k for k in os.environ if k not in env]:
+            del os.environ[k]
+        for k, v in env.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
 
 
 def serve_connection(conn, init):
@@ -289,9 +366,11 @@ def serve_connection(conn, init):
             if kind == "skip":
                 skipped.add(msg[1])
                 continue
-            _, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path, timed = msg
+            (_, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path, timed,
+             sources) = msg
             if fn_bytes is not None and fid not in functions:
-                functions[fid] = _Unloaded(fn_bytes)  # kept even if this job is skipped
+                functions[fid] = _Unloaded(fn_bytes, sources)  # kept even if skipped
+                _register_sources(sources)
             if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
                 skipped.discard(job_id)
                 send_bytes(pickle.dumps(("skipped", job_id)))
@@ -324,10 +403,11 @@ class _EchoPipe(object):
 class _Unloaded(object):
     """Function bytes received but not unpickled yet."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "sources")
 
-    def __init__(self, data):
+    def __init__(self, data, sources=None):
         self.data = data
+        self.sources = sources
 
 
 def _run_message(functions, fid, kwargs_bytes, prefix, echo=None, started=None):
@@ -337,10 +417,15 @@ def _run_message(functions, fid, kwargs_bytes, prefix, echo=None, started=None):
         if fn is None:
             raise RuntimeError("worker protocol error: function %s was never sent" % fid)
         if isinstance(fn, _Unloaded):
+            sources = fn.sources
             fn = functions[fid] = _loads_function(fn.data)
+            try:
+                _restore_file_names(fn, sources)
+            except Exception:  # noqa: BLE001 - only for tracebacks
+                pass
         kwargs = pickle.loads(kwargs_bytes)
     except BaseException as e:  # noqa: BLE001
-        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        tb = _format_exception(e)
         note = "the worker could not load the job's function or arguments"
         return (False, _error_payload(e, note + "\n" + tb), [], start, time.time())
     if started is not None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -20,6 +23,8 @@ from hither_store import (
 
 from .errors import CacheError
 
+TEMPDIR_PREFIX = "hither_job_cache"
+
 
 class JobCache:
     """Where job results are memoized: a :class:`hither_store.LocalStore`, optionally in
@@ -28,8 +33,13 @@ class JobCache:
     ``JobCache()`` uses ``$HITHER_STORE`` or the user cache directory (e.g.
     ``~/.cache/hither/store``); ``JobCache(path=...)`` a directory of your choice (a
     shared disk works: writes are atomic and reads verified); ``JobCache(use_tempdir=True)``
-    a folder of this user in the system temp dir. ``readonly=True`` reads results but never
-    records new ones.
+    a private folder of this user in the system temp dir (see :func:`private_tempdir`).
+
+    ``readonly=True`` reads results but never writes anything to the store: no records,
+    blobs, code bundles, worker files or work folders (values cross to containers through a
+    private temp store instead, see :mod:`hither.exchange`), and damaged entries are left
+    in place. A store on a read-only file system (or one you may not write to) is used the
+    same way, with one warning.
 
     ``remotes`` are remote stores read after the local one, in order: urls
     (``s3://bucket/prefix``, ``gs://...``, ``https://...``) or :class:`hither.Remote`
@@ -59,16 +69,26 @@ class JobCache:
             if path is not None:
                 root = Path(os.fspath(path))
             elif use_tempdir:
-                suffix = f"_{os.getuid()}" if hasattr(os, "getuid") else ""
-                root = Path(tempfile.gettempdir()) / f"hither_job_cache{suffix}"
+                root = private_tempdir()
             else:
                 root = default_store_path()
+            why = None if readonly else _unwritable(root)
+            if why is not None:
+                _warn_read_only(root, why)
             try:
-                store = LocalStore(root, group=shared_group)
+                store = LocalStore(root, readonly=readonly or why is not None,
+                                   group=shared_group)
             except (OSError, ValueError) as e:
                 raise CacheError(f"cannot open the job cache at {root}: {e}") from e
+        elif not store.readonly:
+            why = None if readonly else _unwritable(store.root)
+            if why is not None:
+                _warn_read_only(store.root, why)
+            if readonly or why is not None:
+                store = LocalStore(store.root, fsync=store.fsync, readonly=True)
+        #: True when nothing may be written: asked for, or the store cannot be written
+        self.readonly = bool(store.readonly)
         self.store = store
-        self.readonly = bool(readonly)
         self._stack: Any = None
         from .sharing import make_stack, resolve_remotes, signing_key_from_env
 
@@ -76,7 +96,7 @@ class JobCache:
         signer = signing_key_from_env()
         if remote_list or signer is not None:
             self._stack = make_stack(store, remote_list, signer)
-            if remote_list and getattr(store, "readonly", False):
+            if remote_list and store.readonly:
                 warnings.warn(f"the store at {store.root} is read-only: results found on "
                               "remote stores could not be copied into it, so remotes are "
                               "not read", RemoteStoreWarning, stacklevel=2)
@@ -86,6 +106,10 @@ class JobCache:
                                   "trusted key, and no keys are trusted "
                                   "($HITHER_TRUSTED_KEYS): nothing will be read from it",
                                   RemoteStoreWarning, stacklevel=2)
+
+    def writable(self) -> bool:
+        """Whether results are stored (not read-only)."""
+        return not self.readonly
 
     @property
     def path(self) -> Path:
@@ -160,3 +184,84 @@ class JobCache:
 
     def __hash__(self) -> int:
         return hash((JobCache, self.store, self.readonly))
+
+
+_warned: set[str] = set()
+
+
+def _unwritable(root: Path) -> str | None:
+    """Why an existing store folder cannot be written (None: it can, or does not exist)."""
+    try:
+        vfs = os.statvfs(root) if hasattr(os, "statvfs") else None
+    except OSError:
+        return None
+    if vfs is not None and vfs.f_flag & getattr(os, "ST_RDONLY", 1):
+        return "is on a read-only file system"
+    for d in (root, root / "records", root / "blobs", root / "tmp"):
+        if d.is_dir() and not os.access(d, os.W_OK):
+            return f"is not writable by you ({d})"
+    return None
+
+
+def _warn_read_only(root: Path, why: str) -> None:
+    key = str(root)
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(f"the job cache at {root} {why}: cached results are used, but new results "
+                  "are not stored. Pass JobCache(..., readonly=True) to say this is intended, "
+                  "or choose a writable folder.", RuntimeWarning, stacklevel=3)
+
+
+def private_tempdir() -> Path:
+    """The folder of ``JobCache(use_tempdir=True)``: ``<temp>/hither_job_cache_<uid>``,
+    created with mode 0700, and used only while it is a real directory (not a link) owned
+    by this user that nobody else can write to.
+
+    The name is predictable, so another user may have created it first to plant results:
+    then a fresh private folder is used for this process instead, with a warning.
+    """
+    base = Path(tempfile.gettempdir())
+    if not hasattr(os, "geteuid"):  # Windows: the temp folder is per user already
+        return base / TEMPDIR_PREFIX
+    uid = os.geteuid()
+    root = base / f"{TEMPDIR_PREFIX}_{uid}"
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise CacheError(f"cannot create the job cache folder {root}: {e}") from e
+    problem = _unsafe_dir(root, uid)
+    if problem is None:
+        return root
+    fresh = Path(tempfile.mkdtemp(prefix=f"{TEMPDIR_PREFIX}_{uid}_", dir=base))
+    atexit.register(shutil.rmtree, fresh, True)
+    warnings.warn(f"not using the job cache folder {root}: {problem}, so another user may "
+                  f"have put results there. Using the empty private folder {fresh} "
+                  f"instead; remove {root} (or ask its owner to) to get the shared "
+                  "temp cache back, or pass JobCache(path=...)", RuntimeWarning, stacklevel=3)
+    return fresh
+
+
+def _unsafe_dir(path: Path, uid: int) -> str | None:
+    """Why ``path`` is not a private directory of ``uid`` (None when it is one: a folder
+    of ours that others could read but never write is made private)."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return f"it cannot be inspected ({e})"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid != uid:
+        return f"it belongs to uid {st.st_uid}, not to you (uid {uid})"
+    if st.st_mode & 0o022:
+        return f"others can write to it (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as e:
+            return f"it cannot be made private ({e})"
+    return None

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from hither_store import LocalStore, StoreError, parse_blob_uri
@@ -34,7 +34,6 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
-from ._codec import walk_refs
 from .explain import (
     KeyLookupError,
     LineageNode,
@@ -46,6 +45,7 @@ from .explain import (
     open_store,
     resolve_key,
 )
+from .record import BadRecord, Record
 
 __all__ = ["main"]
 
@@ -88,17 +88,23 @@ def _elapsed(sec: Any) -> str:
     return f"{hours}h {minutes:02d}m {s:02d}s" if hours else f"{minutes}m {s:02d}s"
 
 
-def _fn(rec: dict[str, Any]) -> dict[str, Any]:
-    return (rec.get("provenance") or {}).get("function") or {}
+def _records(store: LocalStore) -> Iterator[tuple[str, Record | None]]:
+    """Every record of the store, typed (None for one that is not what hither writes)."""
+    for key, raw in store.iter_records():
+        try:
+            yield key, Record.from_dict(raw, key, strict=False)
+        except BadRecord:
+            yield key, None
 
 
-def _outcome(rec: dict[str, Any], full: bool = False) -> str:
+def _outcome(rec: Record, full: bool = False) -> str:
     """The result description of a record, or its error type (and message)."""
-    if rec.get("status") == "finished":
-        return describe_manifest(rec.get("result"))
-    err = rec.get("error") or {}
-    kind = str(err.get("type", "error")).rpartition(".")[2]
-    return f"{kind}: {err.get('message', '')}" if full else kind
+    if rec.ok:
+        return describe_manifest(rec.result)
+    err = rec.error
+    if err is None:
+        return "error"
+    return f"{err.short_type}: {err.message}" if full else err.short_type
 
 
 def _status_text(status: Any) -> Text:
@@ -118,8 +124,8 @@ def cmd_info(args: argparse.Namespace, out: Console) -> int:
     store = _store(args)
     info = store.info()
     statuses: dict[str, int] = {}
-    for _, rec in store.iter_records():
-        st = str(rec.get("status", "?"))
+    for _, rec in _records(store):
+        st = rec.status if rec is not None else "not a hither record"
         statuses[st] = statuses.get(st, 0) + 1
     table = _fields_table()
     table.add_row("store", Text(str(info["root"])))
@@ -127,6 +133,19 @@ def cmd_info(args: argparse.Namespace, out: Console) -> int:
     table.add_row("records", f"{info['records']} ({detail}), {_size(info['record_bytes'])}")
     table.add_row("blobs", f"{info['blobs']}, {_size(info['blob_bytes'])}")
     table.add_row("temp files", f"{info['tmp_files']}, {_size(info['tmp_bytes'])}")
+    table.add_row("work folders", f"{info['work_dirs'] - info['abandoned_dirs']} of running "
+                                  "processes, "
+                                  f"{_size(info['work_dir_bytes'] - info['abandoned_bytes'])}")
+    from .exchange import leftovers
+
+    stale = leftovers()
+    n_left = info["abandoned_dirs"] + len(stale)
+    if n_left:
+        size = info["abandoned_bytes"] + sum(b for _, b in stale)
+        table.add_row("leftovers", Text(
+            f"{n_left} folders of stopped processes ({info['abandoned_dirs']} in the store, "
+            f"{len(stale)} exchange stores in the temp folder), {_size(size)}: "
+            "`hither cache gc` removes them", style="yellow"))
     if info.get("quarantined"):
         table.add_row("quarantined", f"{info['quarantined']} damaged files, "
                                      f"{_size(info['quarantine_bytes'])}")
@@ -140,19 +159,20 @@ def cmd_ls(args: argparse.Namespace, out: Console) -> int:
     store = _store(args)
     rows = []
     total = 0
-    for key, rec in store.iter_records():
+    for key, rec in _records(store):
         total += 1
-        fn = _fn(rec)
-        if args.function and fn.get("name") != args.function:
+        if rec is None:
             continue
-        if args.status and rec.get("status") != args.status:
+        if args.function and rec.function.name != args.function:
+            continue
+        if args.status and rec.status != args.status:
             continue
         rows.append((key, rec))
     if not rows:
         if total == 0:
             raise CliError(f"no records in the store at {store.root}")
         raise CliError(f"none of the {total} records in {store.root} match")
-    rows.sort(key=lambda kr: -((kr[1].get("provenance") or {}).get("recorded_at") or 0.0))
+    rows.sort(key=lambda kr: -(kr[1].provenance.recorded_at or 0.0))
     shown = rows if not args.limit else rows[: args.limit]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     for name in ("key", "function", "version", "status", "recorded at", "elapsed"):
@@ -160,12 +180,10 @@ def cmd_ls(args: argparse.Namespace, out: Console) -> int:
                          justify="right" if name == "elapsed" else "left")
     table.add_column("result", overflow="fold", min_width=12)  # the one that may wrap
     for key, rec in shown:
-        prov = rec.get("provenance") or {}
-        fn = _fn(rec)
-        table.add_row(key[:12], Text(str(fn.get("name", "?"))), Text(str(fn.get("version", "?"))),
-                      _status_text(rec.get("status")),
-                      format_time(prov.get("recorded_at"))[:16],
-                      _elapsed(prov.get("elapsed_sec")), Text(_outcome(rec)))
+        prov = rec.provenance
+        table.add_row(key[:12], Text(rec.function.name), Text(rec.function.version),
+                      _status_text(rec.status), format_time(prov.recorded_at)[:16],
+                      _elapsed(prov.elapsed_sec), Text(_outcome(rec)))
     out.print(table)
     if len(shown) < len(rows):
         out.print(Text(f"{len(rows) - len(shown)} more (--limit 0 shows all)", style="dim"))
@@ -174,12 +192,16 @@ def cmd_ls(args: argparse.Namespace, out: Console) -> int:
 
 # ----------------------------------------------------------------------------- show
 def _upstream_label(store: LocalStore, key: str) -> Text:
-    rec = store.get_record(key) if store.has_record(key) else None
+    raw = store.get_record(key) if store.has_record(key) else None
     text = Text(key[:12], style="cyan")
+    try:
+        rec = None if raw is None else Record.from_dict(raw, key, strict=False)
+    except BadRecord:
+        rec = None
     if rec is None:
         text.append(" (no record)", style="dim")
     else:
-        text.append(f" {_fn(rec).get('name', '?')}")
+        text.append(f" {rec.function.name}")
     return text
 
 
@@ -210,9 +232,9 @@ def lineage_tree(root: LineageNode) -> Tree:
     return tree
 
 
-def _print_sources(rec: dict[str, Any], out: Console) -> None:
-    fn = _fn(rec)
-    sources = fn.get("sources") or ({"fn": fn["source"]} if fn.get("source") else {})
+def _print_sources(rec: Record, out: Console) -> None:
+    fn = rec.function
+    sources = fn.sources or ({"fn": fn.source} if fn.source else {})
     if not sources:
         out.print(Text("no source was recorded (code identified by bytecode)", style="dim"))
     for piece, src in sources.items():
@@ -225,12 +247,16 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
     """``hither show KEY``: provenance, inputs, result, console output and lineage."""
     store = _store(args)
     key = resolve_key(store, args.key)
-    rec = store.get_record(key)
-    if rec is None:
+    raw = store.get_record(key)
+    if raw is None:
         raise CliError(f"the record {key[:12]} cannot be read")
     if args.json:
-        sys.stdout.write(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps(raw, indent=2, sort_keys=True) + "\n")
         return 0
+    try:
+        rec = Record.from_dict(raw, key, strict=False)
+    except BadRecord as e:
+        raise CliError(f"the record {key[:12]} is not a hither record: {e}") from None
     if args.source:
         _print_sources(rec, out)
         return 0
@@ -240,59 +266,58 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
         graph = write_lineage_html(key, args.html, store)
         out.print(Text(f"wrote {args.html}: the lineage of {key[:12]}, {len(graph.nodes)} jobs"))
         return 0
-    prov = rec.get("provenance") or {}
-    fn = _fn(rec)
+    prov, fn = rec.provenance, rec.function
     table = _fields_table()
     table.add_row("key", Text(key, style="cyan"))
-    table.add_row("function", Text(f"{fn.get('name', '?')} {fn.get('version', '?')}  "
-                                   f"(module {fn.get('module', '?')})"))
-    if prov.get("label") and prov.get("label") != fn.get("name"):
-        table.add_row("label", Text(str(prov["label"])))
-    table.add_row("code", Text(str(fn.get("code", "?"))))
-    table.add_row("runtime", Text(format_runtime(prov.get("runtime"))))
-    table.add_row("status", _status_text(rec.get("status")))
-    if rec.get("status") == "finished":
+    table.add_row("function", Text(f"{fn.name} {fn.version}  (module {fn.module or '?'})"))
+    if prov.label and prov.label != fn.name:
+        table.add_row("label", Text(prov.label))
+    table.add_row("code", Text(fn.code or "?"))
+    table.add_row("runtime", Text(format_runtime(prov.runtime)))
+    table.add_row("status", _status_text(rec.status))
+    if rec.ok:
         table.add_row("result", Text(_outcome(rec)))
-        table.add_row("result hash", Text(str(rec.get("result_hash"))))
+        table.add_row("result hash", Text(str(rec.result_hash)))
     else:
         table.add_row("error", Text(_outcome(rec, full=True), style="red"))
-    table.add_row("ran", Text(f"{format_time(prov.get('start_time'))} → "
-                              f"{format_time(prov.get('end_time'))} "
-                              f"({_elapsed(prov.get('elapsed_sec'))}) on "
-                              f"{prov.get('user') or '?'}@{prov.get('host', '?')}"))
-    table.add_row("recorded", format_time(prov.get("recorded_at")))
-    table.add_row("versions", Text(f"hither {prov.get('hither_version', '?')}, python "
-                                   f"{prov.get('python', '?')}, {prov.get('platform', '?')}"))
-    if fn.get("external"):
-        ext = ", ".join(f"{k} ({v})" for k, v in sorted(fn["external"].items()))
+    table.add_row("ran", Text(f"{format_time(prov.start_time)} → {format_time(prov.end_time)} "
+                              f"({_elapsed(prov.elapsed_sec)}) on "
+                              f"{prov.user or '?'}@{prov.host or '?'}"))
+    table.add_row("recorded", format_time(prov.recorded_at))
+    table.add_row("versions", Text(f"hither {prov.hither_version or '?'}, python "
+                                   f"{prov.python or '?'}, {prov.platform or '?'}"))
+    if fn.external:
+        ext = ", ".join(f"{k} ({v})" for k, v in sorted(fn.external.items()))
         table.add_row("not in key", Text(ext, style="dim"))
     out.print(table)
 
-    inputs = rec.get("inputs") or {}
     out.print(Text("\ninputs", style="bold"))
-    if not inputs:
+    if not rec.inputs:
         out.print(Text("  none", style="dim"))
     else:
         itable = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         for col in ("name", "value", "digest", "from job"):
             itable.add_column(col, overflow="fold")
-        for name in sorted(inputs):
-            e = inputs[name] if isinstance(inputs[name], dict) else {}
-            desc = e.get("desc")
-            if desc is None:
-                desc = describe_manifest(e["value"]) if "value" in e else "?"
-            up = _upstream_label(store, e["job"]) if isinstance(e.get("job"), str) else Text("-")
-            itable.add_row(Text(name), Text(str(desc)), str(e.get("digest", ""))[:12], up)
+        for name in sorted(rec.inputs):
+            e = rec.inputs[name]
+            desc = e.desc or (describe_manifest(e.value) if e.has_value else "?")
+            ups = e.upstream
+            if e.job is not None:
+                up = _upstream_label(store, e.job)
+            elif ups:
+                up = Text(f"{len(ups)} jobs: " + ", ".join(k[:12] for k in ups[:4])
+                          + (" …" if len(ups) > 4 else ""))
+            else:
+                up = Text("-")
+            itable.add_row(Text(name), Text(desc), e.digest[:12], up)
         out.print(itable)
 
-    console = rec.get("console") or []
-    if console:
-        out.print(Text(f"console output ({len(console)} lines)", style="bold"))
-        for line in console:
-            t, text, is_err = (list(line) + [None, "", False])[:3]
+    if rec.console:
+        out.print(Text(f"console output ({len(rec.console)} lines)", style="bold"))
+        for t, text, is_err in rec.console:
             stamp = time.strftime("%H:%M:%S", time.localtime(t)) if t else "--:--:--"
             out.print(Text(f"  {stamp} {text}", style="red" if is_err else ""))
-    tb = (rec.get("error") or {}).get("traceback")
+    tb = rec.error.traceback if rec.error else ""
     if tb:
         out.print(Text("traceback", style="bold"))
         out.print(Text(tb.rstrip(), style="dim"))
@@ -320,65 +345,61 @@ def cmd_ui(args: argparse.Namespace, out: Console) -> int:
 
 # ----------------------------------------------------------------------------- gc
 def _referenced(store: LocalStore) -> tuple[set[str], int]:
-    """Hex digests of every blob referenced by a record, and the number of records."""
+    """Hex digests of every blob a record mentions, and the number of records.
+
+    Conservative on purpose: any string of the form ``sha256://<64 hex>`` anywhere in a
+    record counts, not only the refs of the value codec's nodes, so a blob is never lost
+    to a kind of node gc does not know about."""
     keep: set[str] = set()
     n = 0
     for _, rec in store.iter_records():
         n += 1
-        for ref in walk_refs(rec):
-            try:
-                keep.add(parse_blob_uri(ref))
-            except ValueError:
-                continue
+        stack: list[Any] = [rec]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str):
+                if node.startswith("sha256://") and len(node) == 73:
+                    try:
+                        keep.add(parse_blob_uri(node))
+                    except ValueError:
+                        pass
+            elif isinstance(node, dict):
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
     return keep, n
 
 
 def cmd_gc(args: argparse.Namespace, out: Console) -> int:
-    """``hither cache gc``: delete blobs no record refers to, and stale temp files."""
+    """``hither cache gc``: delete blobs no record refers to, stale temp files, and what
+    processes that are gone left behind (work folders, exchange stores)."""
+    from .exchange import collect_leftovers
+
     store = _store(args)
     if args.min_age < 0:
         raise CliError("--min-age must be >= 0", code=2)
+    # the records are read before the blobs are listed: a record written later references
+    # blobs its writer refreshed, which the grace period (--min-age) keeps
     keep, nrec = _referenced(store)
-    cutoff = time.time() - args.min_age
-    doomed: list[tuple[str, int]] = []
-    recent = 0
-    for hexdigest, entry in store.iter_blob_files():
-        if hexdigest in keep:
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if args.min_age > 0 and st.st_mtime >= cutoff:
-            recent += 1  # may belong to a job that is still writing its record
-        else:
-            doomed.append((hexdigest, st.st_size))
-    blob_bytes = sum(size for _, size in doomed)
+    res = store.gc({"sha256://" + h for h in keep}, older_than=args.min_age,
+                   dry_run=args.dry_run)
+    ex_n, ex_bytes = collect_leftovers(dry_run=args.dry_run)
+    left_n, left_bytes = res["dirs_removed"] + ex_n, res["dir_bytes"] + ex_bytes
     verb = "would free" if args.dry_run else "freed"
-    if args.dry_run:
-        tmp_n = tmp_bytes = 0
-        for entry in os.scandir(store.tmp_dir) if store.tmp_dir.is_dir() else ():
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if args.min_age <= 0 or st.st_mtime < cutoff:
-                tmp_n, tmp_bytes = tmp_n + 1, tmp_bytes + st.st_size
-        removed = len(doomed)
-    else:
-        removed = blob_bytes = 0
-        for hexdigest, size in doomed:
-            if store.delete_blob("sha256://" + hexdigest):
-                removed, blob_bytes = removed + 1, blob_bytes + size
-        res = store.gc(older_than=args.min_age)
-        tmp_n, tmp_bytes = res["tmp_removed"], res["tmp_bytes"]
-    out.print(Text(f"{verb} {_size(blob_bytes + tmp_bytes)}: {removed} unreferenced blobs "
-                   f"({_size(blob_bytes)}), {tmp_n} temp files ({_size(tmp_bytes)}); "
-                   f"{len(keep)} blobs referenced by {nrec} records kept"))
-    if recent:
-        out.print(Text(f"{recent} unreferenced blobs younger than {args.min_age:g} s kept "
-                       "(a running job may still record them; --min-age 0 includes them)",
+    total = res["blob_bytes"] + res["tmp_bytes"] + left_bytes
+    out.print(Text(f"{verb} {_size(total)}: {res['blobs_removed']} unreferenced blobs "
+                   f"({_size(res['blob_bytes'])}), {res['tmp_removed']} temp files "
+                   f"({_size(res['tmp_bytes'])}), {left_n} folders left by stopped processes "
+                   f"({_size(left_bytes)}); {len(keep)} blobs referenced by {nrec} records "
+                   "kept"))
+    if res["blobs_recent"]:
+        out.print(Text(f"{res['blobs_recent']} unreferenced blobs younger than "
+                       f"{args.min_age:g} s kept (a running job may still record them; "
+                       "--min-age 0 includes them when nothing writes to the store)",
                        style="dim"))
+    if res["blobs_restored"]:
+        out.print(Text(f"{res['blobs_restored']} blobs stored again by a running job while gc "
+                       "ran were kept", style="dim"))
     return 0
 
 
@@ -447,12 +468,15 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ls)
     show_options(key_command(csub, "show", cmd_show, "a record's provenance and lineage"))
     p = csub.add_parser("gc", parents=[common], help="delete unreferenced blobs",
-                        description="Delete the blobs that no record refers to, and "
-                        "left-over temp files.")
+                        description="Delete the blobs that no record refers to, left-over "
+                        "temp files, and the folders of stopped processes (worker output "
+                        "folders in the store, exchange stores in the temp folder). Safe "
+                        "while jobs run, with the default --min-age.")
     p.add_argument("--dry-run", action="store_true", help="only say what would be freed")
     p.add_argument("--min-age", metavar="SECONDS", type=float, default=3600.0,
                    help="keep unreferenced blobs and temp files younger than this: they may "
-                        "belong to jobs still running (default 3600; 0: none)")
+                        "belong to jobs still running (default 3600; 0: none, only when "
+                        "nothing writes to the store)")
     p.set_defaults(func=cmd_gc)
     p = csub.add_parser("clear", parents=[common], help="delete every record and blob",
                         description="Delete every record and blob of the store.")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import secrets
 import shutil
 import threading
 import time
@@ -112,28 +111,11 @@ def _soon(fn: Callable[..., None], *args: Any) -> None:
 
 
 # ------------------------------------------------------------------------ exchange store
-_exchange: Any = None
-_exchange_lock = threading.Lock()
-
-
 def exchange_store(settings: _config.Settings) -> Any:
-    """The store values cross through to a runtime worker: the job cache's store, else a
-    private store of this process in the temp folder (removed at exit)."""
-    cache = settings.job_cache
-    if cache is not None and not cache.readonly:
-        return cache.store
-    global _exchange
-    with _exchange_lock:
-        if _exchange is None:
-            import atexit
-            import tempfile
+    """The store values cross through to a runtime worker (see :mod:`hither.exchange`)."""
+    from .exchange import exchange_store as _exchange_store
 
-            from hither_store import LocalStore
-
-            root = tempfile.mkdtemp(prefix="hither-exchange-")
-            atexit.register(shutil.rmtree, root, True)
-            _exchange = LocalStore(root)
-        return _exchange
+    return _exchange_store(settings.job_cache)
 
 
 # ------------------------------------------------------------------------ creating jobs
@@ -328,7 +310,7 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
         if plan.hit is not None:
             return plan
         if plan.snapshots:
-            kwargs = _link_snapshots(kwargs, cache.store, plan, job.job_id)
+            kwargs = _link_snapshots(kwargs, cache.store, plan)
     if plan.runtime is not None:
         from . import values
         from ._codec import EncodeError
@@ -404,7 +386,7 @@ def _snapshot_files(kwargs: dict[str, Any], store: Any, plan: _Plan) -> dict[str
         if sha is None:
             try:
                 sha = hash_file(f.path)  # memoized by stat: an unchanged file is not read
-                if not store.has_blob("sha256://" + sha):
+                if not store.refresh_blob("sha256://" + sha):
                     sha = store.put_file(f.path).split("://", 1)[1]
             except OSError as e:
                 raise SerializationError(f"cannot read File {f.path!r}: {e}") from e
@@ -416,13 +398,12 @@ def _snapshot_files(kwargs: dict[str, Any], store: Any, plan: _Plan) -> dict[str
     return {**kwargs, **changed} if changed else kwargs
 
 
-def _link_snapshots(kwargs: dict[str, Any], store: Any, plan: _Plan, job_id: str
+def _link_snapshots(kwargs: dict[str, Any], store: Any, plan: _Plan
                     ) -> dict[str, Any]:
     """Hand the job its File inputs as read-only links to their snapshots, under their own
     names (a suffix some readers depend on is kept)."""
-    links = plan.links = Path(store.tmp_dir) / f"in-{os.getpid()}-{job_id}-{secrets.token_hex(3)}"
+    links = plan.links = store.work_dir("in")  # gc removes it if this process dies
     plan.store_of_links = store
-    links.mkdir(mode=0o700, parents=True)
     made: dict[str, File] = {}
 
     def link(f: File) -> File:
@@ -461,12 +442,18 @@ def _runtime_for(fdef: FunctionDef, settings: _config.Settings) -> Any:
 
 
 def pickle_kwargs(fdef: FunctionDef, kwargs: dict[str, Any]) -> bytes:
-    """Pickle arguments for a worker process; name the argument that cannot be."""
+    """Pickle arguments for a worker process; name the argument that cannot be.
+
+    Arguments that refer to ``__main__`` (an object of a class defined in the script or
+    notebook) go by value: a worker has no ``__main__`` of the caller to find it in."""
+    import cloudpickle
+
     try:
-        return pickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in data:
+            return data
     except Exception:  # noqa: BLE001 - try harder, then explain
         pass
-    import cloudpickle
 
     try:
         return cloudpickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)

@@ -14,7 +14,7 @@ def blob_writer(store: Any) -> Callable[[str, Any], str]:
     def put_blob(kind: str, write: Any) -> str:
         if kind == "file":
             known = getattr(write, "_sha256", None)
-            if known is not None and store.has_blob("sha256://" + known):
+            if known is not None and store.refresh_blob("sha256://" + known):
                 return "sha256://" + known  # a snapshot already in this store
             return store.put_file(os.fspath(write))
         return store.put_writer(write)

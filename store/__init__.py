@@ -13,7 +13,8 @@ copies verified hits in; records carry Ed25519 signatures in sidecar files
 This package depends on nothing in ``hither``.
 """
 
-from ._paths import blob_uri, default_store_path, parse_blob_uri
+from ._maintenance import owned_dirs, tree_size
+from ._paths import blob_uri, default_store_path, owned_name, parse_blob_uri
 from ._statmemo import FileMemo, PersistentStatMemo, StatMemo
 from .closure import Closure, RecordRefs, compute_closure
 from .errors import (
@@ -52,6 +53,9 @@ __all__ = [
     "blob_uri",
     "compute_closure",
     "default_store_path",
+    "owned_dirs",
+    "owned_name",
     "parse_blob_uri",
     "remotes_from_env",
+    "tree_size",
 ]

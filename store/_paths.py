@@ -6,6 +6,8 @@ Layout under the store root::
     records/<k0k1>/<key>.json     record whose key starts with the characters k0 k1
     records/<k0k1>/<key>.<h>.sig  signatures of the record whose body hashes to <h>
     tmp/                          in-flight writes (same filesystem, so rename is atomic)
+    tmp/<label>-<pid>@<host>-<t>/ private work folders of one process (see owned_name)
+    tmp/gc-<hex>-...              a blob set aside by gc while it checks it is still garbage
     quarantine/                   damaged files moved aside by readers
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,10 @@ _HEX_RE = re.compile(r"[0-9a-f]{64}")
 _KEY_RE = re.compile(r"[0-9A-Za-z_-]{8,128}")
 _RECORD_SUFFIX = ".json"
 SIDECAR_SUFFIX = ".sig"
+_LABEL_RE = re.compile(r"[a-z]+(?:-[a-z]+)*")
+_OWNED_RE = re.compile(
+    r"(?P<label>[a-z]+(?:-[a-z]+)*)-(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9._-]+)-[0-9a-f]{8,}")
+_HOST_BAD = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def blob_uri(hexdigest: str) -> str:
@@ -97,6 +105,28 @@ def sidecar_relpath(key: str, checksum: str) -> str:
     body hashes to ``checksum``. Named by the body, so a sidecar can never be paired with
     another writer's version of the same record."""
     return f"records/{key[:2]}/{key}.{checksum}{SIDECAR_SUFFIX}"
+def this_host() -> str:
+    """This machine's name as it appears in owned names (``[A-Za-z0-9._-]`` only)."""
+    return _HOST_BAD.sub("_", socket.gethostname()) or "unknown"
+
+
+def owned_name(label: str) -> str:
+    """A fresh name ``<label>-<pid>@<host>-<random>`` for a folder this process owns.
+
+    ``hither cache gc`` removes such folders once their owner is gone (see
+    :func:`owner_of`), so a killed process leaves nothing behind for long.
+    """
+    if not _LABEL_RE.fullmatch(label):
+        raise ValueError(f"label must be lowercase words joined by '-', got {label!r}")
+    return f"{label}-{os.getpid()}@{this_host()}-{secrets.token_hex(6)}"
+
+
+def owner_of(name: str) -> tuple[str, int, str] | None:
+    """``(label, pid, host)`` of a name made by :func:`owned_name`, else None."""
+    m = _OWNED_RE.fullmatch(name)
+    if m is None:
+        return None
+    return m.group("label"), int(m.group("pid")), m.group("host")
 
 
 def default_store_path() -> Path:

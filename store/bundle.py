@@ -347,7 +347,8 @@ def _commit(store: LocalStore, manifest: dict[str, Any], staged: dict[str, Path]
                 raise BundleError(f"record {key}: {why}")
         if sc_name in sidecars:
             keep_sidecars[sc_name] = sidecars[sc_name]
-        missing = [h for h in hexes if h not in blobs and not store.has_blob("sha256://" + h)]
+        # refreshed, not just seen: gc keeps a blob a new record is about to reference
+        missing = [h for h in hexes if h not in blobs and not store.refresh_blob("sha256://" + h)]
         if missing:
             raise BundleError(f"record {key} references {len(missing)} blob(s) that are "
                               f"neither in the bundle nor in the store, e.g. {missing[0]}")

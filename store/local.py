@@ -22,11 +22,11 @@ from ._atomic import (
     remove_quietly,
 )
 from ._maintenance import clear_store, collect_garbage, store_info
-from ._paths import _RECORD_SUFFIX, Layout, blob_uri, check_key, parse_blob_uri
+from ._paths import _RECORD_SUFFIX, Layout, blob_uri, check_key, owned_name, parse_blob_uri
 from ._records import BadRecord, decode_record, encode_record
-from ._shared import ENV_GROUP, share_with_group
+from ._shared import ENV_GROUP, make_dirs, share_with_group
 from ._verify import VERIFIED, hash_stream, signature
-from .errors import BlobNotFoundError, CorruptBlobError, StoreWarning
+from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
 
 __all__ = ["LocalStore"]
 
@@ -53,7 +53,10 @@ class LocalStore:
     worker process can reopen the same store.
 
     Args:
-        root: the store directory; it and its subdirectories are created if missing.
+        root: the store directory; it and its subdirectories are created if missing
+            (unless ``readonly``).
+        readonly: never write, create, touch, move or delete anything: writing methods
+            raise :class:`StoreError`, and damaged files are reported but left in place.
         group: share the store with the users of this group (default:
             ``$HITHER_STORE_GROUP``): its folders become setgid and group-writable, and
             every file it writes group-writable, whatever the umask (see
@@ -66,16 +69,22 @@ class LocalStore:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool | None = None,
-                 group: str | None = None) -> None:
+                 readonly: bool = False, group: str | None = None) -> None:
         if fsync is None:
             fsync = os.environ.get("HITHER_STORE_FSYNC", "").lower() in ("1", "true", "yes")
         self.fsync = fsync
+        self.readonly = bool(readonly)
         self._layout = Layout(Path(os.fspath(root)).expanduser().resolve())
         group = group or os.environ.get(ENV_GROUP) or None
-        if group:
-            share_with_group(self._layout.root, group, self._layout.subdirs())
-        self._layout.create()
+        if not self.readonly:
+            if group:
+                share_with_group(self._layout.root, group, self._layout.subdirs())
+            self._layout.create()
         self._records_root = str(self._layout.records_dir)
+
+    def _writing(self, what: str) -> None:
+        if self.readonly:
+            raise StoreError(f"cannot {what}: the store at {self.root} is opened read-only")
 
     @property
     def root(self) -> Path:
@@ -94,15 +103,16 @@ class LocalStore:
         return hash((LocalStore, self.root))
 
     def __reduce__(self):
-        return (_reopen, (str(self.root), self.fsync))
+        return (_reopen, (str(self.root), self.fsync, self.readonly))
 
     # ------------------------------------------------------------------ blobs: writing
 
     def put_bytes(self, data: bytes | bytearray | memoryview) -> str:
         """Store a byte string; return its uri ``sha256://<hex>``."""
+        self._writing("store a blob")
         view = _byte_view(data)
         hexdigest = hashlib.sha256(view).hexdigest()
-        if self._blob_present(hexdigest, view.nbytes):
+        if self._refresh(hexdigest, view.nbytes):
             return blob_uri(hexdigest)
         with TempFile(self._layout.tmp_dir, "blob", self.fsync) as tmp:
             tmp.file.write(view)
@@ -117,18 +127,27 @@ class LocalStore:
         same filesystem, and otherwise copied and then deleted; either way it is gone
         from ``path`` afterwards.
         """
+        self._writing("store a file")
         src = Path(os.fspath(path))
         if move:
             moved = self._move_in(src)
             if moved is not None:
                 return moved
-        with open(src, "rb", buffering=0) as f, TempFile(self._layout.tmp_dir, "blob", self.fsync) as tmp:
-            hexdigest, size = hash_stream(f, tmp.file.write)
-            tmp.finish()
-        uri = self._place_blob(tmp.path, hexdigest, size)
+        with open(src, "rb", buffering=0) as f:
+            uri = self.put_stream(f)
         if move:
             os.unlink(src)
         return uri
+
+    def put_stream(self, f: BinaryIO) -> str:
+        """Store everything readable from the binary file ``f`` (streamed, copied into a
+        file of the store's own, so whoever else holds ``f`` cannot alter the blob);
+        return its uri."""
+        self._writing("store a blob")
+        with TempFile(self._layout.tmp_dir, "blob", self.fsync) as tmp:
+            hexdigest, size = hash_stream(f, tmp.file.write)
+            tmp.finish()
+        return self._place_blob(tmp.path, hexdigest, size)
 
     def _move_in(self, src: Path) -> str | None:
         st = os.lstat(src)
@@ -158,6 +177,7 @@ class LocalStore:
         straight into it); the content is hashed after ``write`` returns. If ``write``
         raises, nothing is stored and the exception propagates.
         """
+        self._writing("store a blob")
         with TempFile(self._layout.tmp_dir, "blob", self.fsync) as tmp:
             write(tmp.file)
             tmp.finish()
@@ -165,11 +185,41 @@ class LocalStore:
                 hexdigest, size = hash_stream(f)
         return self._place_blob(tmp.path, hexdigest, size)
 
-    def _blob_present(self, hexdigest: str, size: int) -> bool:
+    def refresh_blob(self, uri: str) -> bool:
+        """Whether the blob ``uri`` is stored; if so, it counts as just stored for gc.
+
+        Call this, not :meth:`has_blob`, before writing a record that references a blob
+        you did not store yourself just now: gc keeps a blob refreshed within its grace
+        period (see :meth:`gc`).
+        """
+        self._writing("refresh a blob")
+        return self._refresh(parse_blob_uri(uri), None)
+
+    def _refresh(self, hexdigest: str, size: int | None) -> bool:
+        """Whether the blob is stored (with the right size); if so its modification time
+        is set to now, so that gc, which only deletes blobs older than its grace period,
+        keeps it for the record about to reference it (see ``_maintenance``).
+
+        False when it is absent, damaged, removed by gc as we looked, or cannot be
+        refreshed (another user's file): the caller then stores its own copy.
+        """
+        path = self._layout.blob_path(hexdigest)
         try:
-            return os.stat(self._layout.blob_path(hexdigest)).st_size == size
-        except FileNotFoundError:
+            before = os.stat(path)
+            if size is not None and before.st_size != size:
+                return False
+            os.utime(path)
+            after = os.stat(path)
+        except (FileNotFoundError, PermissionError):
             return False
+        if (after.st_dev, after.st_ino, after.st_size) != \
+                (before.st_dev, before.st_ino, before.st_size):
+            return False
+        if VERIFIED.is_verified(str(path), signature(before)):
+            # only the times changed (by us): what was verified still holds. (Blobs are
+            # 0444: only their owner could rewrite one between the two stats.)
+            VERIFIED.remember(str(path), signature(after))
+        return True
 
     def _place_blob(self, tmp_path: Path, hexdigest: str, size: int) -> str:
         """Move a complete, fsynced temp file into place as the blob ``hexdigest``."""
@@ -180,7 +230,7 @@ class LocalStore:
                 os.chmod(tmp_path, READ_ONLY)
             # Same name means same content: an existing copy of the right size is kept, a
             # wrong-sized one is damaged and gets replaced.
-            if self._blob_present(hexdigest, size):
+            if self._refresh(hexdigest, size):
                 remove_quietly(tmp_path)
                 return uri
             ours = os.stat(tmp_path)
@@ -273,13 +323,15 @@ class LocalStore:
 
     def delete_blob(self, uri: str) -> bool:
         """Delete a blob; return whether it existed."""
+        self._writing("delete a blob")
         path = self._layout.blob_path(parse_blob_uri(uri))
         VERIFIED.forget(str(path))
         return remove_quietly(path)
 
     def _corrupt(self, uri: str, path: Path, st: os.stat_result, actual: str) -> None:
         VERIFIED.forget(str(path))
-        moved = quarantine_file(self._layout.quarantine_dir, path, st, "blob")
+        moved = None if self.readonly else \
+            quarantine_file(self._layout.quarantine_dir, path, st, "blob")
         raise CorruptBlobError(uri, path, actual, moved)
 
     # ------------------------------------------------------------------ records
@@ -302,6 +354,7 @@ class LocalStore:
             ValueError: invalid key, or a record that would not read back identically.
             TypeError: ``record`` is not a dict or is not JSON-serializable.
         """
+        self._writing("store a record")
         path = self.record_path(key)
         data = encode_record(key, record)
         with TempFile(self._layout.tmp_dir, "record", self.fsync) as tmp:
@@ -334,14 +387,17 @@ class LocalStore:
                 return decode_record(key, raw)
             except BadRecord as e:
                 reason = str(e)
-            moved = quarantine_file(self._layout.quarantine_dir, Path(path), st, "record")
-            fate = f"moved to {moved}" if moved is not None else "it was not moved aside"
+            if self.readonly:
+                moved, fate = None, "left in place (the store is read-only)"
+            else:
+                moved = quarantine_file(self._layout.quarantine_dir, Path(path), st, "record")
+                fate = f"moved to {moved}" if moved is not None else "it was not moved aside"
             warnings.warn(
                 f"corrupt record {key!r} at {path} ignored: {reason}; {fate}",
                 StoreWarning,
                 stacklevel=3,
             )
-            if moved is not None:
+            if moved is not None or self.readonly:
                 return None
         return None
 
@@ -349,6 +405,7 @@ class LocalStore:
         """Move the record file of ``key`` to quarantine (for a record its reader found
         unusable, e.g. a result it cannot decode); return where it went, or None if there
         was none."""
+        self._writing("quarantine a record")
         path = self.record_path(key)
         try:
             st = os.stat(path)
@@ -362,6 +419,7 @@ class LocalStore:
 
     def delete_record(self, key: str) -> bool:
         """Delete the record of ``key``; return whether it existed."""
+        self._writing("delete a record")
         return remove_quietly(self.record_path(key))
 
     def iter_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -400,35 +458,61 @@ class LocalStore:
 
     def info(self) -> dict[str, Any]:
         """Return counts and sizes: ``root``, ``blobs``, ``blob_bytes``, ``records``,
-        ``record_bytes``, ``tmp_files``, ``tmp_bytes``, ``quarantined``,
-        ``quarantine_bytes``."""
+        ``record_bytes``, ``tmp_files``, ``tmp_bytes``, ``work_dirs``, ``work_dir_bytes``,
+        ``abandoned_dirs``, ``abandoned_bytes`` (work folders of processes that are gone),
+        ``quarantined``, ``quarantine_bytes``."""
         return store_info(self._layout)
 
-    def gc(self, keep: set[str] | None = None, *, older_than: float = 3600) -> dict[str, int]:
-        """Collect garbage; return ``tmp_removed``, ``tmp_bytes``, ``blobs_removed``,
-        ``blob_bytes`` and ``bytes_freed``.
+    def gc(self, keep: set[str] | None = None, *, older_than: float = 3600,
+           dry_run: bool = False) -> dict[str, int]:
+        """Collect garbage; return counts: ``tmp_removed``, ``tmp_bytes`` (temp files),
+        ``dirs_removed``, ``dir_bytes`` (abandoned work folders), ``blobs_removed``,
+        ``blob_bytes``, ``blobs_recent`` (unreferenced but kept: younger than
+        ``older_than``), ``blobs_restored`` (refreshed by a writer while gc ran) and
+        ``bytes_freed``.
 
         Temp files not modified for ``older_than`` seconds are left-overs of killed
-        writers and are removed (a live writer keeps its temp file fresh; ``older_than=0``
-        removes all, so use it only when no writer is active). When ``keep`` (a set of
-        blob uris) is given, every blob not in it is deleted: do not run that while other
-        processes store blobs that ``keep`` does not list.
+        writers and are removed (a live writer keeps its temp file fresh). Work folders
+        (:meth:`work_dir`) are removed once their owner process is gone. When ``keep`` (the
+        uris of every blob that records reference, read *before* this call) is given, the
+        blobs not in it and older than ``older_than`` are deleted: safe while other
+        processes write, because a writer refreshes a blob it stores again, and gc puts
+        back a blob refreshed while it ran. ``older_than=0`` removes every temp file and
+        unreferenced blob: use it only when nothing writes to the store. ``dry_run``
+        counts without removing.
 
         Raises:
             ValueError: a malformed uri in ``keep``, or a negative ``older_than``.
         """
         if older_than < 0:
             raise ValueError(f"older_than must be >= 0, got {older_than!r}")
+        if not dry_run:
+            self._writing("collect garbage")
         keep_hex = None if keep is None else {parse_blob_uri(u) for u in keep}
-        return collect_garbage(self._layout, keep_hex, older_than)
+        return collect_garbage(self._layout, keep_hex, older_than, dry_run)
+
+    def work_dir(self, label: str) -> Path:
+        """Create and return a private folder (mode 0700) under ``tmp/`` for this process,
+        named ``<label>-<pid>@<host>-<random>``; gc removes it once the process is gone.
+        The caller removes it when done."""
+        self._writing("make a work folder")
+        make_dirs(self._layout.tmp_dir)
+        while True:
+            path = self._layout.tmp_dir / owned_name(label)
+            try:
+                os.mkdir(path, 0o700)
+                return path
+            except FileExistsError:
+                continue
 
     def clear(self) -> None:
         """Delete all blobs, records, temp and quarantined files, leaving an empty store.
 
         Only the store's own subdirectories are removed; other files under the root stay.
         """
+        self._writing("clear the store")
         clear_store(self._layout)
 
 
-def _reopen(root: str, fsync: bool) -> LocalStore:
-    return LocalStore(root, fsync=fsync)
+def _reopen(root: str, fsync: bool, readonly: bool = False) -> LocalStore:
+    return LocalStore(root, fsync=fsync, readonly=readonly)

@@ -43,5 +43,6 @@ def ensure_signed(store: LocalStore, key: str, body: Mapping[str, Any], checksum
     if signer is not None and (sc is None or not sc.signed_by(signer.public_key)):
         sc = sc or Sidecar(claim)
         sc.sign(signer)
-        write_sidecar(store, key, checksum, sc)
+        if not store.readonly:
+            write_sidecar(store, key, checksum, sc)
     return sc

@@ -253,7 +253,7 @@ class StoreStack:
         """The record ``key`` from the first remote that has a valid copy, after copying
         it (and its blobs) into the local store; None when none has. Never raises for
         what a remote holds or fails to do: a bad entry is one :class:`RemoteStoreWarning`."""
-        if getattr(self.local, "readonly", False):
+        if self.local.readonly:
             return None  # a hit could not be copied in (said once, when configured)
         for remote in self.remotes:
             if remote.require_signature and not self.trusted_for(remote):
@@ -301,7 +301,8 @@ class StoreStack:
             raise _Rejected(f"damaged record ({e})") from None
         checksum = body_checksum(body)
         hexes = self.refs.blob_hexes(body)
-        need = [h for h in hexes if not self.local.has_blob("sha256://" + h)]
+        # refreshed, not just seen: gc keeps a blob the record about to be written references
+        need = [h for h in hexes if not self.local.refresh_blob("sha256://" + h)]
         sidecar: Sidecar | None = None
         if not remote.require_signature:
             self._run_all([lambda h=h: self._copy_blob(remote, h, None) for h in need])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
 import os
 import sys
 
 import pytest
 
 import hither as hi
+from hither.handlers import host
 
 # the S3 (moto) and static web servers, keys and buckets of the sharing tests
 pytest_plugins = ["tests.servers"]
@@ -31,14 +31,14 @@ def make_handler(kind: str) -> hi.JobHandler:
 
 @pytest.fixture(scope="session", autouse=True)
 def _forkserver_started():
-    """Start multiprocessing's forkserver once, before any test captures output.
+    """Start hither's fork server once, at the start of the session.
 
-    Forkserver workers inherit the file descriptors of the forkserver process, not those
-    of the test; starting it here makes that the same for every test (whichever test
-    happens to use forkserver first), so results do not depend on test order.
+    Forkserver workers inherit the standard streams of the fork server, not those of the
+    test; starting it here makes that the same for every test (whichever test happens to
+    use forkserver first), so results do not depend on test order.
     """
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        multiprocessing.forkserver.ensure_running()
+    if host.default_start_method() == "forkserver":
+        host.ensure_forkserver()
     yield
 
 

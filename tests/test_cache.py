@@ -10,6 +10,7 @@ import mmap
 import os
 import re
 import socket
+import stat
 import time
 import warnings
 
@@ -30,6 +31,7 @@ from tests.cachefuncs import (
     strict_equal,
 )
 from tests.cachefuncs import funcs as cf
+from tests.readonly_mount import read_only_view, tree
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -536,3 +538,122 @@ def test_a_tampered_record_is_a_miss(cache, log):
     assert calls(log, "cf_add") == 2
     third = run(cf.cf_add, cache=cache)(a=20, b=22)
     assert third.cache_hit and third.result() == 42
+
+
+# ----------------------------------------------------------------------------- use_tempdir
+@pytest.fixture
+def tempdir(tmp_path, monkeypatch):
+    """The system temp folder, here an empty folder of this test."""
+    import tempfile
+
+    base = tmp_path / "systemp"
+    base.mkdir(mode=0o1777)
+    os.chmod(base, 0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    return base
+
+
+def test_use_tempdir_is_a_private_folder_of_the_caller(tempdir, log):
+    cache = hi.JobCache(use_tempdir=True)
+    assert cache.path == tempdir / f"hither_job_cache_{os.geteuid()}"
+    st = os.lstat(cache.path)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+    assert stat.S_IMODE(st.st_mode) == 0o700
+    assert run(cf.cf_add, cache=cache)(a=1, b=2).result() == 3
+    assert run(cf.cf_add, cache=hi.JobCache(use_tempdir=True))(a=1, b=2).cache_hit
+
+
+def test_use_tempdir_makes_an_own_readable_folder_private(tempdir, log):
+    own = tempdir / f"hither_job_cache_{os.geteuid()}"
+    own.mkdir(mode=0o755)
+    os.chmod(own, 0o755)
+    assert hi.JobCache(use_tempdir=True).path == own
+    assert stat.S_IMODE(os.lstat(own).st_mode) == 0o700
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize("how", ["other-owner", "symlink", "world-writable"])
+def test_use_tempdir_never_uses_a_folder_planted_by_another_user(how, tempdir, tmp_path, log):
+    """Another user creates the predictable name first and plants a wrong result for
+    cf_add(a=1, b=2): the cache must not use that folder, nor touch it."""
+    if how != "world-writable" and os.geteuid() != 0:
+        pytest.skip("planting a folder of another user needs root")
+    name = tempdir / f"hither_job_cache_{os.geteuid()}"
+    planted = tmp_path / "attacker" if how == "symlink" else name
+    poisoned = hi.JobCache(path=planted)
+    job = run(cf.cf_add, cache=poisoned)(a=1, b=2)
+    rec = poisoned.get_record(job.key)
+    rec["result"] = 666
+    poisoned.store.put_record(job.key, rec)
+    assert run(cf.cf_add, cache=poisoned)(a=1, b=2).result() == 666  # the trap works
+    if how == "symlink":
+        name.symlink_to(planted)
+    if how == "world-writable":
+        os.chmod(planted, 0o777)
+    else:
+        for d, dirs, files in os.walk(planted):
+            for n in [d, *(os.path.join(d, x) for x in dirs + files)]:
+                os.lchown(n, NOBODY, NOBODY)
+    before = store_files(planted)
+
+    with pytest.warns(RuntimeWarning, match=re.escape(str(name))):
+        cache = hi.JobCache(use_tempdir=True)
+    assert os.path.realpath(cache.path) != os.path.realpath(planted)
+    st = os.lstat(cache.path)
+    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+    job = run(cf.cf_add, cache=cache)(a=1, b=2)
+    assert job.result() == 3 and not job.cache_hit
+    assert store_files(planted) == before
+
+
+# ----------------------------------------------------------------------------- read-only
+def test_readonly_never_writes_anything_not_even_quarantine_or_folders(tmp_path, log):
+    path = tmp_path / "store"
+    writable = hi.JobCache(path=path)
+    good = run(cf.cf_add, cache=writable)(a=1, b=2)
+    bad = run(cf.cf_add, cache=writable)(a=2, b=2)
+    rec_file = writable.store.record_path(bad.key)
+    rec_file.write_bytes(rec_file.read_bytes()[:-20])  # damaged
+    before = tree(path)
+    ro = hi.JobCache(path=path, readonly=True)
+    with pytest.warns(StoreWarning, match="left in place"):
+        again = run(cf.cf_add, cache=ro)(a=2, b=2)
+    assert again.result() == 4 and not again.cache_hit
+    assert run(cf.cf_add, cache=ro)(a=1, b=2).cache_hit and good.result() == 3
+    f = tmp_path / "input.txt"
+    f.write_text("x" * 10_000)
+    assert run(cf.cf_read_file, cache=ro)(f=hi.File(f)).result() == b"x" * 10_000
+    assert tree(path) == before  # nothing moved to quarantine, no snapshot, nothing new
+
+    missing = tmp_path / "never-created"
+    nothing = hi.JobCache(path=missing, readonly=True)
+    assert run(cf.cf_add, cache=nothing)(a=7, b=1).result() == 8
+    assert not missing.exists()
+
+
+def test_a_store_on_a_read_only_file_system_serves_hits_and_runs_misses(tmp_path, log):
+    src = tmp_path / "store"
+    writable = hi.JobCache(path=src)
+    assert run(cf.cf_add, cache=writable)(a=1, b=2).result() == 3
+    assert run(cf.cf_array, cache=writable)(n=5000).result().shape == (5000,)
+    before = tree(src)
+    with read_only_view(src, tmp_path / "ro") as ro_path:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cache = hi.JobCache(path=ro_path)
+            for handler in (hi.DefaultJobHandler(), hi.ParallelJobHandler(1)):
+                with handler:
+                    hit = run(cf.cf_array, handler, cache)(n=5000)
+                    assert hit.cache_hit and hit.result().shape == (5000,)
+                    assert run(cf.cf_add, handler, cache)(a=1, b=2).cache_hit
+                    miss = run(cf.cf_array, handler, cache)(n=6000)
+                    assert not miss.cache_hit and miss.result().shape == (6000,)
+                    assert len(run(cf.cf_bytes, handler, cache)(n=100_000).result()) == 100_000
+            hi.JobCache(path=ro_path)  # once per store, not per cache object
+        texts = [str(w.message) for w in caught]
+        assert len(texts) == 1, texts
+        assert str(ro_path) in texts[0] and "read-only file system" in texts[0]
+        assert cache.readonly and not cache.writable()
+    assert tree(src) == before

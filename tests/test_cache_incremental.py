@@ -9,8 +9,6 @@ and on a parallel (spawn) handler alike.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.forkserver
 import os
 import sys
 import time
@@ -23,6 +21,7 @@ import pytest
 
 import hither as hi
 from hither import hashing
+from hither.handlers import host
 from tests.cachefuncs import CALL_LOG_ENV, blob_files, read_calls
 from tests.cachefuncs import funcs as cf
 from tests.cachefuncs.pipeline import ORIGINAL, STAGES, edit, load_module
@@ -320,10 +319,10 @@ def test_file_result_is_stored_by_content(pipe, tmp_path):
 
 
 # ----------------------------------------------------------------------------- handlers
-@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(),
+@pytest.mark.skipif(host.default_start_method() != "forkserver",
                     reason="no forkserver on this platform")
 def test_default_parallel_handler_workers_see_the_callers_environment(tmp_path, monkeypatch):
-    multiprocessing.forkserver.ensure_running()  # as tests/conftest.py does at session start
+    host.ensure_forkserver()  # started before the variable is set, as in tests/conftest.py
     monkeypatch.setenv(CALL_LOG_ENV, str(tmp_path / "calls.log"))
     handler = hi.ParallelJobHandler(2)
     try:

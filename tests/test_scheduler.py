@@ -198,12 +198,14 @@ def test_reset_then_reuse_keeps_one_loop_and_no_fd_leak():
     try:
         with hi.Config(job_handler=h):
             assert jf_add.run(x=1).result(timeout=WAIT) == 1
-        before = _fds()
+        before, loop = _fds(), h._shared.thread
+        threads = _loop_threads()
         for i in range(5):
             hi.reset()
             with hi.Config(job_handler=h):
                 assert jf_add.run(x=i).result(timeout=WAIT) == i
-            assert _loop_threads() == 1
+            assert h._shared.thread is loop and loop.is_alive()  # one loop, kept
+            assert _loop_threads() <= threads
         assert _fds() <= before
     finally:
         h.shutdown()

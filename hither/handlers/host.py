@@ -1,48 +1,191 @@
-"""Host worker processes: ``multiprocessing`` children speaking pickled messages."""
+"""Host worker processes: fresh interpreters (or forks) speaking pickled messages.
+
+A host worker never imports the user's ``__main__``: it runs :mod:`hither._hostworker`
+(standard library only) and receives each function by reference (importable modules) or
+by value (functions of a script or notebook, through cloudpickle). Three start methods:
+
+``"spawn"``
+    one fresh interpreter per worker (``sys.executable`` on ``_hostworker.py``).
+``"forkserver"`` (the default)
+    one fresh interpreter per parent process, the fork server, started on first use; it
+    has no threads and forks each worker from a clean state (hither and cloudpickle
+    already imported). It reaps its workers and reports each exit status through a pipe
+    that is also the worker's sentinel.
+``"fork"``
+    ``os.fork()`` of the calling process (hither 0.4.2's way): the worker is a copy of the
+    parent, ``__main__`` included. Unsafe when the parent has other threads (locks held by
+    them stay held in the child); opt-in only.
+
+Starting the processes is :mod:`hither.handlers.hostproc`'s part. Every worker gets the
+parent's working directory, ``sys.path`` and environment at the time it is started, its
+own process group (killing it kills what its job started), a parent-death signal
+(SIGKILL) and ignores SIGINT (Ctrl-C is the parent's to handle).
+"""
 
 from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
+import socket
 import sys
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
-from .. import _worker
 from ..errors import JobFailedError, UnreadableResultError
 from ..launch import Launch, Outcome
+from . import hostproc
+from .hostproc import START_METHODS, default_start_method, ensure_forkserver, forkserver_pid
+
+__all__ = ["START_METHODS", "HostWorker", "by_value_sources", "decode_outcome",
+           "default_start_method", "describe_exit", "ensure_forkserver", "forkserver_pid"]
 
 #: messages up to this size are written directly: with the jobs sent ahead (prefetch) they fit
-#: in a pipe's buffer (64 KiB on Linux), so the write cannot block
+#: in a socket's buffer, so the write cannot block
 _DIRECT_SEND = 4 * 1024
 
-
+# ---------------------------------------------------------------------------- the worker
 class HostWorker:
-    """One warm worker process on this machine (see :mod:`hither._worker`)."""
+    """One warm worker process on this machine (see :mod:`hither._worker`).
 
-    def __init__(self, ctx: Any) -> None:
-        parent, child = ctx.Pipe(duplex=True)
-        # a forkserver was started earlier: give the worker the caller's environment of now
-        init = {"cwd": os.getcwd(), "sys_path": list(sys.path), "env": dict(os.environ)}
-        self.proc = ctx.Process(target=_worker.serve_connection, args=(child, init),
-                                name="hither-worker", daemon=True)
-        self.proc.start()
-        child.close()
-        self.conn = parent
-        self.pid: int = self.proc.pid
+    ``pid``, ``conn`` (its :class:`~multiprocessing.connection.Connection`), ``sentinel``
+    (a file descriptor that becomes readable when the worker has ended) and ``exitcode``
+    (None while it runs, then its exit code or ``-signal``) describe the process.
+    Unregister ``sentinel`` from any selector before :meth:`close`: its file descriptor is
+    released once the worker is closed and its end has been seen.
+    """
+
+    def __init__(self, start_method: str = "forkserver") -> None:
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, "
+                             f"got {start_method!r}")
+        self.start_method = start_method
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = hostproc.start(start_method, theirs.fileno(), ours.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        self._conn_fd = self.conn.fileno()
+        self.pid: int = self._proc.pid
+        self.sentinel: int = self._proc.sentinel
+        self._ended = False
+        self._code: int | None = None
+        self._closed = False
+        self._released = False
+        self._state_lock = threading.Lock()
         self.fids: set[str] = set()
         self._outbox: deque[bytes] | None = None
         self._outbox_lock = threading.Lock()
+        # the worker works where the caller works now (a fork server started earlier)
+        init = {"cwd": os.getcwd(), "sys_path": list(sys.path), "env": dict(os.environ)}
+        try:
+            self.conn.send_bytes(pickle.dumps(init, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            pass  # it died already: the handler sees it through its sentinel
 
+    # ---------------------------------------------------------------- the process
+    def fds(self) -> tuple[int, int]:
+        """The connection's and the sentinel's file descriptors, as they were registered
+        (still given after :meth:`close`, so that whoever registered them can unregister
+        them even when another thread closed the worker first)."""
+        return self._conn_fd, self.sentinel
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while the worker runs; then its exit code, ``-signal`` if it was killed
+        (None also when its end could not be learned)."""
+        self._poll()
+        return self._code
+
+    def is_alive(self) -> bool:
+        """True until the worker has ended."""
+        return not self._poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the worker to end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._poll():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            with self._state_lock:
+                if self._released:
+                    return
+                fd = self.sentinel
+            try:
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                poller.poll(50 if left is None else max(1, min(50, int(left * 1000))))
+            except (AttributeError, OSError, ValueError):
+                time.sleep(0.01)
+
+    def _poll(self) -> bool:
+        with self._state_lock:
+            if not self._ended and not self._released:
+                self._ended, self._code = self._proc.poll()
+            if self._ended and self._closed:
+                self._release()
+            return self._ended or self._released
+
+    def _release(self) -> None:  # state lock held
+        if not self._released:
+            self._released = True
+            try:
+                os.close(self.sentinel)
+            except OSError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process of its group (what its job started)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if not self._poll():  # not reaped yet, so the pid is still the worker's
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Release the connection; the sentinel follows once the worker's end is seen."""
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        with self._state_lock:
+            self._closed = True
+        self._poll()
+
+    def __del__(self) -> None:
+        try:
+            with self._state_lock:
+                if not self._ended:
+                    self._proc.dropped()
+                self._release()
+        except Exception:  # noqa: BLE001 - a half-built object at interpreter exit
+            pass
+
+    # ---------------------------------------------------------------- messages
     def run_message(self, launch: Launch) -> tuple:
         """The message running ``launch`` (the function is sent once per worker)."""
-        kw = launch.pickled_kwargs()
-        fn = None if launch.fid in self.fids else launch.fn_pickle()
+        kw = launch.pickled_kwargs()  # by value where they refer to __main__ (scheduler)
+        fn = sources = None
+        if launch.fid not in self.fids:
+            fn = launch.fn_pickle()
+            sources = by_value_sources(launch.fn)
         echo = "" if launch.echo_label is not None else None  # the parent adds the label
         return ("run", launch.job_id, launch.fid, fn, kw, launch.label, echo,
-                launch.sys_path, bool(launch.timeout))
+                launch.sys_path, bool(launch.timeout), sources)
 
     def sent(self, msg: tuple) -> None:
         """Note that ``msg`` reached the worker (its function is now loaded there)."""
@@ -53,7 +196,7 @@ class HostWorker:
         """Send a message without ever blocking the caller for long; False when the
         worker is gone.
 
-        A small message fits in the pipe's buffer next to what was sent ahead, so it is
+        A small message fits in the socket's buffer next to what was sent ahead, so it is
         written here. A large one goes through a sender thread: the worker reads only
         between jobs, and a parent blocked writing to a busy worker could not read the
         result that worker is trying to send (a deadlock with large values both ways).
@@ -65,7 +208,7 @@ class HostWorker:
                 return True
             except (OSError, ValueError):
                 return False
-        if self.proc.exitcode is not None:
+        if not self.is_alive():
             return False
         with self._outbox_lock:
             if self._outbox is None:
@@ -93,39 +236,81 @@ class HostWorker:
         """Read one message (raises EOFError/OSError when the worker is gone)."""
         return pickle.loads(self.conn.recv_bytes())
 
-    def kill(self) -> None:
-        """SIGKILL the worker and every process of its group (what its job started)."""
+
+def by_value_sources(fn: Callable[..., Any]) -> tuple[dict, dict] | None:
+    """Where the code of a function of ``__main__`` comes from, for a worker's tracebacks.
+
+    cloudpickle sends such a function (and the ``__main__`` functions and classes it uses)
+    by value, with its file name replaced by ``<dynamic-code>``. Returns ``(files, codes)``:
+    the source lines of each file involved (a script, notebook cells) and the file of
+    each code object by :func:`hither._worker.code_key`; None for other functions. The
+    worker restores the file names and puts the lines in its ``linecache``, so that its
+    tracebacks show file, line and source text, even of a file it does not have.
+    """
+    import linecache
+    import types
+
+    from .._worker import code_key
+
+    if getattr(fn, "__module__", None) != "__main__":
+        return None
+    files: dict[str, list[str]] = {}
+    codes: dict[tuple, str] = {}
+    seen: set[int] = set()
+    todo: list[Any] = [fn]
+    while todo and len(seen) < 1000:
+        obj = todo.pop()
         try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        if self.proc.exitcode is None:  # not reaped yet, so the pid is still ours
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            if id(obj) in seen or getattr(obj, "__module__", None) != "__main__":
+                continue
+        except Exception:  # noqa: BLE001 - an object with a failing __getattr__
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, type):
+            for v in vars(obj).values():
+                todo.append(getattr(v, "__func__", v))  # staticmethod, classmethod
+            continue
+        if not isinstance(obj, types.FunctionType):
+            continue
+        stack = [obj.__code__]
+        while stack:
+            code = stack.pop()
+            stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+            codes[code_key(code)] = code.co_filename
+            if code.co_filename not in files:
+                files[code.co_filename] = linecache.getlines(code.co_filename,
+                                                             obj.__globals__)
+            todo.extend(obj.__globals__[n] for n in code.co_names if n in obj.__globals__)
+    return {name: lines for name, lines in files.items() if lines}, codes
 
-    def close(self) -> None:
-        """Release the connection."""
-        try:
-            self.conn.close()
-        except OSError:
-            pass
 
-
+# ---------------------------------------------------------------------------- outcomes
 def describe_exit(code: int | None) -> str:
-    """Why a worker process ended, from its exit code, in words."""
+    """Why a worker process ended, from its exit code, in words a user can act on."""
     if code is None:
-        return "it stopped answering"
+        return "it ended and its exit status could not be learned"
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        extra = (" (sent by another process or by the kernel, e.g. its out-of-memory "
-                 "killer: see `dmesg`)") if -code == 9 else ""
-        return f"killed by {name}{extra}"
-    return f"it exited with code {code} (the function or a library it uses called exit)"
+        why = _SIGNAL_CAUSES.get(-code, "another process sent it")
+        return f"it was killed by {name}: {why}"
+    return (f"it exited with code {code}: the function or a library it calls ended the "
+            "process (os._exit(), or exit() in compiled code; sys.exit() would have "
+            "been reported as an exception)")
+
+
+_SIGNAL_CAUSES: dict[int, str] = {
+    signal.SIGKILL: "another process sent it, or the kernel's out-of-memory killer when "
+                    "memory ran out (`dmesg` tells; then give the job less data or the "
+                    "machine more memory)",
+    signal.SIGSEGV: "a crash in compiled code (a C extension or the interpreter)",
+    signal.SIGBUS: "a crash in compiled code (a C extension or the interpreter)",
+    signal.SIGILL: "a crash in compiled code (a C extension or the interpreter)",
+    signal.SIGFPE: "a crash in compiled code (a C extension or the interpreter)",
+    signal.SIGABRT: "the process aborted (os.abort() or a failed check in compiled code)",
+}
 
 
 def decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import selectors
 import threading
@@ -18,10 +17,8 @@ from ..launch import Launch, Outcome
 from ..progress import echo
 from . import _loop
 from .base import JobHandler, completed_future, in_io_thread
-from .host import HostWorker, decode_outcome, describe_exit
+from .host import START_METHODS, HostWorker, decode_outcome, default_start_method, describe_exit
 from .stdio import StdioWorker, pool_key
-
-_START_METHODS = ("spawn", "forkserver", "fork")
 
 #: an outcome, or a call that makes it (run on an I/O thread, not in the loop)
 Settle = Outcome | Callable[[], Outcome]
@@ -55,7 +52,7 @@ class _Slot:
 
     def fds(self) -> tuple[int, ...]:
         if self.host is not None:
-            return (self.host.conn.fileno(), self.host.proc.sentinel)
+            return self.host.fds()
         assert self.stdio is not None
         return self.stdio.fds()
 
@@ -84,9 +81,13 @@ class ParallelJobHandler(JobHandler):
     Workers start on demand and each runs many jobs: host jobs on worker processes of this
     machine, container and environment jobs on workers inside their runtime (one
     ``docker run`` per worker, not per job). Host workers are sent up to ``prefetch`` jobs
-    ahead so they never wait for the parent. ``start_method`` is a :mod:`multiprocessing`
-    start method for host workers (``"spawn"``, ``"forkserver"`` or ``"fork"``; default
-    ``"forkserver"`` where available, else ``"spawn"``).
+    ahead so they never wait for the parent. Host workers never import the caller's
+    ``__main__`` (a script needs no ``if __name__ == "__main__":`` guard; its functions
+    travel by value). ``start_method`` says how they start (see
+    :mod:`hither.handlers.hostproc`): ``"forkserver"`` (the default where the platform can
+    fork) forks them from a clean fork server of hither's, ``"spawn"`` starts a fresh
+    interpreter for each, ``"fork"`` forks the caller itself as hither 0.4.2 did (unsafe
+    when the caller has threads).
 
     A worker that dies (signal, OOM kill, ``os._exit``, a killed container) fails its
     running job with :class:`~hither.errors.WorkerCrashedError` and is replaced; a job past
@@ -103,16 +104,14 @@ class ParallelJobHandler(JobHandler):
         if int(num_workers) < 1:
             raise ValueError(f"num_workers must be at least 1, got {num_workers!r}")
         if start_method is None:
-            available = multiprocessing.get_all_start_methods()
-            start_method = "forkserver" if "forkserver" in available else "spawn"
-        if start_method not in _START_METHODS:
-            raise ValueError(f"start_method must be one of {_START_METHODS}, got {start_method!r}")
+            start_method = default_start_method()
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
         self.num_workers = int(num_workers)
         self.start_method = start_method
         # small messages are written straight into the pipe: a bounded number sent ahead
         # keeps them within its buffer (see host.HostWorker.send)
         self.prefetch = min(max(1, int(prefetch)), 8)
-        self._ctx = multiprocessing.get_context(start_method)
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._pending: dict[Hashable, deque[_Task]] = {}
@@ -122,6 +121,7 @@ class ParallelJobHandler(JobHandler):
         self._shared = _loop.Shared()
         self._slots: list[_Slot] = self._shared.slots
         self._finalizer = weakref.finalize(self, _loop.abandon, self._shared, _kill_now)
+        self._finalizer.atexit = False  # at exit, the handlers are shut down in order
 
     # ---------------------------------------------------------------- public interface
     def submit(self, launch: Launch) -> Future[Outcome]:
@@ -292,7 +292,7 @@ class ParallelJobHandler(JobHandler):
         """Start a worker for pool ``key`` (on an I/O thread: a container takes a while)."""
         try:
             if key is None:
-                slot = _Slot(None, host=HostWorker(self._ctx), limit=self.prefetch)
+                slot = _Slot(None, host=HostWorker(self.start_method), limit=self.prefetch)
             else:
                 runtime, store = self._runtimes[key]
                 slot = _Slot(key, stdio=StdioWorker(runtime, store))
@@ -313,7 +313,7 @@ class ParallelJobHandler(JobHandler):
             try:
                 if slot.host is not None:
                     sel.register(slot.host.conn.fileno(), selectors.EVENT_READ, ("msg", slot))
-                    sel.register(slot.host.proc.sentinel, selectors.EVENT_READ,
+                    sel.register(slot.host.sentinel, selectors.EVENT_READ,
                                  ("exit", slot))
                 else:
                     out, err = slot.stdio.fds()  # type: ignore[union-attr]
@@ -554,8 +554,8 @@ class ParallelJobHandler(JobHandler):
             return
         head = slot.inflight[0]
         if slot.host is not None:
-            slot.host.proc.join(1)
-            code = slot.host.proc.exitcode
+            slot.host.join(1)
+            code = slot.host.exitcode
             now = time.time()
             started = now - (time.monotonic() - head.head_at) if head.head_at else None
             outcome = Outcome(False, error=WorkerCrashedError(
@@ -569,15 +569,12 @@ class ParallelJobHandler(JobHandler):
 
 
 def _reap(host: HostWorker, timeout: float) -> None:
-    """Wait for a stopped host worker and release its process handle (a descriptor)."""
-    host.proc.join(timeout)
-    if host.proc.exitcode is None:
+    """Wait for a stopped (closed) host worker; its last descriptor is released once its
+    end is seen."""
+    host.join(timeout)
+    if host.is_alive():
         host.kill()
-        host.proc.join(2)
-    try:
-        host.proc.close()
-    except ValueError:  # still running: leave it to the garbage collector
-        pass
+        host.join(2)
 
 
 def _settle(done: list[tuple[_Task, Settle]]) -> None:

@@ -2,18 +2,28 @@
 
 The worker process runs ``_worker.py --stdio`` and speaks JSON lines (see
 :mod:`hither._stdio_worker`). Values cross through the store: arguments are encoded into blobs the
-worker reads from a read-only mount; result blobs come back through a per-worker folder and
-are moved into the store. The handler owns these workers; both the inline and the parallel
+worker reads from a read-only mount; result blobs come back through a private output folder
+(mode 0700, owned by the caller, whose uid:gid the worker runs as): each job writes into a
+fresh subfolder of its own. The handler owns these workers; both the inline and the parallel
 handler use this class.
+
+Whatever the worker says is untrusted: a result reference ``out:NAME`` is accepted only
+when NAME is a name the worker's encoder makes (32 lowercase hex digits) of a regular file
+with a single link in that job's own subfolder, opened without following links; its bytes
+are copied into the store. Nothing outside the job's subfolder is read, moved or deleted.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
+import re
+import secrets
 import select
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -35,6 +45,15 @@ from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
 
 _names = itertools.count()
+_OUT_REF = re.compile(r"out:([0-9a-f]{32})")  # as _stdio_worker._blob_putter names them
+_OPEN_RESULT = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+_OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | \
+    getattr(os, "O_CLOEXEC", 0)
+
+
+class BadResultRef(ValueError):
+    """A worker's result reference that does not name a file it may hand back."""
 
 
 def pool_key(launch: Launch) -> tuple:
@@ -53,9 +72,8 @@ class StdioWorker:
         self.store = store
         root = Path(store.root)
         name = f"hither-{os.getpid()}-{next(_names)}-{uuid.uuid4().hex[:6]}"
-        self.out_dir = root / "tmp" / f"out-{name}"
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.out_dir, 0o777)  # the container user may be anyone; the folder is ours
+        self.out_dir = _for_worker(store.work_dir("out"))
+        self._job_dirs: dict[str, Path] = {}
         blobs = root / "blobs"
         self.spec = WorkerSpec(mounts=(
             Mount(str(worker_dir(root)), "/hither/worker"),
@@ -92,11 +110,15 @@ class StdioWorker:
         if args is None:
             args = values.encode(launch.call_kwargs(), self.store, path="kw")
         code_dir = f"{self._paths['/hither/code']}/{bundle.digest}"
+        self._drop_job_dir(launch.job_id)
+        job_dir = self.out_dir / f"job-{secrets.token_hex(8)}"
+        os.mkdir(job_dir, 0o700)
+        self._job_dirs[launch.job_id] = _for_worker(job_dir)
         msg = {"op": "run", "id": launch.job_id, "label": launch.label,
                "module": {"name": bundle.module, "dir": code_dir},
                "function": bundle.function, "args": args,
                "blobs": self._paths["/hither/blobs"],
-               "out": self._paths["/hither/out"],
+               "out": f"{self._paths['/hither/out']}/{job_dir.name}",
                "stream": "" if launch.echo_label is not None else None,
                "timeout": bool(launch.timeout)}
         return (json.dumps(msg, allow_nan=True) + "\n").encode()
@@ -168,7 +190,7 @@ class StdioWorker:
     # ------------------------------------------------------------------ outcomes
     def deferred_outcome(self, launch: Launch, msg: dict[str, Any]) -> Callable[[], Outcome]:
         """Take what belongs to a ``done`` message now (its stderr lines) and return the call
-        that makes its Outcome (moving result blobs into the store takes a while, so a
+        that makes its Outcome (copying result files into the store takes a while, so a
         handler's loop runs it elsewhere). The out folder stays until that call is made."""
         console = self.head_console
         self.head_console = []
@@ -189,7 +211,7 @@ class StdioWorker:
 
     def outcome(self, launch: Launch, msg: dict[str, Any],
                 stderr_lines: list[tuple[float, str, bool]] | None = None) -> Outcome:
-        """Turn a ``done`` message into an Outcome (result blobs moved into the store)."""
+        """Turn a ``done`` message into an Outcome (result files copied into the store)."""
         if stderr_lines is None:
             stderr_lines, self.head_console = self.head_console, []
         console = [tuple(x) for x in msg.get("console") or []] + stderr_lines
@@ -198,7 +220,7 @@ class StdioWorker:
         start, end = msg.get("start"), msg.get("end")
         if msg.get("ok"):
             try:
-                manifest = self._ingest(msg["result"])
+                manifest = self._ingest_job(launch.job_id, msg.get("result"))
                 value = values.decode(manifest, self.store)
             except Exception as e:  # noqa: BLE001
                 err = UnreadableResultError(f"the result of job {launch.label!r} could not be read "
@@ -209,6 +231,7 @@ class StdioWorker:
             info["result_manifest"] = manifest
             return Outcome(True, value=value, console=console, start_time=start,
                            end_time=end, info=info)
+        self._drop_job_dir(launch.job_id)
         e = msg.get("error") or {}
         exc = rebuild_exception(e.get("type", "Exception"), e.get("message", ""),
                                 e.get("traceback"), job_label=launch.label, args=e.get("args"))
@@ -216,21 +239,82 @@ class StdioWorker:
         return Outcome(False, error=exc, traceback_text=e.get("traceback"), console=console,
                        start_time=start, end_time=end, info=info)
 
-    def _ingest(self, manifest: Any) -> Any:
-        """Move ``out:`` blobs the worker wrote into the store; refs become sha256 URIs."""
+    def _ingest_job(self, job_id: str, manifest: Any) -> Any:
+        """``manifest`` with its ``out:`` refs replaced by the store uris of the files they
+        name in job ``job_id``'s own folder (see the module docstring); the folder is
+        removed afterwards. Raises :class:`BadResultRef` for a ref it may not use."""
+        job_dir = self._job_dirs.get(job_id)
+        try:
+            if job_dir is None:
+                return self._ingest(manifest, None)
+            try:
+                dir_fd = os.open(job_dir, _OPEN_DIR)
+            except OSError as e:
+                raise BadResultRef(f"the job's output folder {job_dir.name} was replaced or "
+                                   f"removed by the worker ({e.strerror})") from None
+            try:
+                return self._ingest(manifest, dir_fd)
+            finally:
+                os.close(dir_fd)
+        finally:
+            self._drop_job_dir(job_id)
+
+    def _ingest(self, manifest: Any, dir_fd: int | None) -> Any:
         if isinstance(manifest, list):
-            return [self._ingest(x) for x in manifest]
+            return [self._ingest(x, dir_fd) for x in manifest]
         if isinstance(manifest, dict):
+            ref = manifest.get("ref")
             if manifest.get(_codec.TAG) in _codec.BLOB_KINDS and \
-                    str(manifest.get("ref", "")).startswith("out:"):
+                    isinstance(ref, str) and ref.startswith("out:"):
                 node = dict(manifest)
-                node["ref"] = self.store.put_file(self.out_dir / manifest["ref"][4:], move=True)
+                node["ref"] = self._take(ref, dir_fd)
                 return node
-            return {k: self._ingest(v) for k, v in manifest.items()}
+            return {k: self._ingest(v, dir_fd) for k, v in manifest.items()}
         return manifest
+
+    def _take(self, ref: str, dir_fd: int | None) -> str:
+        """Copy the result file ``ref`` names into the store; return its uri."""
+        m = _OUT_REF.fullmatch(ref)
+        if m is None:
+            raise BadResultRef(f"the worker returned the result reference {ref!r}, which is "
+                               "not the name of a file in the job's own output folder")
+        name = m.group(1)
+        if dir_fd is None:
+            raise BadResultRef(f"the worker returned {ref!r} for a job it was not given")
+        try:
+            fd = os.open(name, _OPEN_RESULT, dir_fd=dir_fd)
+        except OSError as e:
+            why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror
+            raise BadResultRef(f"the worker's result file {name} cannot be used: {why}") \
+                from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BadResultRef(f"the worker's result file {name} is not a regular file "
+                                   f"(a FIFO, device, socket or folder)")
+            if st.st_nlink != 1:
+                raise BadResultRef(f"the worker's result file {name} has "
+                                   f"{st.st_nlink} links: a hard link is not a result")
+        except BaseException:
+            os.close(fd)
+            raise
+        with open(fd, "rb", buffering=0) as f:
+            uri = self.store.put_stream(f)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        return uri
+
+    def _drop_job_dir(self, job_id: str) -> None:
+        """Remove a job's output folder (links in it are removed, never followed)."""
+        job_dir = self._job_dirs.pop(job_id, None)
+        if job_dir is not None:
+            shutil.rmtree(job_dir, ignore_errors=True)
 
     def crash_outcome(self, launch: Launch, why: str | None = None) -> Outcome:
         """The outcome of a job whose worker died under it."""
+        self._drop_job_dir(launch.job_id)
         code = self.proc.poll()
         tail = "\n".join(self.stderr_tail[-20:])
         err = WorkerCrashedError(
@@ -243,6 +327,7 @@ class StdioWorker:
 
     def timeout_outcome(self, launch: Launch, started: float) -> Outcome:
         """The outcome of a job stopped at its ``job_timeout``."""
+        self._drop_job_dir(launch.job_id)
         err = JobTimeoutError(
             f"job {launch.label!r} ran longer than its job_timeout of {launch.timeout} s in "
             f"{self.runtime.describe()}; its worker was stopped and replaced. Raise "
@@ -324,6 +409,20 @@ class StdioWorker:
                         deadline = time.monotonic() + launch.timeout
                     elif msg.get("op") == "done":
                         return self.outcome(launch, msg)
+
+
+def _for_worker(path: Path) -> Path:
+    """Give ``path`` to the uid:gid that workers run as (the caller's real ids), when this
+    process (as root) created it under others."""
+    if hasattr(os, "getuid"):
+        st = os.stat(path)
+        ids = (os.getuid(), os.getgid())
+        if (st.st_uid, st.st_gid) != ids:
+            try:
+                os.chown(path, *ids)
+            except PermissionError:
+                pass
+    return path
 
 
 def _read_available(fd: int) -> bytes | None:

@@ -36,8 +36,12 @@ from ..errors import RuntimeUnavailableError
 from ..hashing import hash_file
 from ..utils import FileLock
 from .base import Runtime, WorkerSpec, kill_process_group
+from .docker import check_image_reference
 
 _BUILD_TIMEOUT = float(os.environ.get("HITHER_APPTAINER_BUILD_TIMEOUT", "3600"))
+
+# URI schemes whose rest is a registry image reference (Docker/OCI grammar)
+_REGISTRY_SCHEMES = ("docker", "docker-daemon", "oras")
 
 _lock = threading.Lock()
 _identities: dict[str, dict[str, Any]] = {}
@@ -108,6 +112,12 @@ class ApptainerRuntime(Runtime):
             raise ValueError("image must be a .sif path, a sandbox folder or a URI")
         if not self.is_uri:
             object.__setattr__(self, "image", os.path.abspath(os.path.expanduser(self.image)))
+            return
+        scheme, rest = self.image.split("://", 1)
+        if scheme in _REGISTRY_SCHEMES:
+            check_image_reference(rest, self.image)
+        elif not rest.strip() or rest != rest.strip():
+            raise RuntimeUnavailableError(f"invalid apptainer image URI {self.image!r}")
 
     @property
     def is_uri(self) -> bool:

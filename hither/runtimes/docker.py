@@ -30,6 +30,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -56,6 +57,29 @@ _lock = threading.Lock()
 _identities: dict[tuple[str, str, str], dict[str, Any]] = {}
 _key_locks: dict[tuple[str, str, str], threading.Lock] = {}
 _clients: dict[tuple[str, str], _Engine] = {}
+
+# The image reference grammar of Docker and Podman (distribution/reference):
+# [domain[:port]/]path-component[/path-component...][:tag][@algorithm:hex]
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*)"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+_NAME_MAX = 255
+
+
+def check_image_reference(image: str, shown: str | None = None) -> None:
+    """Raise :class:`RuntimeUnavailableError` naming ``shown`` (default ``image``) unless
+    ``image`` is a valid Docker/Podman image reference (``[registry/]name[:tag][@digest]``,
+    lowercase name)."""
+    m = _REFERENCE.fullmatch(image) if isinstance(image, str) else None
+    if m is None or len(m.group("name")) > _NAME_MAX:
+        raise RuntimeUnavailableError(
+            f"invalid container image name {shown or image!r}: expected "
+            "[REGISTRY[:PORT]/]NAME[:TAG][@DIGEST] with a lowercase NAME, e.g. "
+            "'docker://python:3.12-slim' or 'docker://ghcr.io/org/image:1.0'")
 
 
 def clear_identity_cache() -> None:
@@ -99,8 +123,7 @@ class DockerRuntime(Runtime):
         for prefix in ("docker://", "podman://"):
             if image.startswith(prefix):
                 image = image[len(prefix):]
-        if not image or "://" in image:
-            raise ValueError(f"not a container image name: {self.image!r}")
+        check_image_reference(image, self.image)
         object.__setattr__(self, "image", image)
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
 
@@ -416,7 +439,13 @@ def _unreachable(engine: str, url: str | None, err: object) -> str:
 def _resolve_digest(rt: DockerRuntime) -> str:
     url = rt.endpoint()
     engine = _engine(rt.engine, url)
-    attrs = engine.image(rt.image)
+    try:
+        attrs = engine.image(rt.image)
+    except RuntimeUnavailableError:
+        raise
+    except Exception as e:  # the engine refused the name (APIError 400/500), or broke
+        raise RuntimeUnavailableError(
+            f"{rt.engine} could not look up image {rt.image!r}: {e}") from e
     if attrs is None:
         try:
             engine.pull(rt.image)

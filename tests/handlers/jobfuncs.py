@@ -208,6 +208,28 @@ def jf_spawn_sleep_child(pidfile, marker):
     return p.pid
 
 
+#: set by a test in the parent at run time: a worker that is a fresh interpreter has None
+PARENT_STATE = None
+
+
+@hi.function("jf_worker_facts", "1")
+def jf_worker_facts(env_name=""):
+    """What a host worker process looks like from inside."""
+    main = sys.modules["__main__"]
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "pgid": os.getpgid(0),
+        "cwd": os.getcwd(),
+        "sys_path": list(sys.path),
+        "env": os.environ.get(env_name) if env_name else None,
+        "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+        "main_file": getattr(main, "__file__", None),
+        "parent_state": PARENT_STATE,
+        "stdin_is_devnull": os.path.realpath("/proc/self/fd/0") == "/dev/null",
+    }
+
+
 # ----------------------------------------------------------------------------- test helpers
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""

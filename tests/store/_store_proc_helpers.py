@@ -95,3 +95,75 @@ def stalled_record_writer(root: str, key: str, body: dict[str, Any], ready: Any)
     # Stop after the temp file is written but before its fsync and rename.
     os.fsync = hang
     store.put_record(key, body)
+
+
+# ------------------------------------------------------------------ gc against writers
+GC_POOL = 8
+GC_KEYS = 3
+
+
+def gc_pool_blob(j: int) -> bytes:
+    """Blob ``j`` of the small pool writers keep storing again (dedup)."""
+    return (f"pool blob {j};".encode()) * 4000
+
+
+def store_again_and_record(root: str, key: str, j: int, done: Any) -> None:
+    """Store pool blob ``j`` (already stored: a dedup) and a record referencing it."""
+    store = LocalStore(root)
+    uri = store.put_bytes(gc_pool_blob(j))
+    store.put_record(key, {"ref": uri})
+    done.set()
+
+
+def gc_writer(root: str, seed: int, seconds: float, errors: Any) -> None:
+    """For ``seconds``: store a pool blob and a record referencing it, under a random key
+    (replacing what it referenced); sometimes delete a record instead. The blobs in use
+    rotate every half second (two of the pool at a time), so each one in turn is left
+    alone long enough for gc to delete it, and is then stored again."""
+    import random
+
+    rng = random.Random(seed)
+    store = LocalStore(root)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        key = f"gc-key-{rng.randrange(GC_KEYS):04d}"
+        if rng.random() < 0.3:
+            store.delete_record(key)
+            continue
+        phase = int(time.time() / 0.5)
+        data = gc_pool_blob((phase + rng.randrange(2)) % GC_POOL)
+        if rng.random() < 0.5:
+            uri = store.put_bytes(data)
+        else:
+            uri = store.put_writer(lambda f, data=data: f.write(data))
+        store.put_record(key, {"ref": uri})
+
+
+def referenced(store: LocalStore) -> set[str]:
+    """The blob uris the records of the gc tests reference."""
+    return {rec["ref"] for _, rec in store.iter_records() if "ref" in rec}
+
+
+def dangling(store: LocalStore) -> list[str]:
+    """Keys of records whose blob is missing."""
+    return [k for k, rec in store.iter_records()
+            if "ref" in rec and not store.has_blob(rec["ref"])]
+
+
+def gc_collector(root: str, seconds: float, older_than: float, report: Any) -> None:
+    """For ``seconds``: mark (read every record), sweep (gc), then check that no record
+    references a missing blob; report the number of checks and of dangling records."""
+    store = LocalStore(root)
+    end = time.monotonic() + seconds
+    rounds = bad = removed = 0
+    while time.monotonic() < end:
+        keep = referenced(store)
+        removed += store.gc(keep, older_than=older_than)["blobs_removed"]
+        bad += len(dangling(store))
+        rounds += 1
+    report.put((rounds, bad, removed))
+
+
+def referenced_hex(store: LocalStore) -> set[str]:
+    """Like :func:`referenced`, as hex digests."""
+    return {u.split("://", 1)[1] for u in referenced(store)}

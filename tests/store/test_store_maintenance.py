@@ -75,7 +75,11 @@ def test_gc_with_keep_deletes_unlisted_blobs(store: LocalStore) -> None:
     drop = store.put_bytes(b"drop me!")
     store.put_record("a-record-key", {"blob": drop})
 
-    result = store.gc(keep)
+    young = store.gc(keep)  # unreferenced, but younger than the grace period
+    assert young["blobs_removed"] == 0 and young["blobs_recent"] == 1
+    assert store.has_blob(drop)
+
+    result = store.gc(keep, older_than=0)
     assert result["blobs_removed"] == 1
     assert result["blob_bytes"] == len(b"drop me!")
     assert result["bytes_freed"] == len(b"drop me!")
@@ -83,6 +87,9 @@ def test_gc_with_keep_deletes_unlisted_blobs(store: LocalStore) -> None:
     assert all(store.has_blob(u) for u in keep)
     assert store.get_record("a-record-key") == {"blob": drop}  # records are not gc'd
 
+    for u in keep:  # old enough for the default grace period
+        path = store.root / "blobs" / "sha256" / u[9:11] / u[11:13] / u[9:]
+        os.utime(path, (time.time() - 7200,) * 2)
     assert store.gc(set())["blobs_removed"] == 2
     assert store.info()["blobs"] == 0
 

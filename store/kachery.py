@@ -8,7 +8,7 @@ kachery-cloud verifies nothing it downloads (and keeps what it downloaded in its
 so the sha1 of each file, the sha256 and size of the bundle, every file inside it and the
 records' signatures are all checked here before anything enters the store.
 
-kachery-cloud is imported lazily (extra ``hither[kachery]``). Its folder,
+kachery-cloud is imported lazily (extras ``hither[share,kachery]``). Its folder,
 ``$KACHERY_CLOUD_DIR``, is set to a folder of hither's unless the user set it; its
 ``cache_locally`` option is never used (it is broken in 0.4.10). Its network calls have no
 timeout of their own.
@@ -61,7 +61,7 @@ def _kachery() -> Any:
         import kachery_cloud
     except ImportError as e:
         raise KacheryError("kachery needs the kachery-cloud package: "
-                           "pip install 'hither[kachery]'") from e
+                           "pip install 'hither[share,kachery]'") from e
     return kachery_cloud
 
 

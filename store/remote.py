@@ -132,7 +132,7 @@ class FsspecBackend:
             try:
                 import s3fs
             except ImportError as e:
-                raise ImportError("s3:// remotes need s3fs: pip install 'hither[s3]'") from e
+                raise ImportError("s3:// remotes need s3fs: pip install 'hither[share,s3]'") from e
             endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") \
                 or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint:

@@ -199,14 +199,20 @@ def test_explicit_push_and_pull_api(tmp_path: Path, bucket: str, s3_env: str, ca
     assert results == expected and all(hits) and counted(calls) == {}
 
 
-def test_readonly_cache_still_reads_remotes(tmp_path: Path, bucket: str, calls: Path,
-                                            monkeypatch: pytest.MonkeyPatch,
-                                            lab_a: tuple[Path, str]) -> None:
+def test_readonly_cache_does_not_read_remotes(tmp_path: Path, bucket: str, calls: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              lab_a: tuple[Path, str]) -> None:
+    """A read-only store never gets written, so remote hits could not be copied into it:
+    remotes are not read (said once), the jobs run, nothing is stored."""
     expected = publish_lab_a(tmp_path, bucket, calls, monkeypatch, lab_a)
     monkeypatch.setenv("HITHER_TRUSTED_KEYS", lab_a[1])
-    b = hi.JobCache(path=tmp_path / "B", readonly=True, remotes=[f"s3://{bucket}/lab"])
+    hi.JobCache(path=tmp_path / "B", remotes=[])  # create the store
+    with pytest.warns(RemoteStoreWarning, match="read-only"):
+        b = hi.JobCache(path=tmp_path / "B", readonly=True, remotes=[f"s3://{bucket}/lab"])
     results, hits, warns = replay(b)
-    assert results == expected and all(hits) and not warns
+    assert results == expected and not any(hits) and not warns
+    assert counted(calls) == {"make": N, "digest": N}
+    assert list(b.store.iter_records()) == []
 
 
 def test_record_path_for_local_hits_is_unchanged(tmp_path: Path, bucket: str,

@@ -89,8 +89,6 @@ def missing(component: str, images: tuple[str, ...] = (TEST_IMAGE,)) -> str | No
         except Exception as e:
             return f"uv ({e})"
         return None
-    if component == "two-uids":
-        return _two_uids_missing()
     if component == "jupyter-kernel":
         try:
             import ipykernel  # noqa: F401
@@ -102,46 +100,6 @@ def missing(component: str, images: tuple[str, ...] = (TEST_IMAGE,)) -> str | No
     if component in _SERVICE_CHECKS:
         return _SERVICE_CHECKS[component]()
     raise ValueError(f"unknown component {component!r}")
-
-
-LAB_USERS = ("labA", "labB")
-LAB_GROUP = "lab"
-
-
-def lab_python() -> str:
-    """The interpreter the lab users run: ``$HITHER_TEST_LAB_PYTHON`` (one they can read,
-    with this checkout of hither installed), else this one."""
-    import sys
-
-    return os.environ.get("HITHER_TEST_LAB_PYTHON") or sys.executable
-
-
-def _two_uids_missing() -> str | None:
-    """Two real users of one group, and a Python they can run with this hither."""
-    import grp
-    import pwd
-
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None:
-        return "root and setpriv, to run processes as the users labA and labB"
-    try:
-        members = grp.getgrnam(LAB_GROUP).gr_mem
-        for user in LAB_USERS:
-            pwd.getpwnam(user)
-            if user not in members:
-                return f"user {user} in group {LAB_GROUP}"
-    except KeyError as e:
-        return f"the users labA, labB and their group lab ({e})"
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run(["setpriv", "--reuid", LAB_USERS[0], "--regid", LAB_USERS[0],
-                        "--init-groups", "--", lab_python(), "-c",
-                        "import hither, hither_store, s3fs, cryptography, diskcache; "
-                        "print(hither.__file__)"],
-                       capture_output=True, text=True, cwd="/")
-    if r.returncode != 0 or not r.stdout.strip().startswith(here):
-        return (f"a Python that user labA can run with this hither and hither[s3] "
-                f"installed (HITHER_TEST_LAB_PYTHON; {lab_python()} gives: "
-                f"{(r.stderr.strip().splitlines() or [r.stdout.strip()])[-1]})")
-    return None
 
 
 def require(component: str, images: tuple[str, ...] = (TEST_IMAGE,)) -> None:

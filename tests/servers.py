@@ -103,7 +103,14 @@ def share_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """One moto S3 server for the session."""
+    """The S3 endpoint of the CI (``$HITHER_TEST_S3_ENDPOINT``, moto in its own process,
+    see .ci/setup-s3.sh), else a moto server started in this process."""
+    if os.environ.get("HITHER_TEST_S3_ENDPOINT"):
+        from tests.components import require
+
+        require("s3")
+        yield os.environ["HITHER_TEST_S3_ENDPOINT"].rstrip("/")
+        return
     with moto_server() as url:
         yield url
 
@@ -121,3 +128,28 @@ def s3_env(s3_endpoint: str, share_env: Path, monkeypatch: pytest.MonkeyPatch) -
 def bucket(s3_env: str) -> str:
     """A fresh, empty bucket on the moto server."""
     return make_bucket(s3_env)
+
+
+@pytest.fixture
+def http_store(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder published by a web server, and its url: the CI's (``$HITHER_TEST_HTTP_ROOT``
+    served at ``$HITHER_TEST_HTTP_URL``, see .ci/setup-http.sh), else http.server started
+    in this process."""
+    root = os.environ.get("HITHER_TEST_HTTP_ROOT")
+    if root:
+        from tests.components import require
+
+        require("http-store")
+        name = f"store-{secrets.token_hex(6)}"
+        folder = Path(root) / name
+        try:
+            yield folder, f"{os.environ['HITHER_TEST_HTTP_URL'].rstrip('/')}/{name}"
+        finally:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    folder = tmp_path / "www"
+    folder.mkdir()
+    with static_server(folder) as url:
+        yield folder / "store", f"{url}/store"

@@ -6,8 +6,8 @@ executes nothing. A tampered blob, a record signed by an untrusted key and an un
 record are never used: those jobs run again. Two labs writing the same keys at the same
 time lose nothing and corrupt nothing.
 
-Needs root, setpriv, the users labA and labB of group lab, and a Python they can run
-(``$HITHER_TEST_LAB_PYTHON``): see tests/components.py.
+Needs the two test users of .ci/setup-users.sh (``$HITHER_TEST_USERS``, run through
+setpriv as root): see tests/components.py, component ``users``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -27,18 +28,24 @@ from typing import Any
 import pytest
 from hither_store import SecretKey
 
-from tests.components import lab_python, require
+from tests.components import require
 from tests.servers import S3_ENV, s3_client
 
 SCRIPT = Path(__file__).parent / "sharefuncs" / "pipeline.py"
 N = 5
 
 
+def users() -> tuple[str, str]:
+    """The two test users (``$HITHER_TEST_USERS``)."""
+    a, b = os.environ["HITHER_TEST_USERS"].split()[:2]
+    return a, b
+
+
 @pytest.fixture
 def labs(s3_env: str) -> Iterator[Path]:
     """A folder every lab user can enter (pytest's tmp_path is root's alone)."""
-    require("two-uids")
-    d = Path(tempfile.mkdtemp(prefix="hither-labs-", dir="/tmp"))
+    require("users")
+    d = Path(tempfile.mkdtemp(prefix="hither-labs-", dir=os.environ["HITHER_TEST_SHARED_TMP"]))
     d.chmod(0o755)
     try:
         yield d
@@ -76,7 +83,7 @@ def run_lab(labs: Path, user: str, store: str, remote: str, *, push: str = "expl
         env["HITHER_SIGNING_KEY"] = str(signing_key)
     if trusted is not None:
         env["HITHER_TRUSTED_KEYS"] = trusted
-    cmd = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", lab_python(),
+    cmd = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", sys.executable,
            str(SCRIPT), str(owned_dir(labs / store, user)), str(N), "--remote", remote,
            "--push", push]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=home)
@@ -89,14 +96,15 @@ def run_lab(labs: Path, user: str, store: str, remote: str, *, push: str = "expl
 
 def test_two_labs_share_through_s3(labs: Path, bucket: str, s3_env: str) -> None:
     remote = f"s3://{bucket}/labs"
-    key_a, pub_a = key_for(labs, "labA", "lab-a")
+    user_a, user_b = users()
+    key_a, pub_a = key_for(labs, user_a, "lab-a")
 
-    a = run_lab(labs, "labA", "A", remote, push="on_finish", signing_key=key_a)
-    assert a["uid"] == pwd.getpwnam("labA").pw_uid
+    a = run_lab(labs, user_a, "A", remote, push="on_finish", signing_key=key_a)
+    assert a["uid"] == pwd.getpwnam(user_a).pw_uid
     assert not any(a["hits"]) and a["ran"] == {"make": N, "digest": N} and not a["warnings"]
 
-    b = run_lab(labs, "labB", "B", remote, trusted=pub_a)
-    assert b["uid"] == pwd.getpwnam("labB").pw_uid
+    b = run_lab(labs, user_b, "B", remote, trusted=pub_a)
+    assert b["uid"] == pwd.getpwnam(user_b).pw_uid
     assert b["results"] == a["results"]
     assert all(b["hits"]) and b["ran"] == {} and not b["warnings"]
 
@@ -107,13 +115,13 @@ def test_two_labs_share_through_s3(labs: Path, bucket: str, s3_env: str) -> None
     sigs = sorted(k for k in objects if k.endswith(".sig"))
     big = [k for k in blobs if s3.head_object(Bucket=bucket, Key=k)["ContentLength"] == 6400]
     s3.put_object(Bucket=bucket, Key=big[0], Body=b"\0" * 6400)  # tampered blob
-    tampered = run_lab(labs, "labB", "B-tampered", remote, trusted=pub_a)
+    tampered = run_lab(labs, user_b, "B-tampered", remote, trusted=pub_a)
     assert tampered["results"] == a["results"]
     assert tampered["ran"] == {"make": 1} and len(tampered["warnings"]) == 1
     assert "does not match its hash" in tampered["warnings"][0]
 
     stranger = str(SecretKey.generate("lab-a").public_key)  # same name, another key
-    untrusted = run_lab(labs, "labB", "B-untrusted", remote, trusted=stranger)
+    untrusted = run_lab(labs, user_b, "B-untrusted", remote, trusted=stranger)
     assert untrusted["results"] == a["results"]
     assert untrusted["ran"] == {"make": N, "digest": N}
     assert len(untrusted["warnings"]) == 2 * N
@@ -121,7 +129,7 @@ def test_two_labs_share_through_s3(labs: Path, bucket: str, s3_env: str) -> None
 
     for k in sigs:
         s3.delete_object(Bucket=bucket, Key=k)  # every record is now unsigned
-    unsigned = run_lab(labs, "labB", "B-unsigned", remote, trusted=pub_a)
+    unsigned = run_lab(labs, user_b, "B-unsigned", remote, trusted=pub_a)
     assert unsigned["results"] == a["results"]
     assert unsigned["ran"] == {"make": N, "digest": N}
     assert all("not signed" in w for w in unsigned["warnings"])
@@ -129,8 +137,9 @@ def test_two_labs_share_through_s3(labs: Path, bucket: str, s3_env: str) -> None
 
 def test_two_labs_write_the_same_keys_at_once(labs: Path, bucket: str, s3_env: str) -> None:
     remote = f"s3://{bucket}/race"
-    key_a, pub_a = key_for(labs, "labA", "lab-a")
-    key_b, pub_b = key_for(labs, "labB", "lab-b")
+    user_a, user_b = users()
+    key_a, pub_a = key_for(labs, user_a, "lab-a")
+    key_b, pub_b = key_for(labs, user_b, "lab-b")
     outs: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
 
@@ -141,8 +150,8 @@ def test_two_labs_write_the_same_keys_at_once(labs: Path, bucket: str, s3_env: s
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=lab, args=("labA", "A", key_a)),
-               threading.Thread(target=lab, args=("labB", "B", key_b))]
+    threads = [threading.Thread(target=lab, args=(user_a, "A", key_a)),
+               threading.Thread(target=lab, args=(user_b, "B", key_b))]
     for t in threads:
         t.start()
     for t in threads:
@@ -152,7 +161,7 @@ def test_two_labs_write_the_same_keys_at_once(labs: Path, bucket: str, s3_env: s
     for o in outs.values():
         assert not o["warnings"], o["warnings"]  # losing a create-only race is no error
     # a third lab trusting both finds every result intact and runs nothing
-    reader = run_lab(labs, "labB", "C", remote, trusted=f"{pub_a},{pub_b}")
+    reader = run_lab(labs, user_b, "C", remote, trusted=f"{pub_a},{pub_b}")
     assert reader["results"] == outs["A"]["results"]
     assert all(reader["hits"]) and reader["ran"] == {} and not reader["warnings"]
     # every record on the bucket has the signature of its own version beside it

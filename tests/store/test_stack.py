@@ -26,7 +26,7 @@ from hither_store._paths import blob_relpath, record_relpath, sidecar_relpath
 from hither_store._records import body_checksum
 from hither_store.closure import RecordRefs
 
-from tests.servers import s3_client, static_server
+from tests.servers import s3_client
 
 KEY = "job-0123456789abcdef"
 
@@ -355,43 +355,46 @@ def test_conflict_409_is_retried(tmp_path: Path, bucket: str) -> None:
 
 
 # ---------------------------------------------------------------------------- http
-def test_read_only_http_store(tmp_path: Path, share_env: Path, keys: dict) -> None:
-    """A store published as static files: the local store directory itself, served."""
-    a = stack(tmp_path, "pub", [], signer=keys["a"])
-    body = record_with_blob(a.local, b"published" * 1000)
-    a.put_record(KEY, body)
-    with static_server(a.local.root) as url:
-        remote = Remote(url, trusted_keys=[str(keys["a"].public_key)])
-        assert remote.read_only and remote.push == "never"
-        with pytest.raises(ValueError):
-            Remote(url, push="on_finish")
-        b = stack(tmp_path, "b", [remote])
-        assert b.fetch(KEY) == body
-        assert b.local.get_bytes(body["result"]["ref"]) == b"published" * 1000
-        # a tampered file on the web server
-        hexd = body["result"]["ref"][len("sha256://"):]
-        blob = a.local.root / blob_relpath(hexd)
-        blob.chmod(0o644)
-        blob.write_bytes(b"tampered!" * 1000)
-        c = stack(tmp_path, "c", [Remote(url, trusted_keys=[str(keys["a"].public_key)])])
-        assert "does not match its hash" in fetch_one_warning(c, KEY)
-        assert_nothing_copied(c, KEY, body)
-        assert "reachable" in remote.backend.ping()
+def test_read_only_http_store(tmp_path: Path, share_env: Path, keys: dict,
+                              http_store: tuple[Path, str]) -> None:
+    """A store published as static files: a local store's folder, served as it is."""
+    folder, url = http_store
+    pub = StoreStack(LocalStore(folder), [], refs=REFS, signer=keys["a"],
+                     lookup=LookupCache(tmp_path / "lp"))
+    body = record_with_blob(pub.local, b"published" * 1000)
+    pub.put_record(KEY, body)
+    remote = Remote(url, trusted_keys=[str(keys["a"].public_key)])
+    assert remote.read_only and remote.push == "never"
+    with pytest.raises(ValueError):
+        Remote(url, push="on_finish")
+    b = stack(tmp_path, "b", [remote])
+    assert b.fetch(KEY) == body
+    assert b.local.get_bytes(body["result"]["ref"]) == b"published" * 1000
+    # a tampered file on the web server
+    blob = pub.local.root / blob_relpath(body["result"]["ref"][len("sha256://"):])
+    blob.chmod(0o644)
+    blob.write_bytes(b"tampered!" * 1000)
+    c = stack(tmp_path, "c", [Remote(url, trusted_keys=[str(keys["a"].public_key)])])
+    assert "does not match its hash" in fetch_one_warning(c, KEY)
+    assert_nothing_copied(c, KEY, body)
+    assert "reachable" in remote.backend.ping()
 
 
-def test_http_blob_stream_is_bounded(tmp_path: Path, share_env: Path, keys: dict) -> None:
+def test_http_blob_stream_is_bounded(tmp_path: Path, share_env: Path, keys: dict,
+                                     http_store: tuple[Path, str]) -> None:
     """A server sending more bytes than the signed size cannot make us store them."""
-    a = stack(tmp_path, "pub", [], signer=keys["a"])
-    body = record_with_blob(a.local, b"small")
-    a.put_record(KEY, body)
-    blob = a.local.root / blob_relpath(body["result"]["ref"][len("sha256://"):])
+    folder, url = http_store
+    pub = StoreStack(LocalStore(folder), [], refs=REFS, signer=keys["a"],
+                     lookup=LookupCache(tmp_path / "lp"))
+    body = record_with_blob(pub.local, b"small")
+    pub.put_record(KEY, body)
+    blob = pub.local.root / blob_relpath(body["result"]["ref"][len("sha256://"):])
     blob.chmod(0o644)
     blob.write_bytes(b"small" + b"\0" * 100_000)
-    with static_server(a.local.root) as url:
-        b = stack(tmp_path, "b", [Remote(url, trusted_keys=[str(keys["a"].public_key)])])
-        # the first 5 bytes are right: only they are read, and they verify
-        assert b.fetch(KEY) == body
-        assert b.local.get_bytes(body["result"]["ref"]) == b"small"
+    b = stack(tmp_path, "b", [Remote(url, trusted_keys=[str(keys["a"].public_key)])])
+    # the first 5 bytes are right: only they are used, and they verify
+    assert b.fetch(KEY) == body
+    assert b.local.get_bytes(body["result"]["ref"]) == b"small"
 
 
 def test_sidecar_json_is_canonical(tmp_path: Path, keys: dict, share_env: Path) -> None:

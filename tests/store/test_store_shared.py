@@ -1,4 +1,5 @@
-"""A store folder shared by the users of one group (as on NFS), with two real uids.
+"""A store folder shared by the users of one group (as on NFS), with two real uids (the
+test users of .ci/setup-users.sh).
 
 Each user works under umask 022 (or 077), as on most systems; without the group-shared
 mode the second user cannot write at all.
@@ -11,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -18,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.components import LAB_GROUP, lab_python, require
+from tests.components import require
+
+
+def _users() -> tuple[str, str, str]:
+    """The two test users and their group (see .ci/setup-users.sh)."""
+    a, b = os.environ["HITHER_TEST_USERS"].split()[:2]
+    return a, b, os.environ["HITHER_TEST_GROUP"]
 
 # run as a lab user: the store operations a real user does, concurrently with others
 ACT = textwrap.dedent('''
@@ -47,7 +55,7 @@ ACT = textwrap.dedent('''
 
 def act(user: str, root: Path, group: str = "", umask: str = "022") -> dict:
     r = subprocess.run(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--",
-                        "sh", "-c", f'umask {umask}; exec "$0" "$@"', lab_python(), "-c", ACT,
+                        "sh", "-c", f'umask {umask}; exec "$0" "$@"', sys.executable, "-c", ACT,
                         str(root), user, group],
                        capture_output=True, text=True, timeout=300, cwd="/")
     if r.returncode != 0:
@@ -57,8 +65,8 @@ def act(user: str, root: Path, group: str = "", umask: str = "022") -> dict:
 
 @pytest.fixture
 def place() -> Iterator[Path]:
-    require("two-uids")
-    d = Path(tempfile.mkdtemp(prefix="hither-shared-", dir="/tmp"))
+    require("users")
+    d = Path(tempfile.mkdtemp(prefix="hither-shared-", dir=os.environ["HITHER_TEST_SHARED_TMP"]))
     d.chmod(0o1777)  # like /tmp: anyone may create a folder here
     try:
         yield d
@@ -67,7 +75,7 @@ def place() -> Iterator[Path]:
 
 
 def check_files(root: Path) -> None:
-    gid = grp.getgrnam(LAB_GROUP).gr_gid
+    gid = grp.getgrnam(_users()[2]).gr_gid
     for dirpath, _dirnames, filenames in os.walk(root):
         st = os.stat(dirpath)
         assert st.st_gid == gid, dirpath
@@ -79,34 +87,37 @@ def check_files(root: Path) -> None:
 
 def test_plain_store_is_not_writable_by_a_second_user(place: Path) -> None:
     """What the group-shared mode is for: without it, umask 022 locks the others out."""
+    a, b, _ = _users()
     root = place / "store"
-    act("labA", root)
+    act(a, root)
     with pytest.raises(PermissionError, match="Permission denied"):
-        act("labB", root)
+        act(b, root)
 
 
 @pytest.mark.parametrize("umask", ["022", "077"])
 def test_group_shared_store_two_users(place: Path, umask: str) -> None:
+    user_a, user_b, group = _users()
     root = place / "store"
-    a = act("labA", root, group=LAB_GROUP, umask=umask)
-    b = act("labB", root, umask=umask)  # the setgid folder says it all: no group given
-    a2 = act("labA", root, umask=umask)
+    a = act(user_a, root, group=group, umask=umask)
+    b = act(user_b, root, umask=umask)  # the setgid folder says it all: no group given
+    a2 = act(user_a, root, umask=umask)
     for out in (a, b, a2):
         assert not out["warnings"]
-    assert sum(1 for w in b["seen"].values() if w == "labA") == 20
-    assert sum(1 for w in a2["seen"].values() if w == "labB") == 20
-    assert a2["seen"]["common-key-0001"] == "labA"  # the last writer's version
+    assert sum(1 for w in b["seen"].values() if w == user_a) == 20
+    assert sum(1 for w in a2["seen"].values() if w == user_b) == 20
+    assert a2["seen"]["common-key-0001"] == user_a  # the last writer's version
     check_files(root)
 
 
 def test_store_folder_made_setgid_by_an_administrator(place: Path) -> None:
+    user_a, user_b, group = _users()
     root = place / "admin-made"
     root.mkdir()
-    os.chown(root, 0, grp.getgrnam(LAB_GROUP).gr_gid)
+    os.chown(root, 0, grp.getgrnam(group).gr_gid)
     root.chmod(0o2775)
-    act("labA", root)
-    b = act("labB", root)
-    assert sum(1 for w in b["seen"].values() if w == "labA") == 20
+    act(user_a, root)
+    b = act(user_b, root)
+    assert sum(1 for w in b["seen"].values() if w == user_a) == 20
     check_files(root)
 
 
@@ -116,16 +127,17 @@ def test_two_labs_share_one_store_through_the_job_cache(place: Path) -> None:
     script = Path(__file__).parent.parent / "sharefuncs" / "pipeline.py"
     root = place / "jobs"
     outs = []
-    for user in ("labA", "labB"):
+    user_a, user_b, group = _users()
+    for user in (user_a, user_b):
         home = place / f"home-{user}"
         home.mkdir()
         home.chmod(0o777)
         log = home / "calls.log"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-               "HITHER_STORE_GROUP": LAB_GROUP, "HITHER_TEST_CALL_LOG": str(log),
+               "HITHER_STORE_GROUP": group, "HITHER_TEST_CALL_LOG": str(log),
                "HITHER_LOOKUP_CACHE": str(home / "lookup"), "PYTHONDONTWRITEBYTECODE": "1"}
         r = subprocess.run(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--",
-                            "sh", "-c", 'umask 022; exec "$0" "$@"', lab_python(), str(script),
+                            "sh", "-c", 'umask 022; exec "$0" "$@"', sys.executable, str(script),
                             str(root), "3"], env=env, capture_output=True, text=True,
                            timeout=300, cwd="/")
         assert r.returncode == 0, r.stderr[-2000:]

@@ -6,22 +6,17 @@ import atexit
 import os
 import shutil
 import stat
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hither_store import (
-    LocalStore,
-    PullReport,
-    PushReport,
-    Remote,
-    RemoteStoreWarning,
-    default_store_path,
-)
+from hither_store import LocalStore, RemoteStoreWarning, default_store_path
 
 from .errors import CacheError
+
+if TYPE_CHECKING:
+    from hither_store import PullReport, PushReport, Remote
 
 TEMPDIR_PREFIX = "hither_job_cache"
 
@@ -90,6 +85,12 @@ class JobCache:
         self.readonly = bool(store.readonly)
         self.store = store
         self._stack: Any = None
+        remotes = None if remotes is None else list(remotes)
+        if remotes or (remotes is None and os.environ.get("HITHER_REMOTES", "").strip()) \
+                or os.environ.get("HITHER_SIGNING_KEY"):
+            self._set_up_sharing(store, remotes)
+
+    def _set_up_sharing(self, store: LocalStore, remotes: list[str | Remote] | None) -> None:
         from .sharing import make_stack, resolve_remotes, signing_key_from_env
 
         remote_list = resolve_remotes(remotes)
@@ -99,13 +100,13 @@ class JobCache:
             if remote_list and store.readonly:
                 warnings.warn(f"the store at {store.root} is read-only: results found on "
                               "remote stores could not be copied into it, so remotes are "
-                              "not read", RemoteStoreWarning, stacklevel=2)
+                              "not read", RemoteStoreWarning, stacklevel=3)
             for r in remote_list:
                 if r.require_signature and not self._stack.trusted_for(r):
                     warnings.warn(f"remote store {r.url} accepts only records signed by a "
                                   "trusted key, and no keys are trusted "
                                   "($HITHER_TRUSTED_KEYS): nothing will be read from it",
-                                  RemoteStoreWarning, stacklevel=2)
+                                  RemoteStoreWarning, stacklevel=3)
 
     def writable(self) -> bool:
         """Whether results are stored (not read-only)."""
@@ -144,21 +145,26 @@ class JobCache:
         """Push results with their closure (lineage, blobs, code bundles) to ``to`` (a url
         or Remote; default: every writable remote whose policy is not ``"never"``, the
         report of the last one is returned)."""
+        from hither_store import Remote
+
         stack = self._stack_for_transfer()
         targets = [Remote.of(to)] if to is not None else [
             r for r in stack.remotes if r.push != "never" and not r.read_only]
         if not targets:
             raise CacheError("no remote to push to: pass to=... or configure remotes")
         keys = list(keys)
-        report = PushReport()
+        report = None
         for target in targets:
             report = stack.push(keys, target, lineage=lineage)
+        assert report is not None
         return report
 
     def pull(self, keys: Iterable[str], source: str | Remote | None = None, *,
              lineage: bool = True) -> PullReport:
         """Copy results with their lineage from ``source`` (default: the first remote)
         into the local store, verified as a cache lookup is."""
+        from hither_store import Remote
+
         stack = self._stack_for_transfer()
         if source is None:
             if not stack.remotes:
@@ -221,6 +227,8 @@ def private_tempdir() -> Path:
     The name is predictable, so another user may have created it first to plant results:
     then a fresh private folder is used for this process instead, with a warning.
     """
+    import tempfile
+
     base = Path(tempfile.gettempdir())
     if not hasattr(os, "geteuid"):  # Windows: the temp folder is per user already
         return base / TEMPDIR_PREFIX

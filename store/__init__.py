@@ -13,10 +13,11 @@ copies verified hits in; records carry Ed25519 signatures in sidecar files
 This package depends on nothing in ``hither``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._maintenance import owned_dirs, tree_size
 from ._paths import blob_uri, default_store_path, owned_name, parse_blob_uri
 from ._statmemo import FileMemo, PersistentStatMemo, StatMemo
-from .closure import Closure, RecordRefs, compute_closure
 from .errors import (
     BlobNotFoundError,
     CorruptBlobError,
@@ -25,9 +26,35 @@ from .errors import (
     StoreWarning,
 )
 from .local import LocalStore
-from .lookupcache import LookupCache
-from .signing import PublicKey, SecretKey, Sidecar, TrustedKeys
-from .stack import PullReport, PushReport, Remote, StoreStack, remotes_from_env
+
+if TYPE_CHECKING:
+    from .closure import Closure, RecordRefs, compute_closure
+    from .lookupcache import LookupCache
+    from .signing import PublicKey, SecretKey, Sidecar, TrustedKeys
+    from .stack import PullReport, PushReport, Remote, StoreStack, remotes_from_env
+
+# sharing (remotes, signatures, closures) is imported on first use: a local store alone
+# does not pay for it
+_LAZY = {
+    "Closure": ".closure", "RecordRefs": ".closure", "compute_closure": ".closure",
+    "LookupCache": ".lookupcache",
+    "PublicKey": ".signing", "SecretKey": ".signing", "Sidecar": ".signing",
+    "TrustedKeys": ".signing",
+    "PullReport": ".stack", "PushReport": ".stack", "Remote": ".stack",
+    "StoreStack": ".stack", "remotes_from_env": ".stack",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hither_store' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BlobNotFoundError",

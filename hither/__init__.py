@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from hither_store import Remote
 
     from .aio import gather
-    from .explain import explain
+    from .explaining import explain, lineage
     from .handlers.inline import DefaultJobHandler
     from .handlers.parallel import ParallelJobHandler
     from .runtimes.venv import PythonEnv
@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 # pool and the utilities are not needed by every script)
 _LAZY = {
     "gather": ".aio",
-    "explain": ".explain",
+    "explain": ".explaining",
+    "lineage": ".explaining",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
     "PythonEnv": ".runtimes.venv",
@@ -80,9 +81,11 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.5.0"
 
 
-def run(name: str, **kwargs):
+def run(name: str, **kwargs: Any) -> Job:
     """Run the registered function ``name``: ``get_function(name).run(**kwargs)``."""
-    return get_function(name).run(**kwargs)
+    fn: Any = get_function(name)
+    job: Job = fn.run(**kwargs)
+    return job
 
 
 def wait(timeout: float | None = None) -> None:
@@ -136,6 +139,7 @@ __all__ = [
     "gather",
     "get_function",
     "identity",
+    "lineage",
     "local_modules",
     "noop",
     "opts",

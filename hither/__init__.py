@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .handlers.parallel import ParallelJobHandler
     from .runtimes.venv import PythonEnv
     from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
+    from .verifying import load
 
 # imported on first use: `import hither` stays fast (asyncio, the runtimes, the worker
 # pool and the utilities are not needed by every script)
@@ -56,6 +57,7 @@ _LAZY = {
     "gather": ".aio",
     "explain": ".explaining",
     "lineage": ".explaining",
+    "load": ".verifying",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
     "PythonEnv": ".runtimes.venv",
@@ -140,6 +142,7 @@ __all__ = [
     "get_function",
     "identity",
     "lineage",
+    "load",
     "local_modules",
     "noop",
     "opts",

@@ -7,6 +7,7 @@
     hither explain KEY                     what went into a key; how it differs from the
                                            nearest other record of the same function
     hither key|push|pull|publish|remote    sharing results (see hither.cli_share)
+    hither get|verify|export|import|reproduce   results by key (see hither.cli_reproduce)
     hither ui                              lineage pages of the store on 127.0.0.1
 
 Every command takes ``--store PATH`` (default: ``$HITHER_STORE`` or the user cache
@@ -493,9 +494,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any)")
     p.set_defaults(func=cmd_ui)
 
+    from .cli_reproduce import add_commands as add_reproduce_commands
     from .cli_share import add_commands
 
     add_commands(sub, common)
+    add_reproduce_commands(sub, common)
     parser.set_defaults(func=lambda a, o: _usage(parser))
     return parser
 

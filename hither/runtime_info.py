@@ -1,0 +1,69 @@
+"""What a record keeps about its runtime besides the identity in the key: the Python
+packages inside it and, for a uv environment, its lock (so the environment can be rebuilt).
+
+Both are stored as blobs and named in the record's provenance by codec blob nodes
+(``{"~": "bytes", "ref": ..., "size": ...}``), so closures, bundles and ``gc`` see them.
+They are collected once per runtime identity and store in a process: the host's packages
+are read from ``importlib.metadata``; a uv environment's from its lock. Container images
+are identified by digest, which pins their packages; nothing more is collected for them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from typing import Any
+
+__all__ = ["host_packages", "packages_from_lock", "runtime_facts"]
+
+_lock = threading.Lock()
+_facts: dict[tuple[str, str], dict[str, Any]] = {}
+_host: str | None = None
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.M)
+
+
+def host_packages() -> str:
+    """``name==version`` lines (sorted, one per distribution) of this interpreter."""
+    global _host
+    if _host is None:
+        from importlib import metadata
+
+        seen: dict[str, str] = {}
+        for dist in metadata.distributions():
+            name = dist.metadata["Name"] if dist.metadata else None
+            if name:
+                seen.setdefault(str(name), str(dist.version))
+        _host = "".join(f"{n}=={v}\n" for n, v in sorted(seen.items(), key=lambda x: x[0].lower()))
+    return _host
+
+
+def packages_from_lock(lock: str) -> str:
+    """``name==version`` lines of a requirements lock (hash lines and comments left out)."""
+    return "".join(f"{n}=={v}\n" for n, v in _LOCK_LINE.findall(lock))
+
+
+def _node(store: Any, text: str) -> dict[str, Any]:
+    data = text.encode()
+    return {"~": "bytes", "ref": store.put_bytes(data), "size": len(data)}
+
+
+def runtime_facts(runtime: Any, identity: dict[str, Any], store: Any) -> dict[str, Any]:
+    """``{"packages": <blob node>, "lock": <blob node>}`` (the keys that apply) for a
+    runtime (None: the host) whose identity is ``identity``; stored in ``store`` once."""
+    cache_key = (str(store.root), json.dumps(identity, sort_keys=True))
+    with _lock:
+        found = _facts.get(cache_key)
+    if found is not None:
+        return found
+    out: dict[str, Any] = {}
+    kind = identity.get("kind")
+    if kind == "host":
+        out["packages"] = _node(store, host_packages())
+    elif kind == "venv" and runtime is not None and hasattr(runtime, "env"):
+        lock = runtime.env.lock()
+        out["lock"] = _node(store, lock)
+        out["packages"] = _node(store, packages_from_lock(lock))
+    with _lock:
+        _facts[cache_key] = out
+    return out

@@ -299,9 +299,10 @@ def _print_report(report: Any, out: Any, keep: bool) -> None:
     for w in report.warnings:
         out.print(Text(f"warning: {w}", style="yellow"))
     if report.packages:
-        shown = ", ".join(report.packages[:12])
-        more = f" (+{len(report.packages) - 12} more)" if len(report.packages) > 12 else ""
-        out.print(Text(f"recorded packages: {shown}{more}", style="dim"))
+        out.print(Text(f"recorded packages (--json lists them all): "
+                       f"{', '.join(report.packages)}", style="dim"))
+    for line in report.packages_here:
+        out.print(Text(f"  differs here: {line}", style="yellow"))
     for r in report.runs:
         style = {"identical": "green", "differs": "yellow", "failed": "red"}[r.status]
         line = Text(f"  {r.status:>9}  ", style=style)

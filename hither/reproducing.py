@@ -70,6 +70,8 @@ class ReproduceReport:
     runtime: dict[str, Any] = field(default_factory=dict)
     packages: list[str] = field(default_factory=list)
     """The recorded package versions of a host runtime (``name==version``)."""
+    packages_here: list[str] = field(default_factory=list)
+    """Recorded packages whose version differs here: ``name==recorded (here: version)``."""
     warnings: list[str] = field(default_factory=list)
     runs: list[JobRun] = field(default_factory=list)
     """The jobs re-executed, the lineage first and the result last."""
@@ -121,6 +123,7 @@ class ReproduceReport:
         return {"key": self.key, "source": self.source, "status": self.status,
                 "checks": [c.to_dict() for c in self.checks], "signers": self.signers,
                 "trusted": self.trusted, "runtime": self.runtime, "packages": self.packages,
+                "packages_here": self.packages_here,
                 "warnings": self.warnings, "runs": [r.to_dict() for r in self.runs],
                 "scratch": self.scratch}
 
@@ -216,8 +219,16 @@ def _check_runtime(rec: Record, store: LocalStore, report: ReproduceReport) -> N
             text = b""
         report.packages = text.decode(errors="replace").split() if isinstance(text, bytes) \
             else []
+        from .runtime_info import host_packages
+
+        here = dict(line.split("==", 1) for line in host_packages().split())
+        for line in report.packages:
+            name, _, version = line.partition("==")
+            if here.get(name) != version:
+                report.packages_here.append(f"{line} (here: {here.get(name, 'absent')})")
         report.add("runtime identity", None, f"host, python {rec.provenance.python or '?'}, "
-                   f"{len(report.packages)} package versions recorded")
+                   f"{len(report.packages)} package versions recorded, "
+                   f"{len(report.packages_here)} differ here")
     else:
         report.add("runtime identity", False, f"unknown runtime {kind!r}")
 

@@ -48,7 +48,7 @@ def repro_render(signals, height):
 
     img = np.zeros((height * len(signals), len(signals[0])), dtype=np.uint8)
     for k, s in enumerate(signals):
-        rows = ((1 - (np.asarray(s) + 1) / 2) * (height - 1)).round().astype(int)
+        rows = ((1 - (np.clip(s, -1, 1) + 1) / 2) * (height - 1)).round().astype(int)
         img[k * height + rows, np.arange(len(s))] = 255
     path = os.path.join(os.getcwd(), "figure.png")
     with open(path, "wb") as f:

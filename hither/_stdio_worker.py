@@ -4,7 +4,8 @@ Started as ``python3 -u /hither/worker/_worker.py --stdio``. Like :mod:`hither._
 it uses only the standard library and stays valid Python 3.8 (numpy only when arrays
 cross), because it runs in any image.
 
-worker -> parent, first:  {"op": "hello", "python": "3.11.2", "pid": N, "numpy": "1.24.2"|null}
+worker -> parent, first:  {"op": "hello", "python": "3.11.2", "pid": N, "numpy": "1.24.2"|null,
+                           "packages": "name==version\n..." (the runtime's distributions)}
 parent -> worker:         {"op": "ping"} -> {"op": "pong"};  {"op": "stop"} -> exit 0
   {"op": "run", "id", "label", "module": {"name", "dir"}, "function", "args": manifest,
    "blobs": dir, "out": dir, "stream": prefix|null}
@@ -45,6 +46,22 @@ def _numpy_version():
         from importlib import metadata
 
         return metadata.version("numpy")
+    except Exception:
+        return None
+
+
+def _packages():
+    """``name==version`` lines of the distributions installed here (sorted), for the
+    record's provenance; read from metadata, nothing is imported."""
+    try:
+        from importlib import metadata
+
+        found = {}
+        for dist in metadata.distributions():
+            name = dist.metadata["Name"] if dist.metadata else None
+            if name:
+                found.setdefault(str(name), str(dist.version))
+        return "".join("%s==%s\n" % (n, found[n]) for n in sorted(found, key=str.lower))
     except Exception:
         return None
 
@@ -233,7 +250,7 @@ def serve_stdio():
         os._exit(0)  # the parent is gone or done with us
 
     send({"op": "hello", "python": "%d.%d.%d" % sys.version_info[:3], "pid": os.getpid(),
-          "numpy": _numpy_version()})
+          "numpy": _numpy_version(), "packages": _packages()})
     threading.Thread(target=read, name="hither-worker-reader", daemon=True).start()
     echo = _EchoMessages(send)
     while True:

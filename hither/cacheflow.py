@@ -255,11 +255,13 @@ def _code_bundle(fdef: FunctionDef, store: Any) -> tuple[str | None, dict[str, s
     return bundle.digest, {"module": bundle.module, "function": bundle.function}
 
 
-def _runtime_facts(runtime: Any, identity: dict[str, Any], store: Any) -> dict[str, Any]:
+def _runtime_facts(runtime: Any, identity: dict[str, Any], store: Any,
+                   reported: Any) -> dict[str, Any]:
     from .runtime_info import runtime_facts
 
     try:
-        return runtime_facts(runtime, identity, store)
+        return runtime_facts(runtime, identity, store,
+                             reported if isinstance(reported, str) else None)
     except Exception as e:  # noqa: BLE001 - descriptive only: the result is stored anyway
         warnings.warn(f"the runtime's package list is not recorded: {e}", stacklevel=3)
         return {}
@@ -276,8 +278,8 @@ def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label:
     except Exception:  # noqa: BLE001
         user = None
     bundle, entry = _code_bundle(fdef, store) if store is not None else (None, {})
-    facts = _runtime_facts(runtime, keyinfo.parts["runtime"], store) \
-        if store is not None else {}
+    facts = _runtime_facts(runtime, keyinfo.parts["runtime"], store,
+                           outcome.info.get("runtime_packages")) if store is not None else {}
     return Provenance(
         function=FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
                               module=code.module, source=code.source,

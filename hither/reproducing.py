@@ -192,6 +192,12 @@ def _check_runtime(rec: Record, store: LocalStore, report: ReproduceReport) -> N
     ident = rec.provenance.runtime
     report.runtime = dict(ident)
     kind = ident.get("kind")
+    pk = rec.provenance.packages
+    try:
+        text = values.decode(pk, store) if pk is not None else b""
+    except (StoreError, OSError, ValueError):
+        text = b""
+    report.packages = text.decode(errors="replace").split() if isinstance(text, bytes) else []
     if kind in ("docker", "podman", "apptainer"):
         digest = ident.get("digest")
         ok = isinstance(digest, str) and digest.startswith("sha256:")
@@ -212,13 +218,6 @@ def _check_runtime(rec: Record, store: LocalStore, report: ReproduceReport) -> N
     elif kind == "host":
         report.warnings.append("the job ran on the host interpreter, whose environment is "
                                "not pinned: a re-run uses this interpreter's packages")
-        pk = rec.provenance.packages
-        try:
-            text = values.decode(pk, store) if pk is not None else b""
-        except (StoreError, OSError, ValueError):
-            text = b""
-        report.packages = text.decode(errors="replace").split() if isinstance(text, bytes) \
-            else []
         from .runtime_info import host_packages
 
         here = dict(line.split("==", 1) for line in host_packages().split())

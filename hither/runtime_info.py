@@ -3,9 +3,10 @@ packages inside it and, for a uv environment, its lock (so the environment can b
 
 Both are stored as blobs and named in the record's provenance by codec blob nodes
 (``{"~": "bytes", "ref": ..., "size": ...}``), so closures, bundles and ``gc`` see them.
-They are collected once per runtime identity and store in a process: the host's packages
-are read from ``importlib.metadata``; a uv environment's from its lock. Container images
-are identified by digest, which pins their packages; nothing more is collected for them.
+They are stored once per runtime identity and store in a process: the host's packages are
+read from ``importlib.metadata``; a container's or environment's are those its worker
+reported when it started (``importlib.metadata`` inside the runtime, see
+:mod:`hither._stdio_worker`), else, for a uv environment, the pins of its lock.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def _node(store: Any, text: str) -> dict[str, Any]:
     return {"~": "bytes", "ref": store.put_bytes(data), "size": len(data)}
 
 
-def runtime_facts(runtime: Any, identity: dict[str, Any], store: Any) -> dict[str, Any]:
+def runtime_facts(runtime: Any, identity: dict[str, Any], store: Any,
+                  reported: str | None = None) -> dict[str, Any]:
     """``{"packages": <blob node>, "lock": <blob node>}`` (the keys that apply) for a
-    runtime (None: the host) whose identity is ``identity``; stored in ``store`` once."""
+    runtime (None: the host) whose identity is ``identity``; stored in ``store`` once.
+    ``reported`` is the package list the runtime's worker reported."""
     cache_key = (str(store.root), json.dumps(identity, sort_keys=True))
     with _lock:
         found = _facts.get(cache_key)
@@ -63,7 +66,10 @@ def runtime_facts(runtime: Any, identity: dict[str, Any], store: Any) -> dict[st
     elif kind == "venv" and runtime is not None and hasattr(runtime, "env"):
         lock = runtime.env.lock()
         out["lock"] = _node(store, lock)
-        out["packages"] = _node(store, packages_from_lock(lock))
-    with _lock:
-        _facts[cache_key] = out
+        out["packages"] = _node(store, reported or packages_from_lock(lock))
+    elif reported:
+        out["packages"] = _node(store, reported)
+    if "packages" in out:  # else a later job's worker may still report them
+        with _lock:
+            _facts[cache_key] = out
     return out

@@ -198,6 +198,8 @@ def test_a_nondeterministic_function_shows_its_first_difference(
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "differs"
     assert report["runtime"]["kind"] == "docker"
+    # the image's packages, as its worker reported them, are in the record
+    assert any(p.startswith("numpy==") for p in report["packages"])
     diff = report["runs"][0]["difference"]
     assert diff["path"] == "result" and diff["type"] == "ndarray float64 (64,)"
     assert diff["count"] == 64 and diff["size"] == 64 and diff["max_abs"] > 0
@@ -254,3 +256,51 @@ def test_a_missing_image_is_named_by_its_digest(tmp_path: Path,
                              capture_output=True, text=True).stdout.split()
         if ids:
             subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True)
+
+
+def test_reproduce_from_a_remote_store(host_store: tuple[Path, dict], tmp_path: Path,
+                                       bucket: str, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    store, keys = host_store
+    author = SecretKey.generate("lab-a")
+    author.write(tmp_path / "secret")
+    url = f"s3://{bucket}/paper"
+    monkeypatch.setenv("HITHER_SIGNING_KEY", str(tmp_path / "secret"))
+    assert main(["push", keys["figure"], "--to", url, "--store", str(store)]) == 0
+    monkeypatch.delenv("HITHER_SIGNING_KEY")
+    capsys.readouterr()
+    assert main(["reproduce", keys["figure"], "--remote", url, "--run", "--json",
+                 "--trust", str(author.public_key)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "identical" and report["signers"] == ["lab-a"]
+    assert report["source"] == f"remote {url}"
+    # untrusted: nothing is read from the remote
+    assert main(["reproduce", keys["figure"], "--remote", url]) == 1
+    assert "no trusted keys" in capsys.readouterr().err
+
+
+def test_a_uv_environment_is_rebuilt_from_the_stored_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    require("uv")
+    from hither.runtimes import clear_lock_cache
+
+    monkeypatch.setenv("HITHER_ENV_DIR", str(tmp_path / "envs-author"))
+    clear_lock_cache()
+    store = tmp_path / "store"
+    with hi.Config(job_cache=hi.JobCache(path=store), environment=["numpy==1.26.4"]):
+        job = figure.repro_signal.run(n=32, freq=3)
+        job.wait()
+    hi.reset()
+    # the reader has neither the environment nor its lock: only the record
+    monkeypatch.setenv("HITHER_ENV_DIR", str(tmp_path / "envs-reader"))
+    clear_lock_cache()
+    capsys.readouterr()
+    assert main(["reproduce", job.key, "--store", str(store), "--run", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "identical" and report["runtime"]["kind"] == "venv"
+    assert "numpy==1.26.4" in report["packages"]
+    built = [p for p in (tmp_path / "envs-reader").iterdir() if p.is_dir()]
+    assert len(built) == 1 and (built[0] / "hither-requirements.lock").is_file()
+    assert built[0].name.startswith(report["runtime"]["lock"][:16])  # nothing re-resolved
+    clear_lock_cache()

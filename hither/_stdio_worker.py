@@ -50,20 +50,25 @@ def _numpy_version():
         return None
 
 
-def _packages():
-    """``name==version`` lines of the distributions installed here (sorted), for the
-    record's provenance; read from metadata, nothing is imported."""
-    try:
-        from importlib import metadata
-
-        found = {}
-        for dist in metadata.distributions():
-            name = dist.metadata["Name"] if dist.metadata else None
-            if name:
-                found.setdefault(str(name), str(dist.version))
-        return "".join("%s==%s\n" % (n, found[n]) for n in sorted(found, key=str.lower))
-    except Exception:
-        return None
+def _packages(paths=None):
+    """``name==version`` lines of the distributions on ``sys.path`` (sorted; the first of
+    a name wins, as for imports), for the record's provenance. Read from the names of the
+    ``*.dist-info`` / ``*.egg-info`` folders (one listing per path entry; nothing is
+    imported or opened); an ``.egg-info`` without a version in its name is left out."""
+    found = {}
+    for entry in sys.path if paths is None else paths:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for name in names:
+            for suffix in (".dist-info", ".egg-info"):
+                if name.endswith(suffix):
+                    parts = name[: -len(suffix)].split("-")
+                    if len(parts) >= 2 and parts[0] and parts[1][:1].isdigit():
+                        key = parts[0].replace("_", "-").replace(".", "-").lower()
+                        found.setdefault(key, (parts[0].replace("_", "-"), parts[1]))
+    return "".join("%s==%s\n" % found[k] for k in sorted(found))
 
 
 def _blob_getter(blobs_dir):

@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -245,12 +246,19 @@ def _encoded(value: Any, store: Any, name: str) -> Any:
         return _NOT_ENCODED
 
 
-def _code_bundle(fdef: FunctionDef, store: Any) -> tuple[str | None, dict[str, str]]:
+#: functions without a code bundle (no source file: a notebook cell, exec'd code)
+_NO_BUNDLE: weakref.WeakKeyDictionary[FunctionDef, str] = weakref.WeakKeyDictionary()
+
+
+def _code_bundle(fdef: FunctionDef, store: Any, code: str) -> tuple[str | None, dict[str, str]]:
     """The job's code bundle in ``store`` (published once per code identity), so the job
     can be re-run from its record alone; none for code without a source file."""
+    if _NO_BUNDLE.get(fdef) == code:
+        return None, {}
     try:
         bundle = fdef.code_bundle(store.root)
     except (TypeError, ValueError, OSError):
+        _NO_BUNDLE[fdef] = code
         return None, {}
     return bundle.digest, {"module": bundle.module, "function": bundle.function}
 
@@ -277,7 +285,8 @@ def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001
         user = None
-    bundle, entry = _code_bundle(fdef, store) if store is not None else (None, {})
+    bundle, entry = _code_bundle(fdef, store, code.digest) if store is not None \
+        else (None, {})
     facts = _runtime_facts(runtime, keyinfo.parts["runtime"], store,
                            outcome.info.get("runtime_packages")) if store is not None else {}
     return Provenance(

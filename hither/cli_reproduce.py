@@ -248,19 +248,20 @@ def cmd_reproduce(args: argparse.Namespace, out: Any) -> int:
         written: list[Path] = []
         if args.out and report.status in ("checked", "identical", "differs"):
             written = _write_out(report, Path(args.out))
+        keep = args.keep_scratch or args.scratch is not None
         if args.json:
             doc = report.to_dict()
             doc["out"] = [str(p) for p in written]
+            if not keep:
+                doc["scratch"] = None  # removed below
             print(json.dumps(doc, indent=2, allow_nan=True))
         else:
-            _print_report(report, out, args.keep_scratch or args.scratch is not None)
+            _print_report(report, out, keep)
             for p in written:
                 out.print(Text(f"wrote {p}"))
         return report.exit_code
     finally:
         report.cleanup(keep_scratch=args.keep_scratch)
-        if not args.keep_scratch and args.scratch is None:
-            report.scratch = None
 
 
 def _write_out(report: Any, dest: Path) -> list[Path]:

@@ -168,7 +168,9 @@ def _from_remote(url: str, key: str, staging: LocalStore, trusted: Any) -> None:
 
 # ----------------------------------------------------------------------------- checks
 def _check_signature(rec_raw: dict[str, Any], key: str, store: LocalStore, trusted: Any,
-                     report: ReproduceReport) -> None:
+                     report: ReproduceReport, prefix: str = "") -> None:
+    """Who signed the record, and whether a trusted key did (``prefix``: a lineage
+    record, whose signers are not the report's)."""
     from hither_store._records import body_checksum
     from hither_store.sidecars import read_sidecar
 
@@ -177,12 +179,13 @@ def _check_signature(rec_raw: dict[str, Any], key: str, store: LocalStore, trust
     checksum = body_checksum(rec_raw)
     sc = read_sidecar(store, key, checksum)
     if sc is None or not sc.signatures:
-        report.add("signature", None, "not signed")
+        report.add(prefix + "signature", None, "not signed")
         return
-    report.signers = sorted({n for n, _ in sc.signatures})
+    signers = sorted({n for n, _ in sc.signatures})
     why = sc.check(key, checksum, rec_raw, RECORD_REFS.blob_hexes(rec_raw), trusted)
-    report.trusted = why is None
-    report.add("signature", why is None, f"signed by {', '.join(report.signers)}"
+    if not prefix:
+        report.signers, report.trusted = signers, why is None
+    report.add(prefix + "signature", why is None, f"signed by {', '.join(signers)}"
                + (" (trusted)" if why is None else f": {why}"))
 
 
@@ -434,6 +437,9 @@ def reproduce(key: str | None, *, store: Any = None, remote: str | None = None,
     assert raw is not None
     _merge_verify(verify(rec.key, src), report)
     _check_signature(raw, rec.key, src, trusted, report)
+    if bundle is not None and not report.signers:
+        report.warnings.append("the result is not signed: the checks show that it is "
+                               "consistent, not who made it")
     _check_closure(rec.key, src, report, deep)
     _check_runtime(rec, src, report)
     if not run or not report.checked:
@@ -456,6 +462,9 @@ def reproduce(key: str | None, *, store: Any = None, remote: str | None = None,
         todo = [load_record(k, src) for k in closure.records]
         for r in todo[:-1]:
             _merge_verify(verify(r.key, src), report, prefix=f"{r.key[:12]} ")
+            raw_up = src.get_record(r.key)
+            if raw_up is not None:
+                _check_signature(raw_up, r.key, src, trusted, report, prefix=f"{r.key[:12]} ")
         if not report.checked:
             return report
     runner = _Runner(src, out, timeout)

@@ -4,9 +4,10 @@ packages inside it and, for a uv environment, its lock (so the environment can b
 Both are stored as blobs and named in the record's provenance by codec blob nodes
 (``{"~": "bytes", "ref": ..., "size": ...}``), so closures, bundles and ``gc`` see them.
 They are stored once per runtime identity and store in a process: the host's packages are
-read from ``importlib.metadata``; a container's or environment's are those its worker
-reported when it started (``importlib.metadata`` inside the runtime, see
-:mod:`hither._stdio_worker`), else, for a uv environment, the pins of its lock.
+read from the distributions' metadata folders on ``sys.path``; a container's or
+environment's are those its worker reported when it started (the same listing, inside the
+runtime: see :mod:`hither._stdio_worker`), else, for a uv environment, the pins of its
+lock.
 """
 
 from __future__ import annotations
@@ -25,17 +26,13 @@ _LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.M)
 
 
 def host_packages() -> str:
-    """``name==version`` lines (sorted, one per distribution) of this interpreter."""
+    """``name==version`` lines (sorted, one per distribution) of this interpreter, as its
+    workers report them (:func:`hither._stdio_worker._packages`)."""
     global _host
     if _host is None:
-        from importlib import metadata
+        from ._stdio_worker import _packages
 
-        seen: dict[str, str] = {}
-        for dist in metadata.distributions():
-            name = dist.metadata["Name"] if dist.metadata else None
-            if name:
-                seen.setdefault(str(name), str(dist.version))
-        _host = "".join(f"{n}=={v}\n" for n, v in sorted(seen.items(), key=lambda x: x[0].lower()))
+        _host = _packages()
     return _host
 
 

@@ -37,3 +37,17 @@ def test_a_workers_report_is_untrusted() -> None:
     assert _packages_of({"packages": "a==1\n" * 100_000}) is None
     assert _packages_of({"packages": 5}) is None
     assert _packages_of(None) is None
+
+
+def test_package_listing_from_metadata_folders(tmp_path: Path) -> None:
+    from hither._stdio_worker import _packages
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d, names in ((first, ["numpy-1.26.4.dist-info", "My_Pkg-2.0.dist-info",
+                              "old-0.1-py3.8.egg-info", "editable.egg-info", "numpy"]),
+                     (second, ["numpy-2.0.0.dist-info", "six-1.16.0.dist-info"])):
+        for n in names:
+            (d / n).mkdir(parents=True)
+    # the first numpy on the path is the one imports find
+    assert _packages([str(first), str(second), str(tmp_path / "missing")]) == \
+        "My-Pkg==2.0\nnumpy==1.26.4\nold==0.1\nsix==1.16.0\n"

@@ -131,3 +131,30 @@ def test_verify_checks_the_code_bundle_against_the_recorded_source(
     bad = _bad(verify(keys["figure"], store))
     assert "code bundle" in bad and "do not hash to its name" in bad["code bundle"]
     assert main(["verify", keys["figure"], "--store", str(store), "--json"]) == 1
+
+
+def test_verify_refuses_a_consistent_bundle_of_other_code(
+        fig_store: tuple[Path, dict]) -> None:
+    """A well-formed code bundle (its files hash to its name) holding other code than the
+    recorded source: the record is rewritten to name it, which `verify` must catch."""
+    from hither_store.closure import install_code_dir
+
+    from hither.sharing import RECORD_REFS
+
+    store, keys = fig_store
+    local = hi.JobCache(path=store).store
+    rec = Record.from_dict(local.get_record(keys["figure"]))
+    src = store / "code" / str(rec.provenance.code_bundle)
+    text = (src / "figure.py").read_text().replace("img[k * height + rows", "img[rows")
+    files = {"figure.py": text.encode()}
+    import hashlib
+
+    from hither.runtimes.bundle import bundle_digest
+
+    digest = bundle_digest({"figure.py": hashlib.sha256(files["figure.py"]).hexdigest()})
+    install_code_dir(store, digest, files, RECORD_REFS.code_digest)
+    _edit_record(store, keys["figure"],
+                 lambda r: r["provenance"].update(code_bundle=digest))
+    bad = _bad(verify(keys["figure"], store))
+    assert bad.keys() == {"code bundle"}
+    assert "is not the recorded source" in bad["code bundle"]

@@ -29,7 +29,7 @@ from rich.text import Text
 
 from .cli import CliError
 from .errors import CacheError
-from .explain import open_store, resolve_key
+from .explaining import open_store, resolve_key
 
 __all__ = ["add_commands"]
 

@@ -145,7 +145,7 @@ class FsspecBackend:
             try:
                 import gcsfs
             except ImportError as e:
-                raise ImportError("gs:// remotes need gcsfs: pip install gcsfs") from e
+                raise ImportError("gs:// remotes need gcsfs: pip install 'hither[share,gs]'") from e
             if endpoint_url:
                 opts.setdefault("endpoint_url", endpoint_url)
             self.endpoint = endpoint_url

@@ -146,7 +146,8 @@ class Remote:
             import importlib.util
 
             if importlib.util.find_spec(mod) is None:
-                extra = "pip install 'hither[share,s3]'" if mod == "s3fs" else "pip install gcsfs"
+                extra = "pip install 'hither[share,s3]'" if mod == "s3fs" \
+                    else "pip install 'hither[share,gs]'"
                 raise ImportError(f"{self.url} needs {mod}: {extra}")
 
     def is_down(self) -> bool:

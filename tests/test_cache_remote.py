@@ -88,6 +88,17 @@ def test_bad_remotes(tmp_path: Path, share_env: Path, remotes: list[Any], match:
         hi.JobCache(path=tmp_path / "s", remotes=remotes)
 
 
+def test_gs_remote_without_gcsfs_names_the_extra(tmp_path: Path, share_env: Path) -> None:
+    """gs:// goes through gcsfs, an extra: without it the cache cannot be made, and the
+    error says what to install (never an ImportError from a job later)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(hi.CacheError, match=r"gcsfs.*hither\[share,gs\]"):
+        hi.JobCache(path=tmp_path / "s", remotes=["gs://bucket/prefix"])
+
+
 def test_bad_push_policy_and_key_settings(tmp_path: Path, share_env: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="push must be one of"):

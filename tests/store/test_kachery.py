@@ -78,6 +78,34 @@ def test_local_mode_untrusted_signer(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert b.get_record(ROOT) is None and b.get_record(UP) is None
 
 
+def test_kachery_folder_is_hithers_unless_set(tmp_path: Path, published_store: LocalStore,
+                                              signer: SecretKey) -> None:
+    """Without $KACHERY_CLOUD_DIR, kachery-cloud keeps its files in hither's cache folder
+    (never in the user's ~/.kachery-cloud); a folder the user set is used as it is."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from hither_store import LocalStore, SecretKey\n"
+        "from hither_store.kachery import publish\n"
+        "st = LocalStore(sys.argv[1])\n"
+        "print(publish(st, [sys.argv[2]], signer=SecretKey.generate('x'), local=True))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KACHERY_")}
+    env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    for user_dir in (None, tmp_path / "mine"):
+        if user_dir is not None:
+            env["KACHERY_CLOUD_DIR"] = str(user_dir)
+        r = subprocess.run([sys.executable, "-c", script, str(published_store.root), ROOT],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        sha1 = parse_uri(r.stdout.strip().splitlines()[-1])
+        where = user_dir or tmp_path / "cache" / "hither" / "kachery-cloud"
+        assert _sha1_file(where, sha1).is_file()
+    assert not (tmp_path / "home" / ".kachery-cloud").exists()
+
+
 def test_not_a_publication(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _kdir(monkeypatch, tmp_path, "kc")
     import kachery_cloud as kcl

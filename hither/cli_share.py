@@ -19,17 +19,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hither_store import LocalStore, Remote, TrustedKeys
 from hither_store.signing import ENV_TRUSTED_KEYS, SecretKey, check_key_name
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from .cli import CliError
 from .errors import CacheError
 from .explaining import open_store, resolve_key
+
+if TYPE_CHECKING:  # rich loads when a command prints (`hither --help` stays light)
+    from rich.console import Console
 
 __all__ = ["add_commands"]
 
@@ -120,6 +120,8 @@ def cmd_key_public(args: argparse.Namespace, out: Console) -> int:
 # ----------------------------------------------------------------------------- push
 def cmd_push(args: argparse.Namespace, out: Console) -> int:
     """``hither push KEY... | --all --to URL``: results with their closure, signed."""
+    from rich.text import Text
+
     store = _store(args)
     if args.all == bool(args.keys):
         raise CliError("give KEYs or --all (not both)", code=2)
@@ -148,6 +150,8 @@ def cmd_push(args: argparse.Namespace, out: Console) -> int:
 # ----------------------------------------------------------------------------- pull
 def cmd_pull(args: argparse.Namespace, out: Console) -> int:
     """``hither pull KEY... --from URL`` or ``hither pull sha1://...``."""
+    from rich.text import Text
+
     store = _store(args, must_exist=False)
     trusted = _trusted(args)
     if args.keys and all(k.startswith("sha1://") for k in args.keys):
@@ -178,6 +182,7 @@ def _pull_kachery(args: argparse.Namespace, store: LocalStore, trusted: TrustedK
                   out: Console) -> int:
     from hither_store.bundle import BundleError
     from hither_store.kachery import KacheryError, fetch
+    from rich.text import Text
 
     from .sharing import RECORD_REFS
 
@@ -228,6 +233,9 @@ def cmd_publish(args: argparse.Namespace, out: Console) -> int:
 # ----------------------------------------------------------------------------- remote
 def cmd_remote_ls(args: argparse.Namespace, out: Console) -> int:
     """``hither remote ls``: the remotes of ``$HITHER_REMOTES`` and whether they answer."""
+    from rich.table import Table
+    from rich.text import Text
+
     from .sharing import resolve_remotes
 
     try:

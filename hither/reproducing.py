@@ -393,18 +393,35 @@ def reproduce(key: str | None, *, store: Any = None, remote: str | None = None,
     URL; ``bundle`` a bundle file, URL or ``sha1://`` URI (then ``key`` may be None when
     the bundle has one root). ``trusted`` are the keys whose signatures count
     (:class:`hither_store.TrustedKeys`). ``scratch`` is where a re-run writes (default: a
-    new temporary folder, kept); it must not be the source store.
+    folder in the report's private folder); it must not be the source store. Call
+    :meth:`ReproduceReport.cleanup` when done with the report.
 
     Raises:
         ReproduceError: the source cannot be read, or the key is not in it.
     """
     from hither_store import TrustedKeys
+
+    trusted = trusted if trusted is not None else TrustedKeys()
+    tmp = Path(tempfile.mkdtemp(prefix="hither-reproduce-"))
+    try:
+        return _reproduce_in(tmp, key, store=store, remote=remote, bundle=bundle,
+                             trusted=trusted, run=run, deep=deep, scratch=scratch,
+                             timeout=timeout)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _reproduce_in(tmp: Path, key: str | None, *, store: Any, remote: str | None,
+                  bundle: str | None, trusted: Any, run: bool, deep: bool,
+                  scratch: str | os.PathLike[str] | None,
+                  timeout: float | None) -> ReproduceReport:
     from hither_store.bundle import BundleError
 
     from .explaining import open_store
 
-    trusted = trusted if trusted is not None else TrustedKeys()
-    tmp = Path(tempfile.mkdtemp(prefix="hither-reproduce-"))
     if bundle is not None:
         src = _staging(tmp)
         try:
@@ -474,4 +491,11 @@ def reproduce(key: str | None, *, store: Any = None, remote: str | None = None,
                 report.runs.append(runner.run(r))
     finally:
         runner.close()
+    if bundle is not None and any("is not present" in (r.error or "") for r in report.runs):
+        archives = sorted(Path(bundle).parent.glob(f"{Path(bundle).name}.*.image.tar")) \
+            if os.path.isfile(bundle) else []
+        if archives:
+            report.warnings.append(f"the image was exported with the bundle: load it with "
+                                   f"`hither import {bundle} --with-image` or `docker load "
+                                   f"-i {archives[0]}`")
     return report

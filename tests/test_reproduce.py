@@ -245,6 +245,7 @@ def test_a_missing_image_is_named_by_its_digest(tmp_path: Path,
         assert report["status"] == "failed"
         assert digest in report["runs"][0]["error"]
         assert "is not present" in report["runs"][0]["error"]
+        assert any(str(archive) in w for w in report["warnings"])
         # loading the exported image makes it reproducible again
         fresh = tmp_path / "fresh"
         assert main(["import", str(bundle), "--store", str(fresh), "--unsigned",

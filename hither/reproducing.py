@@ -17,6 +17,7 @@ into a private staging store, every byte checked), then
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -32,6 +33,9 @@ from .record import Record
 from .verifying import Check, VerifyReport, load_record, verify
 
 __all__ = ["JobRun", "ReproduceError", "ReproduceReport", "reproduce"]
+
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
+_QUALNAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}(\.[A-Za-z_][A-Za-z0-9_]{0,200}){0,20}")
 
 
 class ReproduceError(HitherError):
@@ -316,6 +320,10 @@ class _Runner:
         digest, entry = prov.code_bundle, prov.code_entry
         if digest is None or not entry.get("module"):
             raise ReproduceError("the record names no code bundle: the code cannot be re-run")
+        if not _MODULE_RE.fullmatch(entry["module"]) or \
+                not _QUALNAME_RE.fullmatch(entry.get("function", "")):
+            raise ReproduceError(f"the record's code entry {entry!r:.120} is not a module and "
+                                 "function name")
         files = code_files(self.src.root, digest)
         if files is None:
             raise ReproduceError(f"code bundle {digest} is missing")

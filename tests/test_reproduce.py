@@ -177,6 +177,32 @@ def test_host_runtime_warns_and_lists_the_recorded_packages(
     assert "check passed" in text and "not pinned" in text and "numpy==" in text
 
 
+def test_a_hostile_code_entry_is_refused(host_store: tuple[Path, dict], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    store, keys = host_store
+    local = hi.JobCache(path=store).store
+    body = local.get_record(keys["signals"][0])
+    body["provenance"]["code_entry"] = {"module": "../../x", "function": "repro_signal"}
+    local.put_record(keys["signals"][0], body)
+    capsys.readouterr()
+    assert main(["reproduce", keys["signals"][0], "--store", str(store), "--run",
+                 "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "check-failed" and not report["runs"]
+    bad = {c["name"]: c["detail"] for c in report["checks"] if c["ok"] is False}
+    assert "lacks the function's module '../../x'" in bad["code bundle"]
+    # and the runner refuses it by itself
+    from hither.record import Record
+    from hither.reproducing import _Runner
+
+    runner = _Runner(local, hi.JobCache(path=tmp_path / "scratch").store, None)
+    try:
+        run = runner.run(Record.from_dict(body, keys["signals"][0]))
+    finally:
+        runner.close()
+    assert run.status == "failed" and "is not a module and function name" in str(run.error)
+
+
 def test_usage_errors(host_store: tuple[Path, dict], tmp_path: Path) -> None:
     store, keys = host_store
     assert main(["reproduce", "--store", str(store)]) == 2

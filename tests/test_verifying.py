@@ -62,6 +62,17 @@ def test_nested_jobs_are_the_lineage(fig_store: tuple[Path, dict]) -> None:
     assert sorted(c.key for c in node.children) == sorted(keys["signals"])
 
 
+def test_show_draws_the_nested_jobs(fig_store: tuple[Path, dict],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    store, keys = fig_store
+    assert main(["show", keys["figure"], "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    tree = out[out.index("lineage"):]
+    for i, k in enumerate(keys["signals"]):
+        assert f"signals[{i}] ← {k[:12]} repro_signal" in tree
+    assert "3 jobs: " in out  # the inputs table names the jobs of the list
+
+
 def test_load_and_get(fig_store: tuple[Path, dict], tmp_path: Path) -> None:
     store, keys = fig_store
     f = hi.load(keys["figure"][:10], store)

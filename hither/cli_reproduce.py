@@ -241,7 +241,7 @@ def cmd_reproduce(args: argparse.Namespace, out: Any) -> int:
     try:
         report = reproduce(args.key, store=args.store, remote=args.remote, bundle=args.bundle,
                            trusted=_trusted(args), run=args.run, deep=args.deep,
-                           scratch=args.scratch, timeout=args.timeout)
+                           scratch=args.scratch, timeout=args.timeout, local=args.local)
     except ReproduceError as e:
         raise CliError(str(e)) from None
     try:
@@ -383,6 +383,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--bundle", metavar="FILE|URL|sha1://",
                      help="read the result from a bundle (file, http(s) URL, kachery URI)")
     trust_arg(p)
+    p.add_argument("--local", action="store_true",
+                   help="a sha1:// bundle: read the local kachery-cloud folder only")
     p.add_argument("--run", action="store_true", help="re-execute and compare")
     p.add_argument("--deep", action="store_true",
                    help="re-execute every job of the lineage from its recorded inputs")

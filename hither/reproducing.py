@@ -137,7 +137,7 @@ def _staging(tmp: Path) -> LocalStore:
     return LocalStore(tmp / "source")
 
 
-def _from_bundle(src: str, staging: LocalStore, tmp: Path) -> list[str]:
+def _from_bundle(src: str, staging: LocalStore, tmp: Path, local: bool) -> list[str]:
     """Import a bundle (file, http(s) URL or sha1:// URI) into ``staging``, every byte
     checked; signatures are checked afterwards, so untrusted ones can be reported."""
     from hither_store.bundle import read_bundle
@@ -147,7 +147,8 @@ def _from_bundle(src: str, staging: LocalStore, tmp: Path) -> list[str]:
     if src.startswith("sha1://"):
         from hither_store.kachery import fetch
 
-        return fetch(src, staging, require_signature=False, refs=RECORD_REFS).roots
+        return fetch(src, staging, require_signature=False, refs=RECORD_REFS,
+                     local_only=local).roots
     if src.startswith(("http://", "https://")):
         import shutil
         import urllib.request
@@ -294,8 +295,12 @@ class _Runner:
         from .hashing import hash_value
         from .verifying import _decode_checked
 
-        out.result_hash = hash_value(outcome.value, path="result")
-        self._record(rec, outcome, out.result_hash)
+        try:
+            out.result_hash = hash_value(outcome.value, path="result")
+            self._record(rec, outcome, out.result_hash)
+        except (HitherError, StoreError, OSError, TypeError, ValueError) as e:
+            out.error = f"the new result cannot be stored: {type(e).__name__}: {e}"
+            return out
         if out.result_hash == rec.result_hash:
             out.status = "identical"
             return out
@@ -394,12 +399,13 @@ class _Runner:
 def reproduce(key: str | None, *, store: Any = None, remote: str | None = None,
               bundle: str | None = None, trusted: Any = None, run: bool = False,
               deep: bool = False, scratch: str | os.PathLike[str] | None = None,
-              timeout: float | None = None) -> ReproduceReport:
+              timeout: float | None = None, local: bool = False) -> ReproduceReport:
     """Check (and with ``run``, re-execute) the result ``key`` (see the module docstring).
 
     ``store`` is the local store (default: the default store); ``remote`` a remote store
     URL; ``bundle`` a bundle file, URL or ``sha1://`` URI (then ``key`` may be None when
-    the bundle has one root). ``trusted`` are the keys whose signatures count
+    the bundle has one root; ``local``: a ``sha1://`` URI is read from the local
+    kachery-cloud folder only). ``trusted`` are the keys whose signatures count
     (:class:`hither_store.TrustedKeys`). ``scratch`` is where a re-run writes (default: a
     folder in the report's private folder); it must not be the source store. Call
     :meth:`ReproduceReport.cleanup` when done with the report.
@@ -414,7 +420,7 @@ def reproduce(key: str | None, *, store: Any = None, remote: str | None = None,
     try:
         return _reproduce_in(tmp, key, store=store, remote=remote, bundle=bundle,
                              trusted=trusted, run=run, deep=deep, scratch=scratch,
-                             timeout=timeout)
+                             timeout=timeout, local=local)
     except BaseException:
         import shutil
 
@@ -425,7 +431,7 @@ def reproduce(key: str | None, *, store: Any = None, remote: str | None = None,
 def _reproduce_in(tmp: Path, key: str | None, *, store: Any, remote: str | None,
                   bundle: str | None, trusted: Any, run: bool, deep: bool,
                   scratch: str | os.PathLike[str] | None,
-                  timeout: float | None) -> ReproduceReport:
+                  timeout: float | None, local: bool) -> ReproduceReport:
     from hither_store.bundle import BundleError
 
     from .explaining import open_store
@@ -433,7 +439,7 @@ def _reproduce_in(tmp: Path, key: str | None, *, store: Any, remote: str | None,
     if bundle is not None:
         src = _staging(tmp)
         try:
-            roots = _from_bundle(bundle, src, tmp)
+            roots = _from_bundle(bundle, src, tmp, local)
         except (BundleError, StoreError, OSError, ValueError) as e:
             report = ReproduceReport(key or "?", bundle, tmp=tmp)
             report.add("bundle", False, str(e))

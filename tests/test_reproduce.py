@@ -331,3 +331,28 @@ def test_a_uv_environment_is_rebuilt_from_the_stored_lock(
     assert len(built) == 1 and (built[0] / "hither-requirements.lock").is_file()
     assert built[0].name.startswith(report["runtime"]["lock"][:16])  # nothing re-resolved
     clear_lock_cache()
+
+
+def test_reproduce_a_bundle_from_a_web_server_and_from_kachery(
+        host_store: tuple[Path, dict], tmp_path: Path, http_store: tuple[Path, str],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    store, keys = host_store
+    folder, url = http_store
+    folder.mkdir(parents=True, exist_ok=True)
+    author = SecretKey.generate("lab-a")
+    author.write(tmp_path / "secret")
+    monkeypatch.setenv("HITHER_SIGNING_KEY", str(tmp_path / "secret"))
+    assert main(["export", keys["figure"], "-o", str(folder / "fig.tar"),
+                 "--store", str(store)]) == 0
+    (folder / "fig.tar").chmod(0o644)
+    monkeypatch.setenv("KACHERY_CLOUD_DIR", str(tmp_path / "kachery"))
+    assert main(["publish", keys["figure"], "--to", "kachery", "--local",
+                 "--store", str(store)]) == 0
+    uri = capsys.readouterr().out.strip().splitlines()[-1]
+    monkeypatch.delenv("HITHER_SIGNING_KEY")
+    trust = ["--trust", str(author.public_key)]
+    for source in ([f"{url}/fig.tar"], [uri, "--local"]):
+        assert main(["reproduce", "--bundle", *source, "--run", "--json", *trust]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["status"] == "identical" and report["key"] == keys["figure"]
+        assert report["trusted"] is True

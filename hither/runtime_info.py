@@ -13,8 +13,11 @@ lock.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 __all__ = ["host_packages", "packages_from_lock", "runtime_facts"]
@@ -27,13 +30,56 @@ _LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.M)
 
 def host_packages() -> str:
     """``name==version`` lines (sorted, one per distribution) of this interpreter, as its
-    workers report them (:func:`hither._stdio_worker._packages`)."""
+    workers report them (:func:`hither._stdio_worker._packages`). Kept in the user cache
+    folder under a signature of ``sys.executable`` and the folders of ``sys.path`` (their
+    mtimes change when a distribution is installed or removed), so a process reads one
+    small file instead of listing every folder."""
     global _host
     if _host is None:
-        from ._stdio_worker import _packages
+        path = _host_cache_file()
+        try:
+            _host = path.read_text() if path is not None else None
+        except (OSError, UnicodeDecodeError):
+            _host = None
+        if _host is None:
+            from ._stdio_worker import _packages
 
-        _host = _packages()
+            _host = _packages()
+            if path is not None:
+                _write_quietly(path, _host)
     return _host
+
+
+def _host_cache_file() -> Path | None:
+    import hashlib
+
+    try:
+        import platformdirs
+    except ImportError:
+        return None
+    sig = []
+    for entry in sys.path:
+        try:
+            st = os.stat(entry or ".")
+        except OSError:
+            continue
+        sig.append([entry, st.st_mtime_ns, st.st_ino])
+    key = hashlib.sha256(json.dumps([sys.executable, sig]).encode()).hexdigest()[:32]
+    return platformdirs.user_cache_path("hither") / "host-packages" / f"{key}.txt"
+
+
+def _write_quietly(path: Path, text: str) -> None:
+    """Write ``text`` atomically; a cache that cannot be written is not an error."""
+    from hither_store._atomic import TempFile, publish
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with TempFile(path.parent, ".host-packages", fsync=False) as tmp:
+            tmp.file.write(text.encode())
+            tmp.finish()
+            publish(tmp.path, path)
+    except OSError:
+        pass
 
 
 def packages_from_lock(lock: str) -> str:

@@ -295,6 +295,26 @@ def test_lineage_push_and_pull(tmp_path: Path, bucket: str, keys: dict) -> None:
     assert b.local.get_record("up-0000000001") == up
 
 
+@pytest.mark.parametrize("bad", ["../../../etc/passwd", "short", 42, "a/b-0123456789"])
+def test_pull_of_a_lineage_naming_bad_keys(tmp_path: Path, bucket: str, keys: dict,
+                                           bad: Any) -> None:
+    """A record (signed, so it passes) whose lineage names something that is not a key:
+    that name fails, nothing raises, nothing outside the store is touched, and the remote
+    stays in use."""
+    a = stack(tmp_path, "a", [s3_remote(bucket)], signer=keys["a"])
+    down = record_with_blob(a.local, b"downstream", inputs={"x": {"job": bad}})
+    a.put_record(KEY, down)
+    report = a.push([KEY], a.remotes[0])
+    assert report.pushed == [KEY]
+    assert report.missing_records == ([bad] if isinstance(bad, str) else [])
+    b = stack(tmp_path, "b", [s3_remote(bucket, [keys["a"]])])
+    pulled = b.pull([KEY], b.remotes[0])
+    assert pulled.fetched == [KEY]
+    if isinstance(bad, str):
+        assert list(pulled.failed) == [bad] and "not a record key" in pulled.failed[bad]
+    assert not b.remotes[0].is_down()
+
+
 def test_concurrent_writers_of_the_same_keys(tmp_path: Path, bucket: str, keys: dict) -> None:
     """Two labs push different versions of the same records at once: each key ends with
     one complete, verifiable version."""

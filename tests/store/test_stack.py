@@ -118,6 +118,20 @@ def test_push_then_fetch_verified_copy(tmp_path: Path, bucket: str, keys: dict) 
         a.local.record_path(KEY).read_bytes()
 
 
+def test_endpoint_as_a_store_option(tmp_path: Path, bucket: str, s3_env: str, keys: dict,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Remote(endpoint_url=...)`` wins over ``$AWS_ENDPOINT_URL`` (here a dead port), and
+    two remotes of one bucket url on different endpoints are different remotes."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    a = stack(tmp_path, "a", [s3_remote(bucket, endpoint_url=s3_env)], signer=keys["a"])
+    body = record_with_blob(a.local, b"via the option " * 100)
+    a.put_record(KEY, body)
+    assert a.push([KEY], a.remotes[0]).pushed == [KEY]
+    b = stack(tmp_path, "b", [s3_remote(bucket, [keys["a"]], endpoint_url=s3_env)])
+    assert b.fetch(KEY) == body
+    assert a.remotes[0].id != s3_remote(bucket).id
+
+
 def test_push_again_is_harmless(tmp_path: Path, bucket: str, keys: dict) -> None:
     a = stack(tmp_path, "a", [s3_remote(bucket)], signer=keys["a"])
     a.put_record(KEY, record_with_blob(a.local, b"data"))

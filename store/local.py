@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -179,8 +180,11 @@ class LocalStore:
         """
         self._writing("store a blob")
         with TempFile(self._layout.tmp_dir, "blob", self.fsync) as tmp:
-            write(tmp.file)
-            tmp.finish()
+            try:
+                write(tmp.file)
+                tmp.finish()
+            except OSError as e:
+                raise _with_errno(e, tmp.file, self.root) from e
             with open(tmp.path, "rb", buffering=0) as f:
                 hexdigest, size = hash_stream(f)
         return self._place_blob(tmp.path, hexdigest, size)
@@ -516,3 +520,18 @@ class LocalStore:
 
 def _reopen(root: str, fsync: bool, readonly: bool = False) -> LocalStore:
     return LocalStore(root, fsync=fsync, readonly=readonly)
+
+
+def _with_errno(e: OSError, f: BinaryIO, root: Path) -> OSError:
+    """``e``, or for a short write without an errno (what ``numpy`` raises when the disk
+    is full: "N requested and M written") an ``ENOSPC`` error that says so."""
+    if e.errno is not None or "requested and" not in str(e):
+        return e
+    try:
+        st = os.fstatvfs(f.fileno())
+        free = f", {st.f_bavail * st.f_frsize} bytes free"
+    except (OSError, ValueError):
+        free = ""
+    return OSError(errno.ENOSPC, f"No space left on device while storing a blob in {root} "
+                                 f"(a short write: {e}{free}); free space, or run "
+                                 "`hither cache gc`")

@@ -114,10 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any)")
     p.set_defaults(func="cli_cache:cmd_ui")
 
-    from .cli_reproduce import add_commands as add_reproduce_commands
-    from .cli_share import add_commands as add_share_commands
+    from .cli_reproduce_parser import add_commands as add_reproduce_commands
+    from .cli_share_parser import add_commands as add_share_commands
 
-    add_share_commands(sub, common)
+    add_share_commands(sub, common, _usage_of)
     add_reproduce_commands(sub, common)
     parser.set_defaults(func=_usage_of(parser))
     return parser

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._paths import parse_blob_uri
+from ._paths import is_key, parse_blob_uri
 from ._shared import make_dirs
 from ._verify import hash_stream
 from .errors import BlobNotFoundError, StoreError
@@ -146,8 +146,13 @@ def compute_closure(store: LocalStore, keys: Iterable[str], refs: RecordRefs = G
             stack.append((k, is_root, True))
             if lineage:
                 for up in refs.upstream(body):
-                    if isinstance(up, str) and up not in seen:
-                        stack.append((up, False, False))
+                    if not isinstance(up, str) or up in seen:
+                        continue
+                    if not is_key(up):  # cannot be in any store: missing, never a path
+                        seen.add(up)
+                        out.missing_records.append(up)
+                        continue
+                    stack.append((up, False, False))
 
     for k in keys:
         visit(k, True)

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ._paths import blob_relpath, record_relpath, sidecar_relpath
+from ._paths import blob_relpath, is_key, record_relpath, sidecar_relpath
 from ._records import BadRecord, body_checksum, decode_record, encode_record
 from .closure import (
     GENERIC_REFS,
@@ -272,6 +272,8 @@ class StoreStack:
         """``(record, None)`` when ``remote`` has a valid copy of ``key`` (now also in the
         local store); ``(None, None)`` when it has none; ``(None, why)`` when what it has
         cannot be used, or it cannot be reached (said once while it stays down)."""
+        if not isinstance(key, str) or not is_key(key):
+            return None, "not a record key"
         if remote.is_down():
             return None, None
         if use_lookup and self.lookup.recent_miss(remote.id, key):
@@ -538,6 +540,10 @@ class StoreStack:
             if key in seen:
                 continue
             seen.add(key)
+            if not isinstance(key, str) or not is_key(key):  # e.g. a lineage entry of a record that came from the remote
+                report.failed[str(key)] = "not a record key (8 to 128 characters from " \
+                                     "[0-9a-zA-Z_-])"
+                continue
             body = self.local.get_record(key)
             if body is not None:
                 report.present.append(key)

@@ -210,6 +210,27 @@ def test_explicit_push_and_pull_api(tmp_path: Path, bucket: str, s3_env: str, ca
     assert results == expected and all(hits) and counted(calls) == {}
 
 
+def test_push_never_reads_but_never_writes(tmp_path: Path, bucket: str, s3_env: str,
+                                           calls: Path, monkeypatch: pytest.MonkeyPatch,
+                                           lab_a: tuple[Path, str]) -> None:
+    """A remote with push="never" is read like any other, and receives nothing: neither
+    when results are recorded nor from cache.push() without a target."""
+    expected = publish_lab_a(tmp_path, bucket, calls, monkeypatch, lab_a)
+    monkeypatch.setenv("HITHER_TRUSTED_KEYS", lab_a[1])
+    s3 = s3_client(s3_env)
+    before = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    b = hi.JobCache(path=tmp_path / "B", remotes=[hi.Remote(f"s3://{bucket}/lab",
+                                                            push="never")])
+    results, hits, warns = replay(b)
+    assert results == expected and all(hits) and not warns and counted(calls) == {}
+    with hi.Config(job_cache=b):  # two new results: they stay local
+        run(N + 2)
+    assert counted(calls) == {"make": 2, "digest": 2}
+    with pytest.raises(hi.CacheError, match="no remote to push to"):
+        b.push([k for k, _ in b.store.iter_records()])
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == before
+
+
 def test_readonly_cache_does_not_read_remotes(tmp_path: Path, bucket: str, calls: Path,
                                               monkeypatch: pytest.MonkeyPatch,
                                               lab_a: tuple[Path, str]) -> None:

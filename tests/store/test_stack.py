@@ -118,6 +118,20 @@ def test_push_then_fetch_verified_copy(tmp_path: Path, bucket: str, keys: dict) 
         a.local.record_path(KEY).read_bytes()
 
 
+def test_endpoint_as_a_store_option(tmp_path: Path, bucket: str, s3_env: str, keys: dict,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Remote(endpoint_url=...)`` wins over ``$AWS_ENDPOINT_URL`` (here a dead port), and
+    two remotes of one bucket url on different endpoints are different remotes."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    a = stack(tmp_path, "a", [s3_remote(bucket, endpoint_url=s3_env)], signer=keys["a"])
+    body = record_with_blob(a.local, b"via the option " * 100)
+    a.put_record(KEY, body)
+    assert a.push([KEY], a.remotes[0]).pushed == [KEY]
+    b = stack(tmp_path, "b", [s3_remote(bucket, [keys["a"]], endpoint_url=s3_env)])
+    assert b.fetch(KEY) == body
+    assert a.remotes[0].id != s3_remote(bucket).id
+
+
 def test_push_again_is_harmless(tmp_path: Path, bucket: str, keys: dict) -> None:
     a = stack(tmp_path, "a", [s3_remote(bucket)], signer=keys["a"])
     a.put_record(KEY, record_with_blob(a.local, b"data"))
@@ -293,6 +307,26 @@ def test_lineage_push_and_pull(tmp_path: Path, bucket: str, keys: dict) -> None:
     pulled = b.pull([KEY], b.remotes[0])
     assert sorted(pulled.fetched) == sorted([KEY, "up-0000000001"]) and not pulled.failed
     assert b.local.get_record("up-0000000001") == up
+
+
+@pytest.mark.parametrize("bad", ["../../../etc/passwd", "short", 42, "a/b-0123456789"])
+def test_pull_of_a_lineage_naming_bad_keys(tmp_path: Path, bucket: str, keys: dict,
+                                           bad: Any) -> None:
+    """A record (signed, so it passes) whose lineage names something that is not a key:
+    that name fails, nothing raises, nothing outside the store is touched, and the remote
+    stays in use."""
+    a = stack(tmp_path, "a", [s3_remote(bucket)], signer=keys["a"])
+    down = record_with_blob(a.local, b"downstream", inputs={"x": {"job": bad}})
+    a.put_record(KEY, down)
+    report = a.push([KEY], a.remotes[0])
+    assert report.pushed == [KEY]
+    assert report.missing_records == ([bad] if isinstance(bad, str) else [])
+    b = stack(tmp_path, "b", [s3_remote(bucket, [keys["a"]])])
+    pulled = b.pull([KEY], b.remotes[0])
+    assert pulled.fetched == [KEY]
+    if isinstance(bad, str):
+        assert list(pulled.failed) == [bad] and "not a record key" in pulled.failed[bad]
+    assert not b.remotes[0].is_down()
 
 
 def test_concurrent_writers_of_the_same_keys(tmp_path: Path, bucket: str, keys: dict) -> None:

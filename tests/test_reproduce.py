@@ -356,3 +356,20 @@ def test_reproduce_a_bundle_from_a_web_server_and_from_kachery(
         report = json.loads(capsys.readouterr().out)
         assert report["status"] == "identical" and report["key"] == keys["figure"]
         assert report["trusted"] is True
+
+
+def test_import_refuses_unsigned_records_unless_told(host_store: tuple[Path, dict],
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    store, keys = host_store
+    bundle = tmp_path / "fig.tar"
+    assert main(["export", keys["figure"], "-o", str(bundle), "--store", str(store)]) == 0
+    fresh = tmp_path / "fresh"
+    capsys.readouterr()
+    assert main(["import", str(bundle), "--store", str(fresh)]) == 1
+    assert "is not signed (nothing was imported)" in capsys.readouterr().err
+    assert not list((fresh / "records").rglob("*.json"))
+    assert main(["import", str(bundle), "--store", str(fresh), "--unsigned"]) == 0
+    assert capsys.readouterr().out.split()[-1] == keys["figure"]
+    assert hi.load(keys["figure"], fresh).path.startswith(str(fresh))
+    assert main(["verify", keys["figure"], "--store", str(fresh)]) == 0

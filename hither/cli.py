@@ -6,6 +6,7 @@
     hither show KEY                        a record's provenance and lineage
     hither explain KEY                     what went into a key; how it differs from the
                                            nearest other record of the same function
+    hither key|push|pull|publish|remote    sharing results (see hither.cli_share)
     hither ui                              lineage pages of the store on 127.0.0.1
 
 Every command takes ``--store PATH`` (default: ``$HITHER_STORE`` or the user cache
@@ -111,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
                        "127.0.0.1 until Ctrl-C.")
     p.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any)")
     p.set_defaults(func="cli_cache:cmd_ui")
+
+    from .cli_share_parser import add_commands
+
+    add_commands(sub, common, _usage_of)
     parser.set_defaults(func=_usage_of(parser))
     return parser
 

@@ -50,7 +50,9 @@ def repro_render(signals, height):
     for k, s in enumerate(signals):
         rows = ((1 - (np.clip(s, -1, 1) + 1) / 2) * (height - 1)).round().astype(int)
         img[k * height + rows, np.arange(len(s))] = 255
-    path = os.path.join(os.getcwd(), "figure.png")
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="figure-"), "figure.png")
     with open(path, "wb") as f:
         f.write(_png(img))
     print(f"rendered {img.shape}")

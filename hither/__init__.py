@@ -41,12 +41,15 @@ from .handlers.base import JobHandler
 from .job import Job, JobStatus
 
 if TYPE_CHECKING:
+    from hither_store import Remote
+
     from .aio import gather
     from .explaining import explain, lineage
     from .handlers.inline import DefaultJobHandler
     from .handlers.parallel import ParallelJobHandler
     from .runtimes.venv import PythonEnv
     from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
+    from .verifying import load
 
 # imported on first use: `import hither` stays fast (asyncio, the runtimes, the worker
 # pool and the utilities are not needed by every script)
@@ -54,9 +57,11 @@ _LAZY = {
     "gather": ".aio",
     "explain": ".explaining",
     "lineage": ".explaining",
+    "load": ".verifying",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
     "PythonEnv": ".runtimes.venv",
+    "Remote": "hither_store",
     "ConsoleCapture": ".utils",
     "FileLock": ".utils",
     "ShellScript": ".utils",
@@ -121,6 +126,7 @@ __all__ = [
     "JobTimeoutError",
     "ParallelJobHandler",
     "PythonEnv",
+    "Remote",
     "RuntimeUnavailableError",
     "SerializationError",
     "ShellScript",
@@ -136,6 +142,7 @@ __all__ = [
     "get_function",
     "identity",
     "lineage",
+    "load",
     "local_modules",
     "noop",
     "opts",

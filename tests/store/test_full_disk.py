@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hither_store import LocalStore
 
 import hither as hi
-from hither_store import LocalStore
 from tests.mounts import small_filesystem
 
 

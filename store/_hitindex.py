@@ -32,9 +32,11 @@ import threading
 import time
 import warnings
 import weakref
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ._shared import is_group_shared, make_dirs, share_fd
 from ._statmemo import PersistentStatMemo, Signature, sig_text, signature
 from .errors import StoreWarning
 
@@ -162,11 +164,31 @@ if hasattr(os, "register_at_fork"):
 
 def index_memo(root: Path, readonly: bool) -> PersistentStatMemo:
     """The sqlite memo of a store (none for a read-only store, which must not be written)."""
-    db = None if readonly else str(root / INDEX_DB)
-    return PersistentStatMemo(lambda: db, on_error=_disabled_warning)
+    if readonly:
+        return PersistentStatMemo(lambda: None)
+    return PersistentStatMemo(partial(_locate, root), on_error=_disabled_warning)
+
+
+def _locate(root: Path) -> str:
+    """The database path, its folder made first; in a group-shared store the database is
+    created group-writable (sqlite gives its -wal and -shm files the same mode)."""
+    db = root / INDEX_DB
+    make_dirs(db.parent)
+    if is_group_shared(db.parent) and not db.exists():
+        try:
+            fd = os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o664)
+        except OSError:
+            pass
+        else:
+            share_fd(fd, db.parent)
+            os.close(fd)
+    return str(db)
 
 
 def _disabled_warning(db: str, error: BaseException) -> None:
+    text = str(error).lower()
+    if isinstance(error, PermissionError) or "readonly" in text or "unable to open" in text:
+        return  # a store this user may read but not write: no index, nothing wrong
     warnings.warn(f"the store index {db} cannot be used ({type(error).__name__}: {error}); "
                   "results are read from the record files (correct, only slower). Remove "
                   "the file to rebuild it.", StoreWarning, stacklevel=5)

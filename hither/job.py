@@ -16,6 +16,7 @@ import string
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import CancelledError, Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -71,6 +72,50 @@ def _new_job_id() -> str:
     return _PREFIX + format(next(_counter) & 0xFFFFFFFF, "08x").translate(_HEX_TO_LETTERS)
 
 
+class _Condition(threading.Condition):
+    """The condition of one job: a ``threading.Condition`` on an RLock, without the five
+    bound methods per instance, and with its queue of waiters made when a thread first
+    waits. A large pipeline keeps one per job: ~1.3 KB and 9 objects for the collector
+    become ~0.2 KB and 3."""
+
+    def __init__(self) -> None:  # noqa: D107 - the base class's contract
+        self._rlock: Any = threading.RLock()  # Any: its save/restore methods are private
+        self._lock = self._rlock
+        self._queue: deque | None = None
+
+    @property
+    def _waiters(self) -> deque:
+        q = self._queue
+        if q is None:  # only under the lock: wait() and notify() hold it
+            q = self._queue = deque()
+        return q
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._rlock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._rlock.release()
+
+    def _release_save(self) -> Any:
+        return self._rlock._release_save()
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._rlock._acquire_restore(state)
+
+    def _is_owned(self) -> bool:
+        return self._rlock._is_owned()
+
+    def notify(self, n: int = 1) -> None:
+        if self._queue is None:  # nobody ever waited: nothing to wake
+            if not self._is_owned():
+                raise RuntimeError("cannot notify on un-acquired lock")
+            return
+        super().notify(n)
+
+    def notify_all(self) -> None:
+        self.notify(len(self._queue) if self._queue is not None else 0)
+
+
 class Job(Future):
     """A call of a hither function, created by ``f.run(...)``.
 
@@ -95,6 +140,7 @@ class Job(Future):
     def __init__(self, fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                  handler: JobHandler, engine: Engine, *, upstream: int = 0) -> None:
         super().__init__()
+        self._condition = _Condition()
         self._fdef = fdef
         self._kwargs = kwargs
         self._settings = settings

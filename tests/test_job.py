@@ -236,3 +236,36 @@ def test_kwargs_and_settings_are_kept():
     assert job.handler is h
     assert job.get_jhparams() == {"k": 1}
     assert job.wait() == 3
+
+
+@pytest.mark.timeout(60)
+def test_threads_waiting_on_a_job_are_all_woken(one_worker, tmp_path):
+    """A job's condition (lighter than threading.Condition) wakes every kind of waiter:
+    result(), exception(), concurrent.futures.wait / as_completed, and a timed wait that
+    runs out first leaves the job going on."""
+    import concurrent.futures as cf
+    import threading
+
+    go = tmp_path / "go"
+    with hi.Config(job_handler=one_worker):
+        job = jf_wait_for_file.run(path=str(go), value="woken")
+    assert wait_until(lambda: job.get_status() is S.RUNNING, timeout=20)
+    with pytest.raises(TimeoutError):
+        job.result(timeout=0.05)
+    done, pending = cf.wait([job], timeout=0.05)
+    assert not done and pending == {job}
+    got: list[object] = []
+    waiters = [threading.Thread(target=lambda: got.append(job.result())),
+               threading.Thread(target=lambda: got.append(job.exception())),
+               threading.Thread(target=lambda: got.append(
+                   next(cf.as_completed([job])).result())),
+               threading.Thread(target=lambda: got.append(
+                   len(cf.wait([job], return_when=cf.FIRST_COMPLETED).done)))]
+    for t in waiters:
+        t.start()
+    assert not job.done()
+    go.write_text("")
+    for t in waiters:
+        t.join(30)
+    assert not any(t.is_alive() for t in waiters)
+    assert sorted(map(repr, got)) == sorted(map(repr, ["woken", None, "woken", 1]))

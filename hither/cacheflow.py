@@ -91,6 +91,7 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
     upstream = upstream or {}
     inputs: dict[str, dict[str, Any]] = {}
     digests: dict[str, str] = {}
+    plain = True  # every name an identifier: its JSON is the name in quotes
     for name in sorted(kwargs):
         value = kwargs[name]
         digest = hash_value(value, path=f"kw[{name!r}]")
@@ -103,6 +104,7 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                 entry["jobs"] = keys
         inputs[name] = entry
         digests[name] = digest
+        plain = plain and name.isidentifier()
     fn_id = (fdef.name, fdef.version, code.digest)
     known = _FUNCTIONS.get(fn_id)
     if known is None:  # one dict per function, shared by its jobs (never changed)
@@ -122,7 +124,11 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
         "inputs": digests,
     }
     if runtime is None:  # == hash_struct(parts), without encoding the same head again
-        key = hashlib.sha256(head + canonical_json(digests) + _HOST_TAIL).hexdigest()
+        # canonical_json(digests) without the encoder when no name needs escaping
+        # (identifiers and hex digests never do; the names are sorted already)
+        body = ("{" + ",".join([f'"{n}":"{d}"' for n, d in digests.items()]) + "}"
+                ).encode() if plain else canonical_json(digests)
+        key = hashlib.sha256(head + body + _HOST_TAIL).hexdigest()
     else:
         key = hash_struct(parts)
     return KeyInfo(key=key, parts=parts, code=code, inputs=inputs)

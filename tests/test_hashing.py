@@ -646,7 +646,10 @@ def test_a_host_key_is_the_hash_of_its_canonical_parts():
     from hither.config import current
 
     fn = hi.function("key_parts_fn", "1.2.3")(key_parts_fn)
-    for kwargs in ({"a": 1, "b": 2}, {"é": "x", "z": [1, 2.5, None]}, {}, {"b": 1, "a": 2}):
+    odd = os.fsdecode(b"caf\xe9")  # a lone surrogate: not an identifier
+    for kwargs in ({"a": 1, "b": 2}, {"é": "x", "z": [1, 2.5, None]}, {}, {"b": 1, "a": 2},
+                   {'a"b': 1, "a b": 2, "back\\slash": 3, "new\nline": 4, odd: 5, "_": 6},
+                   {"ok": 1, "\x00": 2}):
         info = compute_key(fn._hither, kwargs, current())
         assert info.key == hashing.hash_struct(info.parts)
         assert info.key == compute_key(fn._hither, kwargs, current()).key

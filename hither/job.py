@@ -136,6 +136,7 @@ class Job(Future):
                  "_creator", "_created", "_state_lock", "_status", "_completing",
                  "_cancelled", "_hfuture", "_waiting", "_completion", "_keyinfo", "key",
                  "result_hash", "cache_hit")
+    _done_callbacks: list[Any]  # Future's own (typeshed does not declare it)
 
     def __init__(self, fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                  handler: JobHandler, engine: Engine, *, upstream: int = 0) -> None:
@@ -272,16 +273,18 @@ class Job(Future):
             self.result_hash = result_hash
 
     def _complete(self, outcome: Outcome, status: JobStatus, *, cache_hit: bool = False,
-                  remote: bool = False) -> bool:
+                  remote: bool = False, result_hash: str | None = None) -> bool:
         """Complete the job with ``outcome``; False when it had completed already.
 
         ``remote`` marks an outcome from another process: its traceback text is attached as
-        the ``__cause__`` of the error.
+        the ``__cause__`` of the error. ``result_hash`` (a cache hit's) is set with it.
         """
         with self._state_lock:
             if self._completing:
                 return False
             self._completing = True
+            if result_hash is not None:
+                self.result_hash = result_hash
             self._waiting = -1
             self._completion = (self._label, outcome, status, cache_hit, time.time())
             self._hfuture = None  # the handler's future (and what it holds) can go now
@@ -297,6 +300,9 @@ class Job(Future):
             if outcome.traceback_text and err.__cause__ is None and remote:
                 err.__cause__ = RemoteTraceback(outcome.traceback_text)
             Future.set_exception(self, err)
+        # the callbacks have run (a callback added from now on runs at once): let go of
+        # them, and of the downstream jobs and plans they hold
+        self._done_callbacks.clear()
         return True
 
     # ------------------------------------------------------------ hither 0.4.2 names

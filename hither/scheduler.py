@@ -121,8 +121,25 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
     handler = settings.job_handler or default_handler()
     nested = arguments.upstream_by_name(kwargs)
     upstream = list({id(j): j for jobs in nested.values() for j in jobs}.values())
-    job = Job(fdef, kwargs, settings, handler, ENGINE, upstream=len(upstream))
-    plan = _plan(job, kwargs, nested) if not upstream else None
+    # every upstream job already finished (a replay): plan now, as for a job without any
+    ready = all(map(_finished, upstream))
+    job = Job(fdef, kwargs, settings, handler, ENGINE, upstream=0 if ready else len(upstream))
+    plan: _Plan | None = None
+    failure: Exception | None = None
+    if not upstream:
+        plan = _plan(job, kwargs, nested)  # bad arguments raise here
+    elif ready:
+        try:
+            plan = _plan(job, kwargs, nested)
+        except Exception as e:  # noqa: BLE001 - as in _plan_and_dispatch: the job fails
+            failure = e
+    if plan is not None and plan.hit is not None:
+        # a cache hit known at once: completed here, never live nor given to the handler
+        if _show_progress(settings.progress):
+            _progress().created()
+            job.add_done_callback(_progress_done)
+        _complete_hit(job, plan.hit)
+        return job
     global _inline_live
     with _live_lock:
         _live[id(job)] = job
@@ -133,13 +150,19 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
     if _show_progress(settings.progress):
         _progress().created()
         job.add_done_callback(_progress_done)
-    if upstream:
+    if failure is not None:
+        job._complete(Outcome(False, error=failure), JobStatus.ERROR)
+    elif plan is not None:
+        _dispatch(job, plan)
+    else:
         for up in upstream:
             up.add_done_callback(partial(_upstream_done, job, nested))
-    else:
-        assert plan is not None
-        _dispatch(job, plan)
     return job
+
+
+def _finished(job: Job) -> bool:
+    """True when ``job`` completed with a result (not an error, not cancelled)."""
+    return job.done() and not job.cancelled() and Future.exception(job, 0) is None
 
 
 _tracker: Any = None
@@ -318,9 +341,7 @@ def _plan_and_dispatch(job: Job, nested: dict[str, list[Job]]) -> None:
 # ------------------------------------------------------------------------ dispatch
 def _dispatch(job: Job, plan: _Plan) -> None:
     if plan.hit is not None:
-        hit = plan.hit
-        job._set_result_hash(hit.info.get("result_hash"))
-        job._complete(hit, JobStatus.FINISHED if hit.ok else JobStatus.ERROR, cache_hit=True)
+        _complete_hit(job, plan.hit)
         return
     settings = job.get_settings()
     fdef = job.function_def
@@ -354,6 +375,11 @@ def _dispatch(job: Job, plan: _Plan) -> None:
         _cleanup(plan)
         return
     hfut.add_done_callback(partial(_on_outcome, job, plan))
+
+
+def _complete_hit(job: Job, hit: Outcome) -> None:
+    job._complete(hit, JobStatus.FINISHED if hit.ok else JobStatus.ERROR, cache_hit=True,
+                  result_hash=hit.info.get("result_hash"))
 
 
 def _on_outcome(job: Job, plan: _Plan, hfut: Future) -> None:

@@ -20,6 +20,7 @@ from jobfuncs import (
     jf_identity,
     jf_make_array,
     jf_read_after,
+    jf_return_lock,
     jf_sleep,
     jf_sum,
     jf_zero_then_sum,
@@ -39,6 +40,46 @@ def any_handler(request):
     h = make_handler(request.param)
     yield h
     h.shutdown(wait=False, cancel=True)
+
+
+# ----------------------------------------------------------------------------- replay
+def test_a_replayed_pipeline_is_complete_when_run_returns(tmp_path):
+    """Cache hits known at ``.run()`` (also downstream of finished jobs) complete there:
+    never live, never given to the handler, with the same keys and result hashes."""
+    from hither import scheduler
+
+    cache = hi.JobCache(path=str(tmp_path / "cache"))
+    first: list[hi.Job] = []
+    for _ in range(2):
+        with hi.Config(job_cache=cache):
+            up = jf_add.run(x=1, y=2)
+            down = jf_add.run(x=up, y=10)
+            both = jf_sum.run(values=[up, down])
+        assert both.result() == 16
+        if not first:
+            first = [up, down, both]
+            assert not any(j.cache_hit for j in first)
+    again = [up, down, both]
+    assert all(j.done() and j.cache_hit for j in again)
+    assert [j.key for j in again] == [j.key for j in first]
+    assert [j.result_hash for j in again] == [j.result_hash for j in first]
+    assert down.keyinfo.inputs["x"]["job"] == up.key
+    assert both.keyinfo.inputs["values"]["jobs"] == [up.key, down.key]
+    assert not set(map(id, again)) & set(map(id, scheduler.live_jobs()))
+    assert all(j.get_runtime_info()["cache_hit"] for j in again)
+    assert up.handler._adopted.get(up.job_id) is None
+
+
+def test_a_job_whose_upstream_finished_fails_on_an_argument_it_cannot_hash(tmp_path):
+    """Planned at ``.run()`` because its upstream job had finished, a job whose arguments
+    cannot be used still fails as a job: ``.run()`` does not raise."""
+    up = jf_return_lock.run()
+    up.result()
+    with hi.Config(job_cache=hi.JobCache(path=str(tmp_path / "cache"))):
+        down = jf_identity.run(x=up)
+    assert down.done() and down.get_status() is hi.JobStatus.ERROR
+    with pytest.raises(hi.SerializationError, match="kw\\['x'\\]"):
+        down.result()
 
 
 # ----------------------------------------------------------------------------- values

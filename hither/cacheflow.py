@@ -56,10 +56,18 @@ class KeyInfo:
     """A job's key and everything that went into it."""
 
     key: str
-    parts: dict[str, Any]
     code: CodeIdentity
     inputs: dict[str, dict[str, Any]]
     """Per argument: ``digest``, ``desc`` and, for a job's result, ``job`` (its key)."""
+    function: dict[str, Any]
+    runtime: dict[str, Any]
+
+    @property
+    def parts(self) -> dict[str, Any]:
+        """The structure whose canonical JSON hashes to the key (made when asked: a large
+        pipeline keeps a KeyInfo per job)."""
+        return {"format": KEY_FORMAT, "function": self.function, "runtime": self.runtime,
+                "inputs": {name: entry["digest"] for name, entry in self.inputs.items()}}
 
 
 _HOST: dict[str, Any] = {"kind": "host"}
@@ -117,12 +125,7 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                 + canonical_json(function) + b',"inputs":')
         known = _FUNCTIONS[fn_id] = (function, head)
     function, head = known
-    parts = {
-        "format": KEY_FORMAT,
-        "function": function,
-        "runtime": runtime_identity(runtime),
-        "inputs": digests,
-    }
+    identity = runtime_identity(runtime)
     if runtime is None:  # == hash_struct(parts), without encoding the same head again
         # canonical_json(digests) without the encoder when no name needs escaping
         # (identifiers and hex digests never do; the names are sorted already)
@@ -130,8 +133,9 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                 ).encode() if plain else canonical_json(digests)
         key = hashlib.sha256(head + body + _HOST_TAIL).hexdigest()
     else:
-        key = hash_struct(parts)
-    return KeyInfo(key=key, parts=parts, code=code, inputs=inputs)
+        key = hash_struct({"format": KEY_FORMAT, "function": function, "runtime": identity,
+                           "inputs": digests})
+    return KeyInfo(key=key, code=code, inputs=inputs, function=function, runtime=identity)
 
 
 # ------------------------------------------------------------------------ lookup
@@ -327,7 +331,7 @@ def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label:
     user = _user()
     bundle, entry = _code_bundle(fdef, store, code.digest) if store is not None \
         else (None, {})
-    facts = _runtime_facts(runtime, keyinfo.parts["runtime"], store,
+    facts = _runtime_facts(runtime, keyinfo.runtime, store,
                            outcome.info.get("runtime_packages")) if store is not None else {}
     return Provenance(
         function=FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
@@ -336,7 +340,7 @@ def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label:
                               parts=dict(code.parts)),
         code_bundle=bundle, code_entry=entry, packages=facts.get("packages"),
         runtime_lock=facts.get("lock"),
-        runtime=keyinfo.parts["runtime"], key_parts=keyinfo.parts, label=label,
+        runtime=keyinfo.runtime, key_parts=keyinfo.parts, label=label,
         handler=handler, start_time=start, end_time=end,
         elapsed_sec=(end - start) if (start is not None and end is not None) else None,
         recorded_at=time.time(), host=socket.gethostname(), user=user,

@@ -39,6 +39,7 @@ from .function import (
     registered_functions,
 )
 from .handlers.base import JobHandler
+from .handlers.dask import DaskJobHandler
 from .handlers.inline import DefaultJobHandler
 from .handlers.parallel import ParallelJobHandler
 from .job import Job, JobStatus
@@ -67,6 +68,7 @@ __all__ = [
     "CacheError",
     "Config",
     "ConsoleCapture",
+    "DaskJobHandler",
     "DefaultJobHandler",
     "DeserializationException",
     "DuplicateFunctionException",

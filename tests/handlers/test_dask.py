@@ -1,0 +1,298 @@
+"""DaskJobHandler on real dask clusters: the CLI-started one of .ci/setup-dask.sh (scheduler
+file in HITHER_TEST_DASK_SCHEDULER_FILE) and a LocalCluster of this process.
+
+What the contract (hither.testing, tests/handlers/test_dask_contract.py) does not cover:
+values through the store, a dask worker killed mid-job (a crash, never run again), cancel
+and timeout stopping the job's own process on the dask worker, nothing left behind, the
+handler's own LocalCluster, dask resources for containers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import hither as hi
+from hither.handlers import _dask_worker as W
+from tests.components import require
+
+from .daskjobs import dj_add, dj_count_then_sleep, dj_pid, dj_raise, dj_size
+
+WAIT = 60
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def lines(path) -> list[str]:
+    try:
+        with open(path) as f:
+            return [x.strip() for x in f if x.strip()]
+    except FileNotFoundError:
+        return []
+
+
+# ---------------------------------------------------------------------------- clusters
+@pytest.fixture(scope="module")
+def cli_client():
+    """A client of the cluster started with the dask CLI (.ci/setup-dask.sh)."""
+    require("dask")
+    from distributed import Client
+
+    client = Client(scheduler_file=os.environ["HITHER_TEST_DASK_SCHEDULER_FILE"],
+                    set_as_default=False, timeout=30)
+    client.wait_for_workers(2, timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def local_client():
+    """A LocalCluster of this process: 2 worker processes of one thread, loopback."""
+    pytest.importorskip("distributed") if os.environ.get("CI") != "true" else None
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None,
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    client = Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(params=["cli", "local"])
+def client(request):
+    return request.getfixturevalue(f"{request.param}_client")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return hi.JobCache(path=str(tmp_path / "store"))
+
+
+@pytest.fixture
+def jh(client):
+    h = hi.DaskJobHandler(client)
+    yield h
+    h.shutdown(wait=False, cancel=True)
+
+
+def dask_worker_pids(client) -> dict[str, int]:
+    return client.run(os.getpid)
+
+
+def host_worker_pids(jh) -> set[int]:
+    return {p for ps in jh.worker_pids.values() for p in ps}
+
+
+# ---------------------------------------------------------------------------- basics
+def test_results_errors_and_a_pipeline(jh, store):
+    with hi.Config(job_handler=jh, job_cache=store):
+        a = dj_add.run(x=1, y=2)
+        b = dj_add.run(x=a, y=10)
+        bad = dj_raise.run(message="nope")
+    assert b.result(timeout=WAIT) == 13
+    err = bad.exception(timeout=WAIT)
+    assert type(err) is KeyError and err.args == ("nope",)
+    info = b.get_runtime_info()
+    assert info["console_out"] is not None
+    # a cache hit never reaches dask
+    with hi.Config(job_handler=jh, job_cache=store):
+        again = dj_add.run(x=1, y=2)
+    assert again.result(timeout=WAIT) == 3 and again.cache_hit
+
+
+def test_values_travel_through_the_store(jh, store):
+    """Arguments and results over inline_limit go through the transfer folder in the job
+    cache's store, not with the task; the folder is left empty."""
+    tmp = str(store.store.tmp_dir)
+    data = os.urandom(200_000)
+    with hi.Config(job_handler=jh, job_cache=store):
+        job = dj_size.run(data=data, store_tmp=tmp, out=300_000)
+    n, seen, out = job.result(timeout=WAIT)
+    assert n == len(data) and out == b"x" * 300_000
+    assert any(k == "in" and s >= len(data) for k, s in seen), seen
+    assert any(k == "claim" for k, _ in seen), seen
+    xfer = [d for d in os.listdir(tmp) if d.startswith("dask-")]
+    assert len(xfer) == 1
+    assert wait_until(lambda: not [x for x in os.listdir(os.path.join(tmp, xfer[0]))
+                                   if not x.startswith("fn-")]), \
+        os.listdir(os.path.join(tmp, xfer[0]))
+
+
+def test_small_values_travel_with_the_task_and_large_replies_are_spilled(tmp_path):
+    """The worker side: a reply over the limit is written to <key>.out."""
+    spec = W.Spec(key="hither-x-" + "0" * 32, job_id="j", label="x", fid="f",
+                  xfer=str(tmp_path), inline_limit=1000)
+    plugin = W.HitherPlugin("p", "0", "t", str(tmp_path), [])
+    small = W.HostReply(True, b"x" * 10, [], 0.0, 1.0, 1, "w")
+    big = W.HostReply(True, b"x" * 5000, [], 0.0, 1.0, 1, "w")
+    assert plugin._spill(spec, small) is small
+    spilled = plugin._spill(spec, big)
+    assert isinstance(spilled, W.Spilled)
+    assert os.path.getsize(tmp_path / spilled.name) > 5000
+
+
+def test_warm_host_workers_are_reused_per_dask_worker(jh):
+    with hi.Config(job_handler=jh):
+        one_by_one = [dj_pid.run(i=i).result(timeout=WAIT) for i in range(6)]
+        burst = [dj_pid.run(i=100 + i) for i in range(10)]
+        burst_pids = {j.result(timeout=WAIT) for j in burst}
+    assert len(set(one_by_one)) == 1, one_by_one
+    assert len(burst_pids) <= 2 and set(one_by_one) <= burst_pids | set(one_by_one)
+    assert set(one_by_one) | burst_pids <= host_worker_pids(jh) | set(one_by_one)
+
+
+# ---------------------------------------------------------------------------- stopping jobs
+def test_cancel_stops_the_running_job_and_the_handler_goes_on(jh, tmp_path):
+    path = tmp_path / "runs.txt"
+    with hi.Config(job_handler=jh):
+        job = dj_count_then_sleep.run(path=str(path), seconds=60, after="finished")
+    assert wait_until(lambda: len(lines(path)) == 1, WAIT)
+    assert job.get_status() is hi.JobStatus.RUNNING
+    pid = int(lines(path)[0])
+    assert job.cancel() is True
+    with pytest.raises(hi.JobCancelledException):
+        job.result(timeout=WAIT)
+    assert wait_until(lambda: not pid_alive(pid), WAIT), "the job's process still runs"
+    with hi.Config(job_handler=jh):
+        assert dj_add.run(x=2, y=2).result(timeout=WAIT) == 4
+    assert lines(path) == [str(pid)]
+
+
+def test_cancel_a_queued_job_means_it_never_runs(jh, tmp_path):
+    blockers = tmp_path / "blockers.txt"
+    queued = tmp_path / "queued.txt"
+    with hi.Config(job_handler=jh):
+        busy = [dj_count_then_sleep.run(path=str(blockers), seconds=2, after=str(i))
+                for i in range(2)]
+        late = dj_count_then_sleep.run(path=str(queued), seconds=0)
+    assert late.cancel() is True
+    assert late.get_status() is hi.JobStatus.CANCELLED
+    for b in busy:
+        b.result(timeout=WAIT)
+    hi.wait()
+    time.sleep(0.5)  # a withdrawn task that started anyway would have written by now
+    assert lines(queued) == []
+
+
+def test_job_timeout_stops_the_job_and_counts_from_its_start(jh, tmp_path):
+    path = tmp_path / "runs.txt"
+    with hi.Config(job_handler=jh, job_timeout=1):
+        job = dj_count_then_sleep.run(path=str(path), seconds=60, after="finished")
+        fast = dj_add.run(x=1, y=1)
+    with pytest.raises(hi.JobTimeoutError, match="job_timeout"):
+        job.result(timeout=WAIT)
+    assert fast.result(timeout=WAIT) == 2
+    pid = int(lines(path)[0])
+    assert wait_until(lambda: not pid_alive(pid), WAIT)
+    assert "finished" not in lines(path)
+    info = job.get_runtime_info()
+    assert info["start_time"] is not None
+
+
+def test_a_dask_worker_dying_mid_job_is_a_crash_and_the_job_never_runs_again(client, tmp_path):
+    """Whatever the scheduler's allowed-failures, the task dask re-runs elsewhere finds the
+    job's claim and does not run it: one line in the count file."""
+    path = tmp_path / "runs.txt"
+    with hi.DaskJobHandler(client) as jh, hi.Config(job_handler=jh):
+        job = dj_count_then_sleep.run(path=str(path), seconds=60, after="finished")
+        assert wait_until(lambda: len(lines(path)) == 1, WAIT)
+        host_pid = int(lines(path)[0])
+        before = dask_worker_pids(client)
+        where = next(a for a, pids in jh.worker_pids.items() if host_pid in pids)
+        os.kill(before[where], signal.SIGKILL)
+        with pytest.raises(hi.WorkerCrashedError, match="died") as info:
+            job.result(timeout=WAIT)
+        assert "second time" in str(info.value) or "died" in str(info.value)
+        assert wait_until(lambda: not pid_alive(host_pid), WAIT), \
+            "the job's process outlived its dask worker"
+        client.wait_for_workers(2, timeout=WAIT)  # the nanny restarted it
+        with hi.Config(job_handler=jh):
+            assert dj_add.run(x=1, y=2).result(timeout=WAIT) == 3
+        time.sleep(1)
+    assert lines(path) == [str(host_pid)]
+
+
+def test_no_worker_process_is_left_after_shutdown(client):
+    jh = hi.DaskJobHandler(client)
+    with hi.Config(job_handler=jh):
+        jobs = [dj_pid.run(i=i) for i in range(6)]
+        pids = {j.result(timeout=WAIT) for j in jobs}
+    assert pids and all(pid_alive(p) for p in pids)
+    jh.shutdown()
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids), WAIT), \
+        [p for p in pids if pid_alive(p)]
+    with hi.Config(job_handler=jh):
+        closed = dj_add.run(x=1)
+    with pytest.raises(hi.HandlerClosedError):
+        closed.result(timeout=WAIT)
+
+
+def test_reset_cancels_and_stops_warm_workers(client, tmp_path):
+    with hi.DaskJobHandler(client) as jh:
+        with hi.Config(job_handler=jh):
+            warm = dj_pid.run().result(timeout=WAIT)
+            job = dj_count_then_sleep.run(path=str(tmp_path / "r.txt"), seconds=60)
+        assert wait_until(lambda: job.get_status() is hi.JobStatus.RUNNING, WAIT)
+        hi.reset()
+        assert job.get_status() is hi.JobStatus.CANCELLED
+        assert wait_until(lambda: not pid_alive(warm), WAIT)
+        with hi.Config(job_handler=jh):
+            assert dj_add.run(x=5).result(timeout=WAIT) == 5
+
+
+# ---------------------------------------------------------------------------- own cluster
+def test_without_arguments_it_owns_a_local_cluster_on_loopback():
+    pytest.importorskip("distributed") if os.environ.get("CI") != "true" else None
+    jh = hi.DaskJobHandler(n_workers=1)
+    try:
+        cluster = jh._cluster
+        assert cluster is not None
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        http = cluster.scheduler.http_server  # health checks only: no dashboard pages
+        assert http.address == "127.0.0.1"
+        with pytest.raises(urllib.error.HTTPError) as no_page:
+            urllib.request.urlopen(f"http://127.0.0.1:{http.port}/status", timeout=10)
+        assert no_page.value.code == 404
+        with hi.Config(job_handler=jh):
+            pid = dj_pid.run().result(timeout=WAIT)
+        workers = list(dask_worker_pids(jh.client).values())
+        assert len(workers) == 1
+    finally:
+        jh.shutdown()
+    assert wait_until(lambda: not any(pid_alive(p) for p in [pid, *workers]), WAIT)
+    assert cluster.status.name == "closed"
+
+
+def test_missing_dask_gives_install_advice(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"hither\[dask\]"):
+        hi.DaskJobHandler()
+
+
+def test_one_connection_argument_at_most():
+    with pytest.raises(ValueError, match="at most one"):
+        hi.DaskJobHandler(address="tcp://127.0.0.1:1", scheduler_file="x.json")

@@ -624,8 +624,7 @@ class HitherPlugin(_PluginBase):
     # ------------------------------------------------------------------ the answer
     def _spill(self, spec: Spec, reply: Reply) -> Reply:
         """A reply larger than ``inline_limit`` goes back through the transfer folder."""
-        if isinstance(reply, Outcome) and reply.value is None and \
-                sum(len(x[1]) for x in reply.console) < spec.inline_limit:
+        if _rough_size(reply) < spec.inline_limit // 2:
             return reply
         try:
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
@@ -636,6 +635,19 @@ class HitherPlugin(_PluginBase):
         name = spec.key + ".out"
         write_new(os.path.join(spec.xfer, name), data)
         return Spilled(name)
+
+
+def _rough_size(reply: Reply) -> int:
+    """About how many bytes ``reply`` pickles to (the console and the payload)."""
+    size = sum(len(x[1]) + 16 for x in getattr(reply, "lines", None) or
+               getattr(reply, "console", None) or getattr(reply, "stderr", None) or ())
+    payload = getattr(reply, "payload", None)
+    if isinstance(payload, (bytes, bytearray)):
+        size += len(payload)
+    elif payload is not None or isinstance(reply, (RuntimeReply, Spilled)) or \
+            getattr(reply, "value", None) is not None:
+        size += 1 << 40  # not estimated: measured by pickling
+    return size
 
 
 def _stopped(spec: Spec, why: str) -> Outcome:

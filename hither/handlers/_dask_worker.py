@@ -186,6 +186,14 @@ def worker_pids(plugin_name: str, dask_worker: Any = None) -> list[int]:
     return plugin.pids()
 
 
+def forget_events(topic: str, dask_scheduler: Any = None) -> None:
+    """Drop the events of a handler that shut down from the scheduler's log (run with
+    ``client.run_on_scheduler``; best effort: it uses the scheduler's event broker)."""
+    broker = getattr(dask_scheduler, "_broker", None)
+    if broker is not None and hasattr(broker, "truncate"):
+        broker.truncate(topic)
+
+
 # ---------------------------------------------------------------------------- the plugin
 class _Slot:
     """A warm worker process of the plugin: a host worker (key None) or a runtime worker."""

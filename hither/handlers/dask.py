@@ -33,7 +33,7 @@ from ..errors import HitherError, UnreadableResultError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from ..progress import echo
 from . import _dask_worker as W
-from .base import JobHandler, completed_future, mark_io_thread
+from .base import JobHandler, completed_future, in_io_thread, mark_io_thread
 
 _INSTALL = ("hi.DaskJobHandler needs dask.distributed, which is not installed: "
             "pip install 'hither[dask]' (the same version on the client and every worker)")
@@ -211,6 +211,8 @@ class DaskJobHandler(JobHandler):
     def reset(self) -> None:
         """Cancel every job and stop the warm worker processes; the handler stays usable."""
         self._cancel_all("was cancelled by hi.reset()")
+        if self._stopped:
+            return
         try:
             self.client.run(W.stop_idle, self.name)
         except Exception:  # noqa: BLE001 - a worker that cannot be reached has none left
@@ -220,7 +222,8 @@ class DaskJobHandler(JobHandler):
         self._closed = True
         if cancel:
             self._cancel_all("was cancelled: its handler was shut down")
-        elif wait and threading.current_thread() is not self._collector:
+        elif wait and threading.current_thread() is not self._collector and \
+                not in_io_thread():  # completions need the I/O threads
             with self._idle:
                 while self._tasks:
                     self._idle.wait(0.1)
@@ -384,8 +387,9 @@ class DaskJobHandler(JobHandler):
                 self._unstarted -= 1
             else:
                 self._busy[w] = max(0, self._busy.get(w, 0) - 1)
-                if "rerun_refused" not in outcome.info:
-                    self._recent = w
+            ran_on = outcome.info.get("dask_worker") or w
+            if ran_on and "rerun_refused" not in outcome.info:
+                self._recent = ran_on
             if not self._tasks:
                 self._idle.notify_all()
         try:
@@ -456,6 +460,7 @@ class DaskJobHandler(JobHandler):
         atexit.unregister(self._at_exit)
         client = self.client
         for call in (lambda: client.unsubscribe_topic(self.name),
+                     lambda: client.run_on_scheduler(W.forget_events, self.name),
                      lambda: client.unregister_worker_plugin(self.name)):
             try:
                 call()  # the plugin's teardown stops its worker processes

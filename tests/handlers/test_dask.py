@@ -296,3 +296,100 @@ def test_missing_dask_gives_install_advice(monkeypatch):
 def test_one_connection_argument_at_most():
     with pytest.raises(ValueError, match="at most one"):
         hi.DaskJobHandler(address="tcp://127.0.0.1:1", scheduler_file="x.json")
+
+
+# ---------------------------------------------------------------------------- containers
+def worker_containers(dask_pids) -> list[str]:
+    """Names of hither worker containers started by the given dask worker processes."""
+    import subprocess
+
+    r = subprocess.run(["docker", "ps", "-a", "--filter", "label=hither.worker=1", "--format",
+                        '{{.Label "hither.owner_pid"}} {{.Names}}'],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pids = {str(p) for p in dask_pids}
+    return [line.split()[1] for line in r.stdout.splitlines()
+            if line.split() and line.split()[0] in pids]
+
+
+@pytest.fixture
+def docker_image():
+    from tests.components import TEST_IMAGE
+
+    require("docker")
+    return "docker://" + TEST_IMAGE
+
+
+def test_container_workers_stay_warm_per_dask_worker_and_go_at_shutdown(cli_client,
+                                                                         docker_image):
+    dask_pids = dask_worker_pids(cli_client).values()
+    assert worker_containers(dask_pids) == []
+    jh = hi.DaskJobHandler(cli_client)
+    with hi.Config(job_handler=jh, container=docker_image):
+        first = [dj_pid.run(i=i).result(timeout=WAIT) for i in range(4)]
+        burst = [dj_add.run(x=i, y=1) for i in range(6)]
+        assert [j.result(timeout=WAIT) for j in burst] == list(range(1, 7))
+    assert len(set(first)) == 1
+    assert 1 <= len(worker_containers(dask_pids)) <= 2
+    jh.shutdown()
+    assert wait_until(lambda: worker_containers(dask_pids) == [], WAIT), \
+        worker_containers(dask_pids)
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_a_stopped_container_job_removes_its_container(cli_client, docker_image, tmp_path,
+                                                       how):
+    dask_pids = dask_worker_pids(cli_client).values()
+    with hi.DaskJobHandler(cli_client) as jh:
+        with hi.Config(job_handler=jh, container=docker_image,
+                       job_timeout=2 if how == "timeout" else None):
+            job = dj_count_then_sleep.run(path="/tmp/runs.txt", seconds=60)
+        if how == "cancel":
+            assert wait_until(lambda: job.get_status() is hi.JobStatus.RUNNING, WAIT)
+            assert wait_until(lambda: worker_containers(dask_pids) != [], WAIT)
+            assert job.cancel() is True
+            with pytest.raises(hi.JobCancelledException):
+                job.result(timeout=WAIT)
+        else:
+            with pytest.raises(hi.JobTimeoutError):
+                job.result(timeout=WAIT)
+        assert wait_until(lambda: worker_containers(dask_pids) == [], WAIT), \
+            worker_containers(dask_pids)
+        with hi.Config(job_handler=jh, container=docker_image):
+            assert dj_add.run(x=1, y=1).result(timeout=WAIT) == 2
+
+
+def test_a_container_job_of_a_killed_dask_worker_leaves_no_container(cli_client,
+                                                                    docker_image):
+    before = dask_worker_pids(cli_client)
+    with hi.DaskJobHandler(cli_client) as jh, \
+            hi.Config(job_handler=jh, container=docker_image):
+        job = dj_count_then_sleep.run(path="/tmp/runs.txt", seconds=60)
+        assert wait_until(lambda: job.get_status() is hi.JobStatus.RUNNING, WAIT)
+        assert wait_until(lambda: worker_containers(before.values()) != [], WAIT)
+        owner = next(p for p in before.values() if worker_containers([p]))
+        os.kill(owner, signal.SIGKILL)
+        with pytest.raises(hi.WorkerCrashedError):
+            job.result(timeout=WAIT)
+        assert wait_until(lambda: worker_containers([owner]) == [], WAIT), \
+            worker_containers([owner])
+        cli_client.wait_for_workers(2, timeout=WAIT)
+
+
+def test_container_resources_limit_how_many_containers_run_at_once(docker_image):
+    """One dask worker with 2 threads offering containers=1: two container jobs run one
+    after the other, while a host job runs beside them."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=None, resources={"containers": 1},
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+            Client(cluster, set_as_default=False) as client, \
+            hi.DaskJobHandler(client, container_resources={"containers": 1}) as jh:
+        with hi.Config(job_handler=jh, container=docker_image):
+            jobs = [dj_count_then_sleep.run(path="/tmp/r.txt", seconds=1.5) for _ in range(2)]
+        for j in jobs:
+            j.result(timeout=WAIT)
+        (s1, e1), (s2, e2) = sorted((j.get_runtime_info()["start_time"],
+                                     j.get_runtime_info()["end_time"]) for j in jobs)
+        assert e1 <= s2, "two container jobs ran at once on a worker offering one"

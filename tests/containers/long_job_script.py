@@ -12,10 +12,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))  # the repo: tests.components
 
-from cfuncs import c_sleep  # noqa: E402
-from conftest import IMAGE, leftovers  # noqa: E402
 
 import hither as hi  # noqa: E402
+from hither.testing.cases import IMAGE, leftovers  # noqa: E402
+from hither.testing.jobs import ht_sleep  # noqa: E402
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     config = hi.Config(container=f"docker://{IMAGE}", job_handler=handler,
                        jhparams={"container_engine": engine})
     with config:
-        job = c_sleep.run(seconds=120)
+        job = ht_sleep.run(seconds=120)
     if kind == "parallel":
         deadline = time.monotonic() + 60
         while not leftovers(os.getpid()).get(engine):

@@ -132,6 +132,20 @@ def read_file(path: str) -> bytes:
         return f.read()
 
 
+def claim(path: str, text: str) -> bool:
+    """Create the claim ``path`` saying ``text``, whole or not at all; False when it exists
+    (a hard link is made to a complete file: nobody ever reads a half-written claim)."""
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    write_new(tmp, text.encode())
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
 def claim_path(xfer: str, key: str) -> str:
     """The claim file of task ``key``."""
     if KEY_RE.fullmatch(key) is None:
@@ -266,6 +280,11 @@ class HitherPlugin(_PluginBase):
         self._functions: dict[tuple[str, str], tuple[bytes, Any]] = {}
         self._checked: dict[Any, str | None] = {}  # runtime pool -> identity problem
         self._closed = False
+        from .. import __version__
+
+        self._problem = None if __version__ == self.version else (
+            f"the dask worker {self.address} runs hither {__version__}, the client hither "
+            f"{self.version}: install the same version on every worker")
 
     async def teardown(self, worker: Any) -> None:
         import asyncio
@@ -322,11 +341,12 @@ class HitherPlugin(_PluginBase):
     # ------------------------------------------------------------------ running a job
     def run(self, spec: Spec) -> Reply:
         """Claim the job, run it on a warm worker, and answer (see :class:`Reply`)."""
+        if self._problem is not None:
+            return Outcome(False, error=RuntimeUnavailableError(self._problem))
         try:
-            claim = claim_path(spec.xfer, spec.key)
-            write_new(claim, f"run {self.address} {os.getpid()}\n".encode())
-        except FileExistsError:
-            return self._claimed(spec, read_claim(claim))
+            path = claim_path(spec.xfer, spec.key)
+            if not claim(path, f"run {self.address} {os.getpid()}\n"):
+                return self._claimed(spec, read_claim(path))
         except (OSError, ValueError) as e:
             return Outcome(False, error=RuntimeUnavailableError(
                 f"the dask worker {self.address} cannot use hither's transfer folder "

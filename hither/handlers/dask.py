@@ -350,7 +350,10 @@ class DaskJobHandler(JobHandler):
             if not task.future.done():
                 self._settle(task, self._outcome(task, status, result))
         finally:
-            self._remove_files(task)
+            # a task dask reports cancelled may still start on its worker: its claim stays
+            # (until shutdown) so that it never runs the job
+            if status in ("finished", "error"):
+                self._remove_files(task)
 
     def _outcome(self, task: _Task, status: str, result: Any) -> Outcome:
         launch = task.launch
@@ -416,17 +419,17 @@ class DaskJobHandler(JobHandler):
     def _withdraw(self, task: _Task) -> None:
         """Make sure a cancelled job never runs, or stop it where it runs."""
         why = task.cancel_why or "was cancelled"
-        claim = W.claim_path(task.xfer, task.key)
+        path = W.claim_path(task.xfer, task.key)
         try:
-            W.write_new(claim, b"cancel\n")  # before any worker claims it: it never runs
-        except FileExistsError:
-            parts = W.read_claim(claim).split()
-            if len(parts) >= 2 and parts[0] == "run":
-                self._background(self.client.run, W.kill_job, self.name, task.key, why,
-                                 workers=[parts[1]])
-            return
+            claimed = W.claim(path, "cancel\n")  # before any worker claims it: it never runs
         except OSError:
-            pass
+            claimed = False
+        if not claimed:  # it runs (or ran): stop it where it runs, everywhere if unknown
+            parts = W.read_claim(path).split()
+            where = [parts[1]] if len(parts) >= 2 and parts[0] == "run" else None
+            self._background(self.client.run, W.kill_job, self.name, task.key, why,
+                             workers=where)
+            return
         if task.dask is not None:
             self._background(self.client.cancel, [task.dask])
 

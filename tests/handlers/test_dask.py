@@ -198,6 +198,20 @@ def test_cancel_a_queued_job_means_it_never_runs(jh, tmp_path):
     assert lines(queued) == []
 
 
+def test_jobs_cancelled_at_once_never_run(jh, tmp_path):
+    """dask reports a cancelled task at once, but its worker may still start it: the job's
+    claim must stay so that the task finds it and does not run the function."""
+    path = tmp_path / "runs.txt"
+    for _ in range(4):
+        with hi.Config(job_handler=jh):
+            job = dj_count_then_sleep.run(path=str(path), seconds=30)
+        assert job.cancel() is True
+    with hi.Config(job_handler=jh):
+        assert dj_add.run(x=1, y=1).result(timeout=WAIT) == 2
+    time.sleep(1)
+    assert lines(path) == []
+
+
 def test_job_timeout_stops_the_job_and_counts_from_its_start(jh, tmp_path):
     path = tmp_path / "runs.txt"
     with hi.Config(job_handler=jh, job_timeout=1):

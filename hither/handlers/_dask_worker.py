@@ -49,6 +49,8 @@ try:  # a plugin must be a WorkerPlugin for dask to call its hooks; dask is opti
 except ImportError:  # pragma: no cover - hither without dask: the handler says what to install
     _PluginBase = object  # type: ignore[assignment,misc]
 
+#: seconds a warm worker process may stay idle on a dask worker before it is stopped
+IDLE_TIMEOUT = float(os.environ.get("HITHER_DASK_IDLE_TIMEOUT", "600"))
 #: keys of hither's dask tasks (checked before a key names a file)
 KEY_RE = re.compile(r"hither-[A-Za-z0-9_.]{0,40}-[0-9a-f]{32}")
 _FID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
@@ -282,6 +284,10 @@ class HitherPlugin(_PluginBase):
         self._closed = False
         from .. import __version__
 
+        self._last_used: dict[int, float] = {}  # id(slot) -> monotonic time it went idle
+        self._stop_reaper = threading.Event()
+        threading.Thread(target=self._reap_idle, name="hither-dask-reaper",
+                         daemon=True).start()
         self._problem = None if __version__ == self.version else (
             f"the dask worker {self.address} runs hither {__version__}, the client hither "
             f"{self.version}: install the same version on every worker")
@@ -292,8 +298,23 @@ class HitherPlugin(_PluginBase):
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     # ------------------------------------------------------------------ control
+    def _reap_idle(self) -> None:
+        """Stop workers idle for ``IDLE_TIMEOUT`` seconds: a client that died without
+        shutting its handler down leaves nothing running for long on the cluster."""
+        while not self._stop_reaper.wait(min(60.0, IDLE_TIMEOUT / 4)):
+            now = time.monotonic()
+            with self._lock:
+                old = [sid for sid in self._idle
+                       if now - self._last_used.get(sid, now) > IDLE_TIMEOUT]
+                slots = [self._idle.pop(sid) for sid in old]
+                for sid in old:
+                    self._last_used.pop(sid, None)
+            for slot in slots:
+                slot.close(graceful=True)
+
     def close(self) -> None:
         """Stop every worker process of this plugin (running jobs end cancelled)."""
+        self._stop_reaper.set()
         with self._lock:
             self._closed = True
             idle = list(self._idle.values())
@@ -391,6 +412,7 @@ class HitherPlugin(_PluginBase):
             for sid, slot in reversed(self._idle.items()):  # the most recently used first
                 if slot.key == key:
                     del self._idle[sid]
+                    self._last_used.pop(sid, None)
                     if slot.alive():
                         return slot
                     retired = [slot]
@@ -408,6 +430,7 @@ class HitherPlugin(_PluginBase):
         with self._lock:
             if healthy and not self._closed and slot.stop_why is None:
                 self._idle[id(slot)] = slot
+                self._last_used[id(slot)] = time.monotonic()
                 return
         slot.close()
 

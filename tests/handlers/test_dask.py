@@ -20,6 +20,7 @@ import pytest
 
 import hither as hi
 from hither.handlers import _dask_worker as W
+from hither.launch import Outcome
 from tests.components import require
 
 from .daskjobs import dj_add, dj_count_then_sleep, dj_pid, dj_raise, dj_size
@@ -407,3 +408,67 @@ def test_container_resources_limit_how_many_containers_run_at_once(docker_image)
         (s1, e1), (s2, e2) = sorted((j.get_runtime_info()["start_time"],
                                      j.get_runtime_info()["end_time"]) for j in jobs)
         assert e1 <= s2, "two container jobs ran at once on a worker offering one"
+
+
+# ---------------------------------------------------------------------------- the plugin alone
+class _FakeDaskWorker:
+    """Stands in for a dask worker around the plugin (the worker processes are real)."""
+
+    address = "tcp://127.0.0.1:1"
+
+    class state:  # noqa: N801 - the attribute dask's Worker has
+        nthreads = 1
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def log_event(self, topic, msg) -> None:
+        self.events.append((topic, msg))
+
+
+def _host_spec(tmp_path, fn, **kwargs) -> W.Spec:
+    import pickle
+    import uuid
+
+    from hither.handlers.host import by_value_sources
+
+    fid = uuid.uuid4().hex
+    (tmp_path / f"fn-{fid}").write_bytes(pickle.dumps((pickle.dumps(fn), by_value_sources(fn))))
+    return W.Spec(key=f"hither-{fn.__name__}-{uuid.uuid4().hex}", job_id="j", label="x",
+                  fid=fid, xfer=str(tmp_path), kwargs=pickle.dumps(kwargs))
+
+
+def test_idle_worker_processes_are_stopped_after_a_while(tmp_path, monkeypatch):
+    """A client that died without shutting down leaves no process running for long."""
+    monkeypatch.setattr(W, "IDLE_TIMEOUT", 0.4)
+    plugin = W.HitherPlugin("p", hi.__version__, "t", os.getcwd(), sys.path)
+    worker = _FakeDaskWorker()
+    plugin.setup(worker)
+    try:
+        reply = plugin.run(_host_spec(tmp_path, dj_pid, i=1))
+        assert isinstance(reply, W.HostReply) and reply.ok, reply
+        assert worker.events[0][1][0] == "started"
+        assert plugin.pids() == [reply.pid] and pid_alive(reply.pid)
+        assert wait_until(lambda: not pid_alive(reply.pid), 10)
+        assert plugin.pids() == []
+    finally:
+        plugin.close()
+
+
+def test_a_claimed_job_is_not_run_again(tmp_path):
+    """The task dask runs again after its worker died finds the claim: a crash, not a run."""
+    plugin = W.HitherPlugin("p", hi.__version__, "t", os.getcwd(), sys.path)
+    plugin.setup(_FakeDaskWorker())
+    try:
+        spec = _host_spec(tmp_path, dj_pid)
+        assert W.claim(W.claim_path(spec.xfer, spec.key), "run tcp://10.0.0.9:4 123\n")
+        out = plugin.run(spec)
+        assert isinstance(out, Outcome)
+        assert isinstance(out.error, hi.WorkerCrashedError), out
+        assert "tcp://10.0.0.9:4 (pid 123)" in str(out.error)
+        assert plugin.pids() == []  # no worker process was even started
+        cancelled = _host_spec(tmp_path, dj_pid)
+        assert W.claim(W.claim_path(cancelled.xfer, cancelled.key), "cancel\n")
+        assert isinstance(plugin.run(cancelled).error, hi.JobCancelledException)
+    finally:
+        plugin.close()

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import select
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
+
+# a plugin must be a WorkerPlugin for dask to call its hooks (this module is imported
+# only by the handler, which says what to install when dask is missing)
+from distributed import WorkerPlugin as _PluginBase
 
 from ..errors import (
     JobCancelledException,
@@ -41,126 +43,24 @@ from ..errors import (
     WorkerCrashedError,
 )
 from ..launch import ConsoleLine, Launch, Outcome
+from ._dask_wire import (
+    FID_RE,
+    HostReply,
+    Reply,
+    RuntimeReply,
+    Spec,
+    Spilled,
+    claim,
+    claim_path,
+    read_claim,
+    read_file,
+    write_new,
+)
 from .host import HostWorker, describe_exit
 from .stdio import BadResultRef, StdioWorker, pool_key
 
-try:  # a plugin must be a WorkerPlugin for dask to call its hooks; dask is optional
-    from distributed import WorkerPlugin as _PluginBase
-except ImportError:  # pragma: no cover - hither without dask: the handler says what to install
-    _PluginBase = object  # type: ignore[assignment,misc]
-
 #: seconds a warm worker process may stay idle on a dask worker before it is stopped
 IDLE_TIMEOUT = float(os.environ.get("HITHER_DASK_IDLE_TIMEOUT", "600"))
-#: keys of hither's dask tasks (checked before a key names a file)
-KEY_RE = re.compile(r"hither-[A-Za-z0-9_.]{0,40}-[0-9a-f]{32}")
-_FID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
-_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
-    getattr(os, "O_CLOEXEC", 0)
-_OPEN_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Spec:
-    """One job as a dask task carries it (small: values stay in the store)."""
-
-    key: str
-    job_id: str
-    label: str
-    fid: str
-    xfer: str
-    """The client's transfer folder in the store (see the module docstring)."""
-    timeout: float | None = None
-    echo: bool = False
-    # host jobs
-    kwargs: bytes | None = None
-    """The pickled arguments, or None when they are in ``<key>.in``."""
-    sys_path: tuple[str, ...] = ()
-    # runtime jobs
-    runtime: Any = None
-    identity: dict[str, Any] | None = None
-    """The runtime's identity as the client keyed the job (checked on the worker)."""
-    store: Any = None
-    code: Any = None
-    args_manifest: Any = None
-    args_in_file: bool = False
-    """The manifest is in ``<key>.in`` (it was too large to travel with the task)."""
-    inline_limit: int = 16384
-
-
-@dataclass(frozen=True, slots=True)
-class HostReply:
-    """A host worker's ``done`` answer (its payload as the worker sent it)."""
-
-    ok: bool
-    payload: Any
-    lines: list[ConsoleLine]
-    start: float
-    end: float
-    pid: int
-    worker: str
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeReply:
-    """A runtime worker's ``done`` message, its result refs already moved into the store."""
-
-    msg: dict[str, Any]
-    stderr: list[ConsoleLine]
-    info: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Spilled:
-    """The reply was too large to travel with dask: it is in ``<xfer>/<key>.out``."""
-
-    name: str
-
-
-Reply = HostReply | RuntimeReply | Outcome | Spilled
-
-
-# ---------------------------------------------------------------------------- files
-def write_new(path: str, data: bytes) -> None:
-    """Write a new file (never over an existing one, never through a link)."""
-    fd = os.open(path, _OPEN_NEW, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-
-
-def read_file(path: str) -> bytes:
-    """Read a file without following a link."""
-    fd = os.open(path, _OPEN_READ)
-    with open(fd, "rb") as f:
-        return f.read()
-
-
-def claim(path: str, text: str) -> bool:
-    """Create the claim ``path`` saying ``text``, whole or not at all; False when it exists
-    (a hard link is made to a complete file: nobody ever reads a half-written claim)."""
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    write_new(tmp, text.encode())
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
-
-
-def claim_path(xfer: str, key: str) -> str:
-    """The claim file of task ``key``."""
-    if KEY_RE.fullmatch(key) is None:
-        raise ValueError(f"not a hither task key: {key!r}")
-    return os.path.join(xfer, key + ".claim")
-
-
-def read_claim(path: str) -> str:
-    """What a claim says ("" when it is being written or cannot be read)."""
-    try:
-        return read_file(path).decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------------------- the task
@@ -226,7 +126,10 @@ class _Slot:
 
     @property
     def pid(self) -> int:
-        return self.host.pid if self.host is not None else self.stdio.pid  # type: ignore[union-attr]
+        if self.host is not None:
+            return self.host.pid
+        assert self.stdio is not None
+        return self.stdio.pid
 
     def alive(self) -> bool:
         if self.host is not None:
@@ -458,7 +361,7 @@ class HitherPlugin(_PluginBase):
         fkey = (spec.xfer, spec.fid)
         found = self._functions.get(fkey)
         if found is None:
-            if _FID_RE.fullmatch(spec.fid) is None:
+            if FID_RE.fullmatch(spec.fid) is None:
                 raise ValueError(f"not a function id: {spec.fid!r}")
             found = pickle.loads(read_file(os.path.join(spec.xfer, "fn-" + spec.fid)))
             self._functions[fkey] = found

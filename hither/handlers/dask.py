@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import HitherError, UnreadableResultError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from ..progress import echo
-from . import _dask_worker as W
+from . import _dask_wire as W
 from .base import JobHandler, completed_future, in_io_thread, mark_io_thread
 
 _INSTALL = ("hi.DaskJobHandler needs dask.distributed, which is not installed: "
@@ -103,6 +103,9 @@ class DaskJobHandler(JobHandler):
         if int(inline_limit) < 0:
             raise ValueError(f"inline_limit must be >= 0, got {inline_limit!r}")
         distributed = _distributed()
+        from . import _dask_worker
+
+        self._remote = _dask_worker  # what runs on the workers
         self.inline_limit = int(inline_limit)
         self.resources = dict(resources or {})
         self.container_resources = {**self.resources, **(container_resources or {})}
@@ -148,7 +151,7 @@ class DaskJobHandler(JobHandler):
         self._recent: str | None = None
         self._stopped = False
         try:
-            plugin = W.HitherPlugin(self.name, __version__, self.name, os.getcwd(),
+            plugin = self._remote.HitherPlugin(self.name, __version__, self.name, os.getcwd(),
                                     list(sys.path))
             client.register_plugin(plugin, name=self.name)
             client.subscribe_topic(self.name, self._on_event)
@@ -187,7 +190,7 @@ class DaskJobHandler(JobHandler):
         kind = getattr(launch.runtime, "kind", None)
         resources = self.container_resources if kind in _CONTAINER_KINDS else self.resources
         try:
-            fut = self.client.submit(W.run_job, self.name, spec, key=key, pure=False,
+            fut = self.client.submit(self._remote.run_job, self.name, spec, key=key, pure=False,
                                      retries=0, resources=resources or None,
                                      workers=hint, allow_other_workers=bool(hint))
         except Exception as e:  # noqa: BLE001 - e.g. the scheduler is gone
@@ -214,7 +217,7 @@ class DaskJobHandler(JobHandler):
         if self._stopped:
             return
         try:
-            self.client.run(W.stop_idle, self.name)
+            self.client.run(self._remote.stop_idle, self.name)
         except Exception:  # noqa: BLE001 - a worker that cannot be reached has none left
             pass
 
@@ -233,7 +236,7 @@ class DaskJobHandler(JobHandler):
     def worker_pids(self) -> dict[str, list[int]]:
         """The warm worker processes of this handler on each dask worker (diagnostics)."""
         try:
-            return dict(self.client.run(W.worker_pids, self.name))
+            return dict(self.client.run(self._remote.worker_pids, self.name))
         except Exception:  # noqa: BLE001
             return {}
 
@@ -262,11 +265,12 @@ class DaskJobHandler(JobHandler):
             "echo": launch.echo_label is not None, "inline_limit": self.inline_limit}
         if launch.runtime is None:
             self._send_function(launch, task.xfer)
-            kwargs: bytes | None = launch.pickled_kwargs()
-            if len(kwargs) > self.inline_limit:  # type: ignore[arg-type]
-                W.write_new(os.path.join(task.xfer, task.key + ".in"), kwargs)  # type: ignore[arg-type]
-                task.files, kwargs = True, None
-            return W.Spec(**common, kwargs=kwargs, sys_path=tuple(launch.sys_path))
+            kwargs = launch.pickled_kwargs()
+            if len(kwargs) <= self.inline_limit:
+                return W.Spec(**common, kwargs=kwargs, sys_path=tuple(launch.sys_path))
+            W.write_new(os.path.join(task.xfer, task.key + ".in"), kwargs)
+            task.files = True
+            return W.Spec(**common, kwargs=None, sys_path=tuple(launch.sys_path))
         manifest = launch.args_manifest
         in_file = False
         data = pickle.dumps(manifest, protocol=pickle.HIGHEST_PROTOCOL)
@@ -427,7 +431,7 @@ class DaskJobHandler(JobHandler):
         if not claimed:  # it runs (or ran): stop it where it runs, everywhere if unknown
             parts = W.read_claim(path).split()
             where = [parts[1]] if len(parts) >= 2 and parts[0] == "run" else None
-            self._background(self.client.run, W.kill_job, self.name, task.key, why,
+            self._background(self.client.run, self._remote.kill_job, self.name, task.key, why,
                              workers=where)
             return
         if task.dask is not None:
@@ -463,7 +467,7 @@ class DaskJobHandler(JobHandler):
         atexit.unregister(self._at_exit)
         client = self.client
         for call in (lambda: client.unsubscribe_topic(self.name),
-                     lambda: client.run_on_scheduler(W.forget_events, self.name),
+                     lambda: client.run_on_scheduler(self._remote.forget_events, self.name),
                      lambda: client.unregister_worker_plugin(self.name)):
             try:
                 call()  # the plugin's teardown stops its worker processes

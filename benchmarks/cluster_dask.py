@@ -19,6 +19,7 @@ Target: hither per-job <= 1.3x raw dask's per-job (the faster raw pattern).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     cluster = None
     if ours.scheduler_file:
         client = Client(scheduler_file=ours.scheduler_file, set_as_default=False)
+        # raw dask needs the job module on the workers (hither's workers get this sys.path)
+        client.upload_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_jobs.py"))
         where = f"the cluster of {ours.scheduler_file}"
     else:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

@@ -357,7 +357,7 @@ class DaskJobHandler(JobHandler):
             # a task dask reports cancelled may still start on its worker: its claim stays
             # (until shutdown) so that it never runs the job
             if status in ("finished", "error"):
-                self._remove_files(task)
+                self._remove_files(task, spilled=isinstance(result, W.Spilled))
 
     def _outcome(self, task: _Task, status: str, result: Any) -> Outcome:
         launch = task.launch
@@ -409,8 +409,10 @@ class DaskJobHandler(JobHandler):
             self._by_key.pop(task.key, None)
         self._remove_files(task)
 
-    def _remove_files(self, task: _Task) -> None:
-        names = [task.key + ".claim", task.key + ".out"]
+    def _remove_files(self, task: _Task, spilled: bool = True) -> None:
+        names = [task.key + ".claim"]
+        if spilled:
+            names.append(task.key + ".out")
         if task.files:
             names.append(task.key + ".in")
         for name in names:

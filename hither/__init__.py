@@ -42,7 +42,7 @@ from .job import Job, JobStatus
 
 if TYPE_CHECKING:
     from .aio import gather
-    from .explain import explain
+    from .explaining import explain, lineage
     from .handlers.dask import DaskJobHandler
     from .handlers.inline import DefaultJobHandler
     from .handlers.parallel import ParallelJobHandler
@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 # pool and the utilities are not needed by every script)
 _LAZY = {
     "gather": ".aio",
-    "explain": ".explain",
+    "explain": ".explaining",
+    "lineage": ".explaining",
     "DaskJobHandler": ".handlers.dask",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
@@ -79,9 +80,11 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.5.0"
 
 
-def run(name: str, **kwargs):
+def run(name: str, **kwargs: Any) -> Job:
     """Run the registered function ``name``: ``get_function(name).run(**kwargs)``."""
-    return get_function(name).run(**kwargs)
+    fn: Any = get_function(name)
+    job: Job = fn.run(**kwargs)
+    return job
 
 
 def wait(timeout: float | None = None) -> None:
@@ -135,6 +138,7 @@ __all__ = [
     "gather",
     "get_function",
     "identity",
+    "lineage",
     "local_modules",
     "noop",
     "opts",

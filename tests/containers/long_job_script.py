@@ -5,6 +5,7 @@ SIGINT or SIGTERM and checks that no container labelled with this process's pid 
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -19,6 +20,8 @@ from hither.testing.jobs import ht_sleep  # noqa: E402
 
 
 def main() -> None:
+    # started from a shell's background job, a program inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     engine, kind = sys.argv[1], sys.argv[2]
     handler = hi.ParallelJobHandler(2) if kind == "parallel" else hi.DefaultJobHandler()
     config = hi.Config(container=f"docker://{IMAGE}", job_handler=handler,

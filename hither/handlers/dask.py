@@ -350,6 +350,7 @@ class DaskJobHandler(JobHandler):
             task = self._by_key.pop(key, None)
         if task is None:
             return
+        task.dask = None  # its result may be released on the dask worker
         try:
             if not task.future.done():
                 self._settle(task, self._outcome(task, status, result))
@@ -532,11 +533,15 @@ def _collect(ref: Any, ac: Any) -> None:
             traceback.print_exc()
             time.sleep(0.1)
             continue
-        for fut, result in batch:
+        # only keys and results are kept: a dask future kept alive keeps its result in a
+        # dask worker's memory (and a worker holding data cannot be retired)
+        done_now = [(fut.key, fut.status, result) for fut, result in batch]
+        del batch
+        for key, status, result in done_now:
             try:
-                io.submit(done, fut.key, fut.status, result)
+                io.submit(done, key, status, result)
             except RuntimeError:  # the handler stopped: settle here
-                done(fut.key, fut.status, result)
+                done(key, status, result)
 
 
 def _exit_hook(ref: Any) -> Any:

@@ -125,6 +125,29 @@ def test_results_errors_and_a_pipeline(jh, store):
     assert again.result(timeout=WAIT) == 3 and again.cache_hit
 
 
+def test_only_misses_are_submitted_each_with_its_own_key(jh, store, monkeypatch):
+    """A hit never reaches dask; each miss is one task, pure=False, a key of its own, no
+    dask retries."""
+    calls: list[dict] = []
+    real = jh.client.submit
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jh.client, "submit", spy)
+    with hi.Config(job_handler=jh, job_cache=store):
+        assert dj_add.run(x=1, y=2).result(timeout=WAIT) == 3
+        assert dj_add.run(x=1, y=2).result(timeout=WAIT) == 3  # a hit
+        assert dj_add.run(x=1, y=3).result(timeout=WAIT) == 4
+    with hi.Config(job_handler=jh):  # no cache: the same job twice is two tasks
+        assert [j.result(timeout=WAIT) for j in [dj_add.run(x=5), dj_add.run(x=5)]] == [5, 5]
+    assert len(calls) == 4, calls
+    assert all(c["pure"] is False and c["retries"] == 0 for c in calls)
+    keys = [c["key"] for c in calls]
+    assert len(set(keys)) == 4 and all(k.startswith("hither-dj_add-") for k in keys)
+
+
 def test_values_travel_through_the_store(jh, store):
     """Arguments and results over inline_limit go through the transfer folder in the job
     cache's store, not with the task; the folder is left empty."""
@@ -232,7 +255,8 @@ def test_a_dask_worker_dying_mid_job_is_a_crash_and_the_job_never_runs_again(cli
     """Whatever the scheduler's allowed-failures, the task dask re-runs elsewhere finds the
     job's claim and does not run it: one line in the count file."""
     path = tmp_path / "runs.txt"
-    with hi.DaskJobHandler(client) as jh, hi.Config(job_handler=jh):
+    store = hi.JobCache(path=str(tmp_path / "store"))
+    with hi.DaskJobHandler(client) as jh, hi.Config(job_handler=jh, job_cache=store):
         job = dj_count_then_sleep.run(path=str(path), seconds=60, after="finished")
         assert wait_until(lambda: len(lines(path)) == 1, WAIT)
         host_pid = int(lines(path)[0])
@@ -245,10 +269,15 @@ def test_a_dask_worker_dying_mid_job_is_a_crash_and_the_job_never_runs_again(cli
         assert wait_until(lambda: not pid_alive(host_pid), WAIT), \
             "the job's process outlived its dask worker"
         client.wait_for_workers(2, timeout=WAIT)  # the nanny restarted it
-        with hi.Config(job_handler=jh):
-            assert dj_add.run(x=1, y=2).result(timeout=WAIT) == 3
+        assert dj_add.run(x=1, y=2).result(timeout=WAIT) == 3
         time.sleep(1)
-    assert lines(path) == [str(host_pid)]
+        assert lines(path) == [str(host_pid)]
+        # the crash was not cached: the same job runs again
+        again = dj_count_then_sleep.run(path=str(path), seconds=60, after="finished")
+        assert wait_until(lambda: len(lines(path)) == 2, WAIT)
+        assert not again.cache_hit
+        again.cancel()
+    assert lines(path)[0] == str(host_pid) and len(lines(path)) == 2
 
 
 def test_no_worker_process_is_left_after_shutdown(client):
@@ -389,6 +418,28 @@ def test_a_container_job_of_a_killed_dask_worker_leaves_no_container(cli_client,
         assert wait_until(lambda: worker_containers([owner]) == [], WAIT), \
             worker_containers([owner])
         cli_client.wait_for_workers(2, timeout=WAIT)
+
+
+def test_worker_processes_and_containers_go_with_their_dask_worker(docker_image):
+    """A dask worker that closes (retired, scaled down) takes its warm host worker and its
+    container worker with it."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+            Client(cluster, set_as_default=False) as client, \
+            hi.DaskJobHandler(client) as jh:
+        (address, dask_pid), = dask_worker_pids(client).items()
+        with hi.Config(job_handler=jh):
+            host_pid = dj_pid.run().result(timeout=WAIT)
+        with hi.Config(job_handler=jh, container=docker_image):
+            assert dj_add.run(x=1, y=1).result(timeout=WAIT) == 2
+        assert pid_alive(host_pid) and len(worker_containers([dask_pid])) == 1
+        client.retire_workers([address], close_workers=True)
+        assert wait_until(lambda: not pid_alive(host_pid), WAIT)
+        assert wait_until(lambda: worker_containers([dask_pid]) == [], WAIT), \
+            worker_containers([dask_pid])
 
 
 def test_container_resources_limit_how_many_containers_run_at_once(docker_image):

@@ -158,11 +158,13 @@ class DaskJobHandler(JobHandler):
         except BaseException:
             self._close_client()
             raise
-        self._ac = distributed.as_completed(loop=client.loop, with_results=True,
+        # completions only: the collector fetches the results of each batch in one call
+        self._ac = distributed.as_completed(loop=client.loop, with_results=False,
                                             raise_errors=False)
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hither-dask-io",
                                       initializer=mark_io_thread)
-        self._collector = threading.Thread(target=_collect, args=(weakref.ref(self), self._ac),
+        self._collector = threading.Thread(target=_collect, args=(weakref.ref(self), self._ac,
+                                                                  client),
                                            name="hither-dask", daemon=True)
         self._collector.start()
         # before dask's own exit handlers (registered earlier, run later) close the client
@@ -512,9 +514,10 @@ def _reply_outcome(launch: Launch, reply: Any) -> Outcome:
         "hither reply", job_label=launch.label))
 
 
-def _collect(ref: Any, ac: Any) -> None:
-    """The collector thread: hands each completed dask future to its handler's I/O
-    threads (as_completed gathers many results at once)."""
+def _collect(ref: Any, ac: Any, client: Any) -> None:
+    """The collector thread: fetches the results of the dask futures completed since its
+    last round in one call (one request per job would cost more than the job), and hands
+    them to its handler's I/O threads."""
     mark_io_thread()
     ready = ac.thread_condition  # notified by as_completed as each future completes
     while True:
@@ -535,13 +538,41 @@ def _collect(ref: Any, ac: Any) -> None:
             continue
         # only keys and results are kept: a dask future kept alive keeps its result in a
         # dask worker's memory (and a worker holding data cannot be retired)
-        done_now = [(fut.key, fut.status, result) for fut, result in batch]
+        done_now = _results(client, batch)
         del batch
         for key, status, result in done_now:
             try:
                 io.submit(done, key, status, result)
             except RuntimeError:  # the handler stopped: settle here
                 done(key, status, result)
+
+
+def _results(client: Any, futures: list[Any]) -> list[tuple[str, str, Any]]:
+    """(key, status, result or exception) of completed dask futures."""
+    finished = [f for f in futures if f.status == "finished"]
+    fetched: dict[str, Any] = {}
+    if len(finished) > 1:
+        try:
+            fetched = dict(zip([f.key for f in finished], client.gather(finished),
+                               strict=True))
+        except Exception:  # noqa: BLE001 - one by one below (a result was lost meanwhile)
+            fetched = {}
+    out = []
+    for fut in futures:
+        status = fut.status
+        try:
+            if fut.key in fetched:
+                status, result = "finished", fetched[fut.key]
+            elif status == "finished":
+                result = fut.result(timeout=60)
+            elif status == "error":
+                result = fut.exception(timeout=60)
+            else:
+                result = None
+        except Exception as e:  # noqa: BLE001 - e.g. its worker died meanwhile
+            status, result = "error", e
+        out.append((fut.key, status, result))
+    return out
 
 
 def _exit_hook(ref: Any) -> Any:

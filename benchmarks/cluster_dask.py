@@ -9,7 +9,9 @@ hither ``DaskJobHandler(client)`` (one ``.run()`` per job, then every result) vs
 its workers must import this hither). Tools are timed round robin (one batch each, in
 turn) after an untimed batch, so load drifts of this shared machine hit all alike.
 
-Target: hither per-job <= 1.3x raw dask's per-job (the faster raw pattern).
+Target: hither per-job <= 1.3x raw dask's per-job (the faster raw pattern). Also measured:
+how long after ``cancel()``, and after a 1 s ``job_timeout``, the process running a job
+is gone (target <= 1 s; the cluster's workers must be on this machine).
 
     python benchmarks/cluster_dask.py [--quick] [--repeats N] [--scheduler-file FILE]
 
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import _common as C
-from _jobs import inc
+from _jobs import inc, sleep_for
 
 
 def check(results: list[int], n: int) -> None:
@@ -96,8 +100,48 @@ def round_robin(tools: list[tuple[str, Callable[[], float]]], repeats: int,
     return rows
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _first_gone(pids: set[int], limit: float = 30.0) -> float:
+    """time.time() when the first of ``pids`` (processes of this machine) is gone."""
+    deadline = C.now() + limit
+    while all(_alive(p) for p in pids):
+        if C.now() > deadline:
+            raise RuntimeError(f"no process of {sorted(pids)} stopped within {limit} s")
+        time.sleep(0.002)
+    return time.time()
+
+
+def stop_latency(jh, how: str) -> float:
+    """Seconds from ``job.cancel()`` (or from the end of a 1 s ``job_timeout``) until the
+    process running the job is gone."""
+    import hither as hi
+
+    with hi.Config(job_handler=jh, job_timeout=1.0 if how == "timeout" else None):
+        job = sleep_for.run(seconds=60.0 + random.random())
+    deadline = C.now() + 60
+    while job.get_status() is not hi.JobStatus.RUNNING:
+        if C.now() > deadline:
+            raise RuntimeError("the job did not start")
+        time.sleep(0.005)
+    pids = {p for ps in jh.worker_pids.values() for p in ps}
+    if how == "cancel":
+        t = time.time()
+        job.cancel()
+        return _first_gone(pids) - t
+    gone = _first_gone(pids)
+    job.exception(timeout=60)
+    return gone - (job.get_runtime_info()["start_time"] + 1.0)
+
+
 def bench_dask(client, n: int, repeats: int) -> tuple[list[C.Row], list[C.Target]]:
-    """Rows (hither first) and the target, on ``client``'s cluster."""
+    """Rows (hither first) and the targets, on ``client``'s cluster."""
     import hither as hi
 
     jh = hi.DaskJobHandler(client)
@@ -107,13 +151,21 @@ def bench_dask(client, n: int, repeats: int) -> tuple[list[C.Row], list[C.Target
             ("dask submit + as_completed", lambda: raw_as_completed_once(client, n)),
             ("dask submit + gather", lambda: raw_gather_once(client, n)),
         ], repeats, n)
+        stops = {how: [stop_latency(jh, how) for _ in range(3)] for how in ("cancel", "timeout")}
+        for how, times in stops.items():
+            print(f"  {how} -> the job's process gone: "
+                  f"{', '.join(C.fmt_s(t) for t in times)}", flush=True)
     finally:
         jh.shutdown()
     raw = [r for r in rows[1:] if r.ok]
     best_raw = min(raw, key=lambda r: r.best) if raw else None
     h = rows[0] if rows[0].ok else None
     targets = [C.Target(f"hither per-job / raw dask per-job ({best_raw.tool if best_raw else '-'})",
-                        h.per_job / best_raw.per_job if h and best_raw else None, 1.3, "x")]
+                        h.per_job / best_raw.per_job if h and best_raw else None, 1.3, "x"),
+               C.Target("cancel: until the running job's process is gone (worst of 3)",
+                        max(stops["cancel"]), 1.0, "s"),
+               C.Target("job_timeout: past the timeout until the process is gone (worst of 3)",
+                        max(stops["timeout"]), 1.0, "s")]
     return rows, targets
 
 

@@ -41,6 +41,8 @@ from .handlers.base import JobHandler
 from .job import Job, JobStatus
 
 if TYPE_CHECKING:
+    from hither_store import Remote
+
     from .aio import gather
     from .explaining import explain, lineage
     from .handlers.dask import DaskJobHandler
@@ -59,6 +61,7 @@ _LAZY = {
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
     "PythonEnv": ".runtimes.venv",
+    "Remote": "hither_store",
     "ConsoleCapture": ".utils",
     "FileLock": ".utils",
     "ShellScript": ".utils",
@@ -124,6 +127,7 @@ __all__ = [
     "JobTimeoutError",
     "ParallelJobHandler",
     "PythonEnv",
+    "Remote",
     "RuntimeUnavailableError",
     "SerializationError",
     "ShellScript",

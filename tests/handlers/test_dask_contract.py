@@ -1,6 +1,7 @@
 """The handler contract (hither.testing) over DaskJobHandler: host jobs on a LocalCluster
 of this process and on the cluster started with the dask CLI (.ci/setup-dask.sh); Docker
-and uv-environment jobs on both."""
+jobs on both; uv-environment and Apptainer jobs on the LocalCluster (its workers inherit
+this process's environment, e.g. HITHER_APPTAINER)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hither.testing.cases import Case, require_runtime
 from hither.testing.contract import *  # noqa: F403
 from tests.components import require
 
-CASES = ["host-local", "host-cli", "docker-local", "docker-cli", "venv-local"]
+CASES = ["host-local", "host-cli", "docker-local", "docker-cli", "venv-local", "apptainer-local"]
 
 
 @pytest.fixture(scope="module")

@@ -337,6 +337,17 @@ def test_missing_dask_gives_install_advice(monkeypatch):
         hi.DaskJobHandler()
 
 
+def test_dask_is_imported_only_when_a_handler_is_made():
+    import subprocess
+
+    code = ("import sys, hither as hi; cls = hi.DaskJobHandler; "
+            "assert 'distributed' not in sys.modules, 'imported with hither'; "
+            "assert 'hither.handlers._dask_worker' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
 def test_one_connection_argument_at_most():
     with pytest.raises(ValueError, match="at most one"):
         hi.DaskJobHandler(address="tcp://127.0.0.1:1", scheduler_file="x.json")

@@ -58,6 +58,7 @@ from ._dask_wire import (
 )
 from .host import HostWorker, describe_exit
 from .stdio import BadResultRef, StdioWorker, pool_key
+from .stdio import _packages_of as packages_of
 
 #: seconds a warm worker process may stay idle on a dask worker before it is stopped
 IDLE_TIMEOUT = float(os.environ.get("HITHER_DASK_IDLE_TIMEOUT", "600"))
@@ -556,6 +557,9 @@ class HitherPlugin(_PluginBase):
         stderr, sw.head_console = sw.head_console, []
         info = {"worker_pid": sw.pid, "runtime": sw.runtime.describe(),
                 "dask_worker": self.address}
+        packages = packages_of(sw.hello)
+        if packages is not None:
+            info["runtime_packages"] = packages
         msg = dict(msg)
         if msg.get("ok"):
             try:

@@ -242,6 +242,9 @@ class StdioWorker:
         if stderr_lines is None:
             stderr_lines, self.head_console = self.head_console, []
         info: dict[str, Any] = {"worker_pid": self.pid, "runtime": self.runtime.describe()}
+        packages = _packages_of(self.hello)
+        if packages is not None:
+            info["runtime_packages"] = packages
         if msg.get("ok"):
             try:
                 msg = {**msg, "result": self._ingest_job(launch.job_id, msg.get("result"))}
@@ -533,3 +536,16 @@ def _read_available(fd: int) -> bytes | None:
             break
     return b"".join(chunks)
 
+
+_PACKAGE_LINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}==[A-Za-z0-9._+!-]{1,100}")
+_MAX_PACKAGES = 256 << 10
+
+
+def _packages_of(hello: dict[str, Any] | None) -> str | None:
+    """The package list a worker reported in its hello (untrusted: only well-formed
+    ``name==version`` lines of a bounded total size are kept)."""
+    text = (hello or {}).get("packages")
+    if not isinstance(text, str) or len(text) > _MAX_PACKAGES:
+        return None
+    lines = [x for x in text.splitlines() if _PACKAGE_LINE.fullmatch(x)]
+    return "".join(x + "\n" for x in lines) if lines else None

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from .aio import gather
     from .explaining import explain, lineage
+    from .handlers.dask import DaskJobHandler
     from .handlers.inline import DefaultJobHandler
     from .handlers.parallel import ParallelJobHandler
     from .runtimes.venv import PythonEnv
@@ -58,6 +59,7 @@ _LAZY = {
     "explain": ".explaining",
     "lineage": ".explaining",
     "load": ".verifying",
+    "DaskJobHandler": ".handlers.dask",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
     "PythonEnv": ".runtimes.venv",
@@ -108,6 +110,7 @@ __all__ = [
     "CacheError",
     "Config",
     "ConsoleCapture",
+    "DaskJobHandler",
     "DefaultJobHandler",
     "DeserializationException",
     "DuplicateFunctionException",

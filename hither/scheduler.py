@@ -265,6 +265,8 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
     else:
         plan.kwargs_pickle, plan.kwargs = arguments.freeze(fdef, kwargs,
                                                            inline=job.handler.drives_in_caller)
+        if job.handler.wants_store:
+            plan.store = exchange_store(settings)
     return plan
 
 

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from typing import Any
 
@@ -84,12 +84,16 @@ class Case:
     :meth:`fresh` case); ``runtime`` is one of :data:`RUNTIMES`. ``slots`` is how many jobs
     the handler runs at once (the tests fill it to get a job queued). Use it as a context
     manager: leaving it shuts the handler down and checks that no worker is left.
+    ``roots`` gives the processes whose descendants (and containers) are the handler's
+    workers, when they are not this process's (e.g. the dask workers of a cluster started
+    elsewhere on this machine); it is called each time workers are counted.
     """
 
     def __init__(self, make_handler: Callable[[], JobHandler], runtime: str = "host", *,
                  name: str | None = None, slots: int = 1,
                  settings: dict[str, Any] | None = None,
-                 numpy_version: str | None = None) -> None:
+                 numpy_version: str | None = None,
+                 roots: Callable[[], Iterable[int]] | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; one of {RUNTIMES}")
         self.make_handler = make_handler
@@ -101,6 +105,7 @@ class Case:
         self._handler: JobHandler | None = None
         self._inline: bool | None = None
         self.name = name or runtime
+        self.roots = roots
         self._before: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ what it is
@@ -109,7 +114,7 @@ class Case:
         """The handler under test (made on first use)."""
         if self._handler is None:
             if self._before is None:
-                self._before = worker_ids(self._engines())
+                self._before = self._ids()
             self._handler = self.make_handler()
             self._inline = self._handler.drives_in_caller
         return self._handler
@@ -155,6 +160,7 @@ class Case:
         start or stop while the fresh one is checked. The next use makes a new one."""
         self.close()
         case = Case(self.make_handler, self.runtime, name=self.name, slots=self.slots,
+                    roots=self.roots,
                     settings=self.settings, numpy_version=self.numpy_version)
         with case:
             yield case
@@ -165,12 +171,15 @@ class Case:
     def workers(self) -> frozenset[str]:
         """Workers of this process started since the case's handler was made (containers
         of its engine and processes; see :func:`worker_ids`)."""
-        return worker_ids(self._engines()) - (self._before or frozenset())
+        return self._ids() - (self._before or frozenset())
+
+    def _ids(self) -> frozenset[str]:
+        return worker_ids(self._engines(), None if self.roots is None else tuple(self.roots()))
 
     def assert_idle(self, timeout: float = 15) -> None:
         """Fail unless every worker started by this case stops within ``timeout`` seconds
         (after a job's worker was killed, while no job waits)."""
-        left = wait_gone(self._before or frozenset(), timeout, self._engines())
+        left = wait_gone(self._before or frozenset(), timeout, self._engines(), self.roots)
         assert not left, f"{self.name}: workers still alive: {describe(left)}"
 
     def settle(self, timeout: float = 30) -> None:
@@ -191,7 +200,7 @@ class Case:
         if handler is None:
             return
         handler.shutdown(wait=False, cancel=True)
-        left = wait_gone(self._before or frozenset(), 15, self._engines())
+        left = wait_gone(self._before or frozenset(), 15, self._engines(), self.roots)
         what = describe(left)
         if left:
             remove_workers(left)  # one failure must not spill into the next tests
@@ -323,12 +332,17 @@ def worker_processes(parent: int | None = None) -> list[tuple[int, str]]:
     return out
 
 
-def worker_ids(engines: tuple[str, ...] = ("docker", "podman")) -> frozenset[str]:
+def worker_ids(engines: tuple[str, ...] = ("docker", "podman"),
+               roots: Iterable[int] | None = None) -> frozenset[str]:
     """Every worker of this process now: ``container:<engine>:<id>`` (of ``engines``) and
-    ``pid:<pid>`` (:func:`worker_processes`)."""
-    ids = {f"container:{engine}:{c}" for engine, cs in leftovers(os.getpid(), engines).items()
-           for c in cs}
-    ids |= {f"pid:{pid}" for pid, _cmd in worker_processes()}
+    ``pid:<pid>`` (:func:`worker_processes`). ``roots``: the processes whose workers these
+    are instead of this one (a handler whose workers run under other processes of this
+    machine, such as the dask workers of a cluster started elsewhere)."""
+    ids: set[str] = set()
+    for root in (os.getpid(),) if roots is None else roots:
+        ids |= {f"container:{engine}:{c}" for engine, cs in leftovers(root, engines).items()
+                for c in cs}
+        ids |= {f"pid:{pid}" for pid, _cmd in worker_processes(root)}
     return frozenset(ids)
 
 
@@ -365,11 +379,13 @@ def describe(ids: frozenset[str]) -> str:
 
 
 def wait_gone(allowed: frozenset[str], timeout: float,
-              engines: tuple[str, ...] = ("docker", "podman")) -> frozenset[str]:
-    """Poll until every worker of this process is in ``allowed``; returns the others."""
+              engines: tuple[str, ...] = ("docker", "podman"),
+              roots: Callable[[], Iterable[int]] | None = None) -> frozenset[str]:
+    """Poll until every worker of this process (or of ``roots()``) is in ``allowed``;
+    returns the others."""
     deadline = time.monotonic() + timeout
     while True:
-        left = worker_ids(engines) - allowed
+        left = worker_ids(engines, None if roots is None else tuple(roots())) - allowed
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)

@@ -41,6 +41,7 @@ from .function import (
 from .handlers.base import JobHandler
 from .handlers.inline import DefaultJobHandler
 from .handlers.parallel import ParallelJobHandler
+from .handlers.slurm import SlurmJobHandler
 from .job import Job, JobStatus
 from .runtimes.venv import PythonEnv
 from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
@@ -88,6 +89,7 @@ __all__ = [
     "RuntimeUnavailableError",
     "SerializationError",
     "ShellScript",
+    "SlurmJobHandler",
     "TemporaryDirectory",
     "UpstreamJobError",
     "WorkerCrashedError",

@@ -204,7 +204,12 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
            fdef: FunctionDef, label: str, handler: str, inputs: InputSource) -> str | None:
     """Store ``outcome`` under its key; returns the result hash (None for a failure or a
     result that cannot be stored). ``inputs()`` gives the job's inputs as they ran:
-    ``("manifest", {name: manifest})`` or ``("values", {name: value})``."""
+    ``("manifest", {name: manifest})`` or ``("values", {name: value})``.
+
+    An outcome with ``info["recorded"]`` was recorded where the job ran (a cluster node,
+    through this same function): nothing more is stored."""
+    if outcome.info.get("recorded"):
+        return outcome.info.get("result_hash")
     rec: dict[str, Any] = {"format": RECORD_FORMAT, "key": keyinfo.key}
     result_hash = None
     if outcome.ok:

@@ -15,9 +15,9 @@ manifest, the console output and the provenance of the run.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import platform
-import re
 import socket
 import sys
 import time
@@ -42,9 +42,9 @@ from .errors import (
 from .fdef import FunctionDef
 from .hashing import describe_value, hash_struct, hash_value
 from .launch import Outcome
+from .record import ErrorInfo, FunctionInfo, InputEntry, Provenance, Record
 
 KEY_FORMAT = 2  # 2: value digests from BLAKE3 (hashing scheme v2), never xxh3
-RECORD_FORMAT = 1
 #: failures that say something about the machine, not about the function: never cached
 _TRANSIENT = (JobTimeoutError, WorkerCrashedError, HandlerClosedError, JobCancelledException)
 
@@ -106,13 +106,6 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
 
 
 # ------------------------------------------------------------------------ lookup
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-class _BadRecord(ValueError):
-    """A record that is not what hither writes."""
-
-
 def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
     """The cached outcome for ``keyinfo`` under ``settings``' flags, or None (a miss).
 
@@ -137,46 +130,24 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
         return None
 
 
-def _outcome_of(rec: dict[str, Any], keyinfo: KeyInfo, settings: Settings,
+def _outcome_of(raw: dict[str, Any], keyinfo: KeyInfo, settings: Settings,
                 store: Any) -> Outcome | None:
-    if rec.get("format") != RECORD_FORMAT or rec.get("key") != keyinfo.key:
-        raise _BadRecord(f"format {rec.get('format')!r}, key {str(rec.get('key'))[:16]!r}")
-    status = rec.get("status")
-    if status == "finished":
-        result_hash = rec.get("result_hash")
-        if type(result_hash) is not str or not _HEX64.fullmatch(result_hash):
-            raise _BadRecord(f"result_hash {result_hash!r} is not a sha256 hex digest")
-        if "result" not in rec:
-            raise _BadRecord("no result")
-        out = Outcome(True, value=values.decode(rec["result"], store))
-    elif status == "error":
+    rec = Record.from_dict(raw, keyinfo.key)
+    if rec.ok:
+        out = Outcome(True, value=values.decode(rec.result, store))
+    else:
         if not settings.cache_failing or settings.rerun_failing:
             return None
-        err = rec.get("error")
-        if not isinstance(err, dict) or type(err.get("type")) is not str \
-                or type(err.get("message")) is not str \
-                or not isinstance(err.get("traceback"), (str, type(None))) \
-                or not isinstance(err.get("args"), (list, type(None))):
-            raise _BadRecord(f"malformed error {err!r:.200}")
-        out = Outcome(False, error=rebuild_exception(err["type"], err["message"],
-                                                    err.get("traceback"), args=err.get("args")),
-                      traceback_text=err.get("traceback"))
-        result_hash = None
-    else:
-        raise _BadRecord(f"unknown status {status!r:.100}")
-    prov = rec.get("provenance", {})
-    console = rec.get("console", [])
-    if not isinstance(prov, dict) or not isinstance(console, list) or not all(
-            type(x) is list and len(x) == 3 and isinstance(x[0], (int, float))
-            and type(x[1]) is str and type(x[2]) is bool for x in console):
-        raise _BadRecord("malformed provenance or console")
-    times = [prov.get(k) for k in ("start_time", "end_time", "recorded_at")]
-    if not all(t is None or (isinstance(t, (int, float)) and type(t) is not bool) for t in times):
-        raise _BadRecord(f"malformed times {times!r:.200}")
-    out.console = [tuple(x) for x in console]  # type: ignore[misc]
-    out.start_time, out.end_time = times[0], times[1]
-    out.info["result_hash"] = result_hash
-    out.info["cached_at"] = times[2]
+        err = rec.error
+        assert err is not None
+        out = Outcome(False, error=rebuild_exception(err.type, err.message, err.traceback,
+                                                    args=err.args),
+                      traceback_text=err.traceback)
+    prov = rec.provenance
+    out.console = list(rec.console)
+    out.start_time, out.end_time = prov.start_time, prov.end_time
+    out.info["result_hash"] = rec.result_hash
+    out.info["cached_at"] = prov.recorded_at
     return out
 
 
@@ -210,8 +181,7 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
     through this same function): nothing more is stored."""
     if outcome.info.get("recorded"):
         return outcome.info.get("result_hash")
-    rec: dict[str, Any] = {"format": RECORD_FORMAT, "key": keyinfo.key}
-    result_hash = None
+    result_hash = manifest = error = None
     if outcome.ok:
         try:
             result_hash = hash_value(outcome.value, path="result")
@@ -224,7 +194,6 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
             warnings.warn(f"the result of job {label!r} is not stored in the job cache: "
                           f"{e}", stacklevel=2)
             return None
-        rec.update(status="finished", result=manifest, result_hash=result_hash)
     else:
         err = outcome.error
         # only what the function itself raised says something about its inputs; a missing
@@ -235,41 +204,51 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
         type_name = getattr(err, "remote_type", None) or \
             f"{type(err).__module__}.{type(err).__qualname__}"
         message = err.args[0] if isinstance(err, JobFailedError) and err.args else str(err)
-        error = {"type": type_name, "message": message, "traceback": outcome.traceback_text or ""}
-        if not isinstance(err, JobFailedError) and all(
-                isinstance(a, (str, int, float, bool, type(None))) for a in err.args):
-            error["args"] = list(err.args)  # e.g. KeyError('k'): its str() is quoted
-        rec.update(status="error", error=error)
+        plain = not isinstance(err, JobFailedError) and all(
+            isinstance(a, (str, int, float, bool, type(None))) for a in err.args)
+        # plain args rebuild e.g. KeyError('k'), whose str() is quoted
+        error = ErrorInfo(type_name, str(message), outcome.traceback_text or "",
+                          list(err.args) if plain else None)
     if cache.readonly:
         return result_hash
-    rec["console"] = [list(x) for x in outcome.console]
-    rec["provenance"] = _provenance(keyinfo, outcome, fdef=fdef, label=label, handler=handler)
-    rec["inputs"] = _input_manifests(keyinfo, inputs, cache.store)
-    cache.put_record(keyinfo.key, rec)
+    rec = Record(key=keyinfo.key, status="finished" if outcome.ok else "error",
+                 result=manifest, result_hash=result_hash, error=error,
+                 console=tuple((float(t), str(x), bool(e)) for t, x, e in outcome.console),
+                 provenance=_provenance(keyinfo, outcome, fdef=fdef, label=label,
+                                        handler=handler),
+                 inputs=_input_entries(keyinfo, inputs, cache.store))
+    cache.put_record(keyinfo.key, rec.to_dict())
     return result_hash
 
 
-def _input_manifests(keyinfo: KeyInfo, inputs: InputSource, store: Any) -> dict[str, Any]:
+def _input_entries(keyinfo: KeyInfo, inputs: InputSource, store: Any) -> dict[str, InputEntry]:
     """Inputs given as values are stored too, so the run can be reproduced from its key;
     an input that is one job's result is referenced by that job's key (the lineage)."""
     kind, given = inputs()
-    out: dict[str, Any] = {}
+    out: dict[str, InputEntry] = {}
     for name, meta in keyinfo.inputs.items():
-        entry = dict(meta)
-        if "job" not in meta and name in given:
-            if kind == "manifest":
-                entry["value"] = given[name]
-            else:
-                try:
-                    entry["value"] = values.encode(given[name], store, path=f"kw[{name!r}]")
-                except (TypeError, ValueError):
-                    pass
+        entry = InputEntry(digest=meta["digest"], desc=meta.get("desc", ""),
+                           job=meta.get("job"), jobs=tuple(meta.get("jobs") or ()))
+        if entry.job is None and name in given:
+            value = given[name] if kind == "manifest" else _encoded(given[name], store, name)
+            if value is not _NOT_ENCODED:
+                entry = dataclasses.replace(entry, value=value)
         out[name] = entry
     return out
 
 
+_NOT_ENCODED = object()
+
+
+def _encoded(value: Any, store: Any, name: str) -> Any:
+    try:
+        return values.encode(value, store, path=f"kw[{name!r}]")
+    except (TypeError, ValueError):
+        return _NOT_ENCODED
+
+
 def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label: str,
-                handler: str) -> dict[str, Any]:
+                handler: str) -> Provenance:
     from . import __version__
 
     code = keyinfo.code
@@ -278,22 +257,13 @@ def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001
         user = None
-    return {
-        "function": {"name": fdef.name, "version": fdef.version,
-                     "code": code.digest, "module": code.module, "source": code.source,
-                     "sources": dict(code.sources), "external": dict(code.external)},
-        "runtime": keyinfo.parts["runtime"],
-        "key_parts": keyinfo.parts,
-        "label": label,
-        "handler": handler,
-        "start_time": start,
-        "end_time": end,
-        "elapsed_sec": (end - start) if (start is not None and end is not None) else None,
-        "recorded_at": time.time(),
-        "host": socket.gethostname(),
-        "user": user,
-        "hither_version": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "worker": outcome.info.get("worker_pid"),
-    }
+    return Provenance(
+        function=FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
+                              module=code.module, source=code.source,
+                              sources=dict(code.sources), external=dict(code.external)),
+        runtime=keyinfo.parts["runtime"], key_parts=keyinfo.parts, label=label,
+        handler=handler, start_time=start, end_time=end,
+        elapsed_sec=(end - start) if (start is not None and end is not None) else None,
+        recorded_at=time.time(), host=socket.gethostname(), user=user,
+        hither_version=__version__, python=sys.version.split()[0],
+        platform=platform.platform(), worker=outcome.info.get("worker_pid"))

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from hither_store import LocalStore, StoreError, parse_blob_uri
@@ -44,6 +44,7 @@ from .explain import (
     open_store,
     resolve_key,
 )
+from .record import BadRecord, Record
 
 __all__ = ["main"]
 
@@ -86,17 +87,23 @@ def _elapsed(sec: Any) -> str:
     return f"{hours}h {minutes:02d}m {s:02d}s" if hours else f"{minutes}m {s:02d}s"
 
 
-def _fn(rec: dict[str, Any]) -> dict[str, Any]:
-    return (rec.get("provenance") or {}).get("function") or {}
+def _records(store: LocalStore) -> Iterator[tuple[str, Record | None]]:
+    """Every record of the store, typed (None for one that is not what hither writes)."""
+    for key, raw in store.iter_records():
+        try:
+            yield key, Record.from_dict(raw, key, strict=False)
+        except BadRecord:
+            yield key, None
 
 
-def _outcome(rec: dict[str, Any], full: bool = False) -> str:
+def _outcome(rec: Record, full: bool = False) -> str:
     """The result description of a record, or its error type (and message)."""
-    if rec.get("status") == "finished":
-        return describe_manifest(rec.get("result"))
-    err = rec.get("error") or {}
-    kind = str(err.get("type", "error")).rpartition(".")[2]
-    return f"{kind}: {err.get('message', '')}" if full else kind
+    if rec.ok:
+        return describe_manifest(rec.result)
+    err = rec.error
+    if err is None:
+        return "error"
+    return f"{err.short_type}: {err.message}" if full else err.short_type
 
 
 def _status_text(status: Any) -> Text:
@@ -116,8 +123,8 @@ def cmd_info(args: argparse.Namespace, out: Console) -> int:
     store = _store(args)
     info = store.info()
     statuses: dict[str, int] = {}
-    for _, rec in store.iter_records():
-        st = str(rec.get("status", "?"))
+    for _, rec in _records(store):
+        st = rec.status if rec is not None else "not a hither record"
         statuses[st] = statuses.get(st, 0) + 1
     table = _fields_table()
     table.add_row("store", Text(str(info["root"])))
@@ -151,19 +158,20 @@ def cmd_ls(args: argparse.Namespace, out: Console) -> int:
     store = _store(args)
     rows = []
     total = 0
-    for key, rec in store.iter_records():
+    for key, rec in _records(store):
         total += 1
-        fn = _fn(rec)
-        if args.function and fn.get("name") != args.function:
+        if rec is None:
             continue
-        if args.status and rec.get("status") != args.status:
+        if args.function and rec.function.name != args.function:
+            continue
+        if args.status and rec.status != args.status:
             continue
         rows.append((key, rec))
     if not rows:
         if total == 0:
             raise CliError(f"no records in the store at {store.root}")
         raise CliError(f"none of the {total} records in {store.root} match")
-    rows.sort(key=lambda kr: -((kr[1].get("provenance") or {}).get("recorded_at") or 0.0))
+    rows.sort(key=lambda kr: -(kr[1].provenance.recorded_at or 0.0))
     shown = rows if not args.limit else rows[: args.limit]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     for name in ("key", "function", "version", "status", "recorded at", "elapsed"):
@@ -171,12 +179,10 @@ def cmd_ls(args: argparse.Namespace, out: Console) -> int:
                          justify="right" if name == "elapsed" else "left")
     table.add_column("result", overflow="fold", min_width=12)  # the one that may wrap
     for key, rec in shown:
-        prov = rec.get("provenance") or {}
-        fn = _fn(rec)
-        table.add_row(key[:12], Text(str(fn.get("name", "?"))), Text(str(fn.get("version", "?"))),
-                      _status_text(rec.get("status")),
-                      format_time(prov.get("recorded_at"))[:16],
-                      _elapsed(prov.get("elapsed_sec")), Text(_outcome(rec)))
+        prov = rec.provenance
+        table.add_row(key[:12], Text(rec.function.name), Text(rec.function.version),
+                      _status_text(rec.status), format_time(prov.recorded_at)[:16],
+                      _elapsed(prov.elapsed_sec), Text(_outcome(rec)))
     out.print(table)
     if len(shown) < len(rows):
         out.print(Text(f"{len(rows) - len(shown)} more (--limit 0 shows all)", style="dim"))
@@ -185,12 +191,16 @@ def cmd_ls(args: argparse.Namespace, out: Console) -> int:
 
 # ----------------------------------------------------------------------------- show
 def _upstream_label(store: LocalStore, key: str) -> Text:
-    rec = store.get_record(key) if store.has_record(key) else None
+    raw = store.get_record(key) if store.has_record(key) else None
     text = Text(key[:12], style="cyan")
+    try:
+        rec = None if raw is None else Record.from_dict(raw, key, strict=False)
+    except BadRecord:
+        rec = None
     if rec is None:
         text.append(" (no record)", style="dim")
     else:
-        text.append(f" {_fn(rec).get('name', '?')}")
+        text.append(f" {rec.function.name}")
     return text
 
 
@@ -221,9 +231,9 @@ def lineage_tree(root: LineageNode) -> Tree:
     return tree
 
 
-def _print_sources(rec: dict[str, Any], out: Console) -> None:
-    fn = _fn(rec)
-    sources = fn.get("sources") or ({"fn": fn["source"]} if fn.get("source") else {})
+def _print_sources(rec: Record, out: Console) -> None:
+    fn = rec.function
+    sources = fn.sources or ({"fn": fn.source} if fn.source else {})
     if not sources:
         out.print(Text("no source was recorded (code identified by bytecode)", style="dim"))
     for piece, src in sources.items():
@@ -236,12 +246,16 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
     """``hither show KEY``: provenance, inputs, result, console output and lineage."""
     store = _store(args)
     key = resolve_key(store, args.key)
-    rec = store.get_record(key)
-    if rec is None:
+    raw = store.get_record(key)
+    if raw is None:
         raise CliError(f"the record {key[:12]} cannot be read")
     if args.json:
-        sys.stdout.write(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps(raw, indent=2, sort_keys=True) + "\n")
         return 0
+    try:
+        rec = Record.from_dict(raw, key, strict=False)
+    except BadRecord as e:
+        raise CliError(f"the record {key[:12]} is not a hither record: {e}") from None
     if args.source:
         _print_sources(rec, out)
         return 0
@@ -251,59 +265,58 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
         graph = write_lineage_html(key, args.html, store)
         out.print(Text(f"wrote {args.html}: the lineage of {key[:12]}, {len(graph.nodes)} jobs"))
         return 0
-    prov = rec.get("provenance") or {}
-    fn = _fn(rec)
+    prov, fn = rec.provenance, rec.function
     table = _fields_table()
     table.add_row("key", Text(key, style="cyan"))
-    table.add_row("function", Text(f"{fn.get('name', '?')} {fn.get('version', '?')}  "
-                                   f"(module {fn.get('module', '?')})"))
-    if prov.get("label") and prov.get("label") != fn.get("name"):
-        table.add_row("label", Text(str(prov["label"])))
-    table.add_row("code", Text(str(fn.get("code", "?"))))
-    table.add_row("runtime", Text(format_runtime(prov.get("runtime"))))
-    table.add_row("status", _status_text(rec.get("status")))
-    if rec.get("status") == "finished":
+    table.add_row("function", Text(f"{fn.name} {fn.version}  (module {fn.module or '?'})"))
+    if prov.label and prov.label != fn.name:
+        table.add_row("label", Text(prov.label))
+    table.add_row("code", Text(fn.code or "?"))
+    table.add_row("runtime", Text(format_runtime(prov.runtime)))
+    table.add_row("status", _status_text(rec.status))
+    if rec.ok:
         table.add_row("result", Text(_outcome(rec)))
-        table.add_row("result hash", Text(str(rec.get("result_hash"))))
+        table.add_row("result hash", Text(str(rec.result_hash)))
     else:
         table.add_row("error", Text(_outcome(rec, full=True), style="red"))
-    table.add_row("ran", Text(f"{format_time(prov.get('start_time'))} → "
-                              f"{format_time(prov.get('end_time'))} "
-                              f"({_elapsed(prov.get('elapsed_sec'))}) on "
-                              f"{prov.get('user') or '?'}@{prov.get('host', '?')}"))
-    table.add_row("recorded", format_time(prov.get("recorded_at")))
-    table.add_row("versions", Text(f"hither {prov.get('hither_version', '?')}, python "
-                                   f"{prov.get('python', '?')}, {prov.get('platform', '?')}"))
-    if fn.get("external"):
-        ext = ", ".join(f"{k} ({v})" for k, v in sorted(fn["external"].items()))
+    table.add_row("ran", Text(f"{format_time(prov.start_time)} → {format_time(prov.end_time)} "
+                              f"({_elapsed(prov.elapsed_sec)}) on "
+                              f"{prov.user or '?'}@{prov.host or '?'}"))
+    table.add_row("recorded", format_time(prov.recorded_at))
+    table.add_row("versions", Text(f"hither {prov.hither_version or '?'}, python "
+                                   f"{prov.python or '?'}, {prov.platform or '?'}"))
+    if fn.external:
+        ext = ", ".join(f"{k} ({v})" for k, v in sorted(fn.external.items()))
         table.add_row("not in key", Text(ext, style="dim"))
     out.print(table)
 
-    inputs = rec.get("inputs") or {}
     out.print(Text("\ninputs", style="bold"))
-    if not inputs:
+    if not rec.inputs:
         out.print(Text("  none", style="dim"))
     else:
         itable = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         for col in ("name", "value", "digest", "from job"):
             itable.add_column(col, overflow="fold")
-        for name in sorted(inputs):
-            e = inputs[name] if isinstance(inputs[name], dict) else {}
-            desc = e.get("desc")
-            if desc is None:
-                desc = describe_manifest(e["value"]) if "value" in e else "?"
-            up = _upstream_label(store, e["job"]) if isinstance(e.get("job"), str) else Text("-")
-            itable.add_row(Text(name), Text(str(desc)), str(e.get("digest", ""))[:12], up)
+        for name in sorted(rec.inputs):
+            e = rec.inputs[name]
+            desc = e.desc or (describe_manifest(e.value) if e.has_value else "?")
+            ups = e.upstream
+            if e.job is not None:
+                up = _upstream_label(store, e.job)
+            elif ups:
+                up = Text(f"{len(ups)} jobs: " + ", ".join(k[:12] for k in ups[:4])
+                          + (" …" if len(ups) > 4 else ""))
+            else:
+                up = Text("-")
+            itable.add_row(Text(name), Text(desc), e.digest[:12], up)
         out.print(itable)
 
-    console = rec.get("console") or []
-    if console:
-        out.print(Text(f"console output ({len(console)} lines)", style="bold"))
-        for line in console:
-            t, text, is_err = (list(line) + [None, "", False])[:3]
+    if rec.console:
+        out.print(Text(f"console output ({len(rec.console)} lines)", style="bold"))
+        for t, text, is_err in rec.console:
             stamp = time.strftime("%H:%M:%S", time.localtime(t)) if t else "--:--:--"
             out.print(Text(f"  {stamp} {text}", style="red" if is_err else ""))
-    tb = (rec.get("error") or {}).get("traceback")
+    tb = rec.error.traceback if rec.error else ""
     if tb:
         out.print(Text("traceback", style="bold"))
         out.print(Text(tb.rstrip(), style="dim"))

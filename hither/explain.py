@@ -14,7 +14,7 @@ import base64
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from ._codec import TAG
 from .cache import JobCache
 from .errors import HitherError
 from .hashing import describe_value
+from .record import BadRecord, InputEntry, Record
 
 __all__ = [
     "Explanation",
@@ -240,39 +241,33 @@ class _Subject:
     has_record: bool
 
 
-def _from_record(key: str, rec: dict[str, Any]) -> _Subject:
-    prov = rec.get("provenance") or {}
-    fn = prov.get("function") or {}
-    parts = prov.get("key_parts") or {}
-    pfn = parts.get("function") or {}
-    digests = parts.get("inputs") or {}
+def _from_record(key: str, raw: dict[str, Any]) -> _Subject:
+    rec = Record.from_dict(raw, key, strict=False)
+    prov = rec.provenance
+    parts = prov.key_parts
     inputs: dict[str, InputInfo] = {}
-    entries = rec.get("inputs") or {name: {"digest": d} for name, d in digests.items()}
-    for name in sorted(entries):
-        e = entries[name] if isinstance(entries[name], dict) else {}
-        desc = e.get("desc")
-        if desc is None:
-            desc = describe_manifest(e["value"]) if "value" in e else "?"
-        inputs[name] = InputInfo(name, str(e.get("digest", digests.get(name, ""))),
-                                 _typed(str(desc), _manifest_type(e.get("value"))),
-                                 e.get("job"))
+    digests = parts.get("inputs") if isinstance(parts.get("inputs"), dict) else {}
+    for name in sorted(rec.inputs or digests):
+        e = rec.inputs.get(name) or InputEntry(digest=str(digests.get(name, "")))
+        desc = e.desc or (describe_manifest(e.value) if e.has_value else "?")
+        inputs[name] = InputInfo(name, e.digest or str(digests.get(name, "")),
+                                 _typed(desc, _manifest_type(e.value if e.has_value else None)),
+                                 e.job)
+    fn = prov.function
     return _Subject(
-        key=key, name=str(fn.get("name", pfn.get("name", "?"))),
-        version=str(fn.get("version", pfn.get("version", "?"))),
-        code=str(fn.get("code", pfn.get("code", ""))),
-        runtime=prov.get("runtime", parts.get("runtime")), key_format=parts.get("format"),
-        inputs=inputs, sources=dict(fn.get("sources") or {}),
-        status=rec.get("status"), recorded_at=prov.get("recorded_at"),
-        label=prov.get("label"), has_record=True)
+        key=key, name=fn.name, version=fn.version, code=fn.code,
+        runtime=prov.runtime or parts.get("runtime"), key_format=parts.get("format"),
+        inputs=inputs, sources=dict(fn.sources), status=rec.status,
+        recorded_at=prov.recorded_at, label=prov.label or None, has_record=True)
 
 
 def _from_job(job: Any) -> _Subject:
-    info = getattr(job, "_keyinfo", None)
+    info = job.keyinfo
     if info is None:
         raise KeyLookupError(f"job {job.label!r} has no key: it ran without a job cache, "
                              "or its inputs are not known yet", reason="no-key")
     parts = info.parts
-    kwargs = getattr(job, "_kwargs", {})
+    kwargs = job.kwargs
     inputs = {}
     for name in sorted(info.inputs):
         e = info.inputs[name]
@@ -347,22 +342,43 @@ def _differences(new: _Subject, old: _Subject) -> list[str]:
     return out
 
 
-def _nearest(store: LocalStore, subject: _Subject) -> tuple[_Subject, list[str]] | None:
-    """The other record of the same function whose key differs in the fewest parts (then:
-    the same version first, then the most recent)."""
-    best: tuple[tuple[int, bool, float], _Subject, list[str]] | None = None
-    for key, rec in store.iter_records():
-        if key == subject.key:
+def nearest_among(subject: _Subject, candidates: Iterable[_Subject]
+                  ) -> tuple[_Subject, list[str]] | None:
+    """The candidate record that explains ``subject`` best, and the differences: the
+    same inputs first (after a code edit: the previous code's run on these inputs, so the
+    answer is "code changed"), then the fewest differing parts, the same version, the most
+    recent. Records of other functions and the subject's own record are skipped."""
+    best: tuple[tuple[int, int, bool, float], _Subject, list[str]] | None = None
+    for other in candidates:
+        if other.key == subject.key or other.name != subject.name:
             continue
-        fn = (rec.get("provenance") or {}).get("function") or {}
-        if fn.get("name") != subject.name:
-            continue
-        other = _from_record(key, rec)
         diffs = _differences(subject, other)
-        rank = (len(diffs), other.version != subject.version, -(other.recorded_at or 0.0))
+        inputs_differ = sum(
+            1 for n in set(subject.inputs) | set(other.inputs)
+            if (subject.inputs.get(n) and subject.inputs[n].digest)
+            != (other.inputs.get(n) and other.inputs[n].digest))
+        rank = (inputs_differ, len(diffs), other.version != subject.version,
+                -(other.recorded_at or 0.0))
         if best is None or rank < best[0]:
             best = (rank, other, diffs)
     return None if best is None else (best[1], best[2])
+
+
+def subjects(store: LocalStore, names: set[str] | None = None) -> Iterator[_Subject]:
+    """The records of ``store`` as subjects of explanations (those of functions ``names``
+    only, when given); records that are not what hither writes are skipped."""
+    for key, raw in store.iter_records():
+        try:
+            subject = _from_record(key, raw)
+        except BadRecord:
+            continue
+        if names is None or subject.name in names:
+            yield subject
+
+
+def _nearest(store: LocalStore, subject: _Subject) -> tuple[_Subject, list[str]] | None:
+    """The earlier record of the same function that explains this key best."""
+    return nearest_among(subject, subjects(store, {subject.name}))
 
 
 # ----------------------------------------------------------------------------- explain
@@ -500,18 +516,6 @@ class LineageNode:
         return lineage_tree_html(self)
 
 
-def upstream_keys(entry: dict[str, Any]) -> list[str]:
-    """The keys of the jobs an input of a record came from: ``job`` (the input is that
-    job's result) or ``jobs`` (jobs nested in a list, tuple or dict)."""
-    up = entry.get("job")
-    if isinstance(up, str):
-        return [up]
-    ups = entry.get("jobs")
-    if isinstance(ups, list):
-        return [k for k in ups if isinstance(k, str)]
-    return []
-
-
 def lineage(key: str, cache: StoreArg = None, *, max_depth: int = 50) -> LineageNode:
     """The lineage tree of record ``key`` (a key or unique prefix): its inputs' records,
     followed through ``inputs[*].job`` and ``inputs[*].jobs`` recursively. Cycles and records already shown are
@@ -529,35 +533,32 @@ def _visit(store: LocalStore, key: str, input_name: str | None, depth: int,
         node.note = "cycle"
         return node
     try:
-        rec = store.get_record(key)
-    except ValueError:
+        raw = store.get_record(key)
+        rec = None if raw is None else Record.from_dict(raw, key, strict=False)
+    except ValueError:  # a bad key, or a record that is not what hither writes
         rec = None
     if rec is None:
         node.note = "no record"
         return node
-    prov = rec.get("provenance") or {}
-    fn = prov.get("function") or {}
-    node.function, node.version, node.status = fn.get("name"), fn.get("version"), \
-        rec.get("status")
-    if node.status == "finished":
-        node.result = describe_manifest(rec.get("result"))
+    node.function, node.version, node.status = rec.function.name, rec.function.version, \
+        rec.status
+    if rec.ok:
+        node.result = describe_manifest(rec.result)
     else:
-        node.result = str((rec.get("error") or {}).get("type", "error")).rpartition(".")[2]
+        node.result = rec.error.short_type if rec.error else "error"
     if key in seen:
         node.note = "shown above"
         return node
     seen.add(key)
-    inputs = rec.get("inputs") or {}
-    for name in sorted(inputs):
-        entry = inputs[name] if isinstance(inputs[name], dict) else {}
-        ups = upstream_keys(entry)
-        if not ups or "job" not in entry:  # a value (perhaps holding job results)
-            desc = entry.get("desc")
-            if desc is None and "value" in entry:
-                desc = describe_manifest(entry["value"])
-            node.values.append((name, _typed(str(desc), _manifest_type(entry.get("value")))))
+    for name in sorted(rec.inputs):
+        entry = rec.inputs[name]
+        ups = entry.upstream
+        if entry.job is None:  # a value (perhaps holding job results)
+            desc = entry.desc or (describe_manifest(entry.value) if entry.has_value else "?")
+            value = entry.value if entry.has_value else None
+            node.values.append((name, _typed(desc, _manifest_type(value))))
         for i, up in enumerate(ups):
-            label = name if "job" in entry else f"{name}[{i}]"
+            label = name if entry.job is not None else f"{name}[{i}]"
             if depth + 1 > max_depth:
                 node.children.append(LineageNode(key=up, input_name=label, note="depth limit"))
             else:

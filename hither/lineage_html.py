@@ -29,15 +29,17 @@ from hither_store import LocalStore
 
 from .explain import (
     StoreArg,
-    _differences,
     _from_record,
     _Subject,
     describe_manifest,
     format_runtime,
     format_time,
+    nearest_among,
     open_store,
     resolve_key,
+    subjects,
 )
+from .record import BadRecord, Record
 
 __all__ = [
     "LineageGraph",
@@ -46,7 +48,6 @@ __all__ = [
     "lineage_page",
     "read_graph",
     "render_page",
-    "upstream_keys",
     "write_lineage_html",
 ]
 
@@ -89,21 +90,6 @@ class LineageGraph:
 
 
 # ----------------------------------------------------------------------------- reading
-def upstream_keys(entry: Any) -> list[str]:
-    """The keys of the jobs an input came from: its ``job`` and its ``jobs`` list (a job
-    inside a list, tuple or dict argument). Non-string entries are ignored."""
-    if not isinstance(entry, dict):
-        return []
-    found: list[str] = []
-    single = entry.get("job")
-    if isinstance(single, str):
-        found.append(single)
-    many = entry.get("jobs")
-    if isinstance(many, (list, tuple)):
-        found.extend(k for k in many if isinstance(k, str))
-    return list(dict.fromkeys(found))
-
-
 def _clip(value: Any, limit: int = TEXT_LIMIT) -> str:
     text = value if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more)"
@@ -125,72 +111,50 @@ def _elapsed(sec: Any) -> str:
         return str(sec)
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _input_desc(entry: dict[str, Any]) -> str:
-    desc = entry.get("desc")
-    if desc is None and "value" in entry:
-        desc = describe_manifest(entry["value"])
-    return _clip(desc if desc is not None else "?", 500)
-
-
-def _node(key: str, rec: dict[str, Any], graph: LineageGraph) -> dict[str, Any]:
-    """The page data of one record (untrusted: every field is checked or stringified)."""
-    prov = _dict(rec.get("provenance"))
-    fn = _dict(prov.get("function"))
-    status = rec.get("status") if rec.get("status") in ("finished", "error") else "error"
+def _node(key: str, rec: Record, graph: LineageGraph) -> dict[str, Any]:
+    """The page data of one record (untrusted text: every field is clipped, the page
+    inserts it as text only)."""
+    prov, fn = rec.provenance, rec.function
     node: dict[str, Any] = {
-        "key": key, "fn": _clip(fn.get("name", "?"), 200),
-        "version": _clip(fn.get("version", "?"), 100), "status": status,
-        "label": _clip(prov.get("label") or "", 200),
+        "key": key, "fn": _clip(fn.name, 200), "version": _clip(fn.version, 100),
+        "status": rec.status, "label": _clip(prov.label, 200),
     }
-    if status == "finished":
-        node["result"] = _clip(describe_manifest(rec.get("result")), 500)
+    if rec.ok:
+        node["result"] = _clip(describe_manifest(rec.result), 500)
     else:
-        err = _dict(rec.get("error"))
-        node["result"] = _clip(str(err.get("type", "error")).rpartition(".")[2], 200)
-        node["error"] = {"type": _clip(err.get("type", "?"), 500),
-                         "message": _clip(err.get("message", "")),
-                         "traceback": _clip(err.get("traceback") or "")}
-    code = str(fn.get("code", ""))
-    node["code"] = code
+        err = rec.error
+        node["result"] = _clip(err.short_type if err else "error", 200)
+        node["error"] = {"type": _clip(err.type if err else "?", 500),
+                         "message": _clip(err.message if err else ""),
+                         "traceback": _clip(err.traceback if err else "")}
+    node["code"] = fn.code
     node["provenance"] = [
         ["function", f"{node['fn']} {node['version']}"],
-        ["module", _clip(fn.get("module", "?"), 500)],
-        ["code", _clip(code, 200)],
-        ["runtime", _clip(format_runtime(prov.get("runtime")), 1000)],
-        ["host", _clip(f"{prov.get('user') or '?'}@{prov.get('host', '?')}", 500)],
-        ["started", _time(prov.get("start_time"))],
-        ["ended", _time(prov.get("end_time"))],
-        ["elapsed", _elapsed(prov.get("elapsed_sec"))],
-        ["recorded", _time(prov.get("recorded_at"))],
-        ["handler", _clip(prov.get("handler") or "?", 200)],
-        ["versions", _clip(f"hither {prov.get('hither_version', '?')}, python "
-                           f"{prov.get('python', '?')}, {prov.get('platform', '?')}", 1000)],
+        ["module", _clip(fn.module or "?", 500)],
+        ["code", _clip(fn.code, 200)],
+        ["runtime", _clip(format_runtime(prov.runtime), 1000)],
+        ["host", _clip(f"{prov.user or '?'}@{prov.host or '?'}", 500)],
+        ["started", _time(prov.start_time)],
+        ["ended", _time(prov.end_time)],
+        ["elapsed", _elapsed(prov.elapsed_sec)],
+        ["recorded", _time(prov.recorded_at)],
+        ["handler", _clip(prov.handler or "?", 200)],
+        ["versions", _clip(f"hither {prov.hither_version or '?'}, python "
+                           f"{prov.python or '?'}, {prov.platform or '?'}", 1000)],
     ]
-    if code not in graph.sources:
-        pieces = _dict(fn.get("sources"))
-        if not pieces and isinstance(fn.get("source"), str):
-            pieces = {"fn": fn["source"]}
-        graph.sources[code] = {_clip(k, 500): _clip(v) for k, v in pieces.items()}
-    inputs = _dict(rec.get("inputs"))
+    if fn.code not in graph.sources:
+        pieces = fn.sources or ({"fn": fn.source} if fn.source else {})
+        graph.sources[fn.code] = {_clip(k, 500): _clip(v) for k, v in pieces.items()}
     node["inputs"] = []
-    for name in sorted(inputs):
-        entry = _dict(inputs[name])
-        node["inputs"].append({"name": _clip(name, 200), "desc": _input_desc(entry),
-                               "digest": _clip(entry.get("digest", ""), 100),
-                               "jobs": upstream_keys(entry)})
-    console = rec.get("console")
-    console = console if isinstance(console, list) else []
-    node["console_total"] = len(console)
-    node["console"] = []
-    for line in console[-CONSOLE_LINES:]:
-        t, text, is_err = ([*line, None, "", False] if isinstance(line, list) else
-                           [None, line, False])[:3]
-        stamp = _time(t)[11:] if isinstance(t, (int, float)) else "--:--:--"
-        node["console"].append([stamp, _clip(text), bool(is_err)])
+    for name in sorted(rec.inputs):
+        entry = rec.inputs[name]
+        desc = entry.desc or (describe_manifest(entry.value) if entry.has_value else "?")
+        node["inputs"].append({"name": _clip(name, 200), "desc": _clip(desc, 500),
+                               "digest": _clip(entry.digest, 100),
+                               "jobs": list(dict.fromkeys(entry.upstream))})
+    node["console_total"] = len(rec.console)
+    node["console"] = [[_time(t)[11:], _clip(text), is_err]
+                       for t, text, is_err in rec.console[-CONSOLE_LINES:]]
     return node
 
 
@@ -219,7 +183,11 @@ def read_graph(store: LocalStore, key: str, *, max_nodes: int = MAX_NODES,
         if not isinstance(rec, dict):
             graph.nodes[k] = _missing(k, "no record")
             continue
-        node = _node(k, rec, graph)
+        try:
+            node = _node(k, Record.from_dict(rec, k, strict=False), graph)
+        except BadRecord:
+            graph.nodes[k] = _missing(k, "not a hither record")
+            continue
         if cache_hits is not None and k in cache_hits:
             node["cache_hit"] = bool(cache_hits[k])
         graph.nodes[k] = node
@@ -267,49 +235,30 @@ def _acyclic(edges: list[dict[str, str]], root: str) -> list[dict[str, str]]:
 
 def _add_explanations(store: LocalStore, graph: LineageGraph,
                       records: dict[str, dict[str, Any]]) -> None:
-    """Each job's differences from the nearest other record of its function, ranked as
-    :func:`hither.explain.explain` ranks them, among the ``NEAREST_AMONG`` most recent
+    """Each job's differences from the nearest other record of its function, chosen as
+    :func:`hither.explain.explain` chooses it, among the ``NEAREST_AMONG`` most recent
     records of that function (one pass over the store; ``explain`` searches them all)."""
     wanted = {n["fn"] for n in graph.nodes.values() if n["status"] != "missing"}
     by_fn: dict[str, list[_Subject]] = {}
-    for k, rec in store.iter_records():
-        prov = rec.get("provenance")
-        fn = prov.get("function") if isinstance(prov, dict) else None
-        name = fn.get("name") if isinstance(fn, dict) else None
-        if name in wanted:
-            subject = _subject(k, rec)
-            if subject is not None:
-                by_fn.setdefault(str(name), []).append(subject)
+    for subject in subjects(store, wanted):
+        by_fn.setdefault(subject.name, []).append(subject)
     for group in by_fn.values():
         group.sort(key=lambda sub: -(sub.recorded_at or 0.0))
         del group[NEAREST_AMONG + 1:]  # + 1: a job may meet its own record
     for k, rec in records.items():
         node = graph.nodes[k]
-        subject = _subject(k, rec)
-        if subject is None:
-            continue
-        best: tuple[tuple[int, bool, float], _Subject, list[str]] | None = None
-        for other in by_fn.get(node["fn"], ()):
-            if other.key == k:
-                continue
-            diffs = _differences(subject, other)
-            rank = (len(diffs), other.version != subject.version, -(other.recorded_at or 0.0))
-            if best is None or rank < best[0]:
-                best = (rank, other, diffs)
+        try:
+            subject = _from_record(k, rec)
+        except BadRecord:
+            continue  # no explain diff; the rest of the page stays
+        best = nearest_among(subject, by_fn.get(node["fn"], ()))
         if best is None:
             node["explain"] = {"nearest": None}
         else:
-            other, diffs = best[1], best[2]
+            other, diffs = best
             node["explain"] = {"nearest": other.key, "version": _clip(other.version, 100),
                                "recorded": _time(other.recorded_at),
                                "differences": [_clip(d, 2000) for d in diffs]}
-
-
-def _subject(key: str, rec: dict[str, Any]) -> _Subject | None:
-    try:
-        return _from_record(key, rec)
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return None  # a malformed record: no explain diff, the rest of the page stays
 
 
 def _job_cache_hits(job: Any) -> dict[str, bool]:

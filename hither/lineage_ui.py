@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 from hither_store import LocalStore
 
 from .explain import KeyLookupError, describe_manifest, resolve_key
-from .lineage_html import _dict, _time, read_graph, render_page, upstream_keys
+from .lineage_html import _time, read_graph, render_page
+from .record import BadRecord, Record
 
 __all__ = ["LineageServer", "serve"]
 
@@ -43,27 +44,29 @@ def _hash(text: str) -> str:
 
 def index_page(store: LocalStore, limit: int = INDEX_LIMIT) -> str:
     """The index: the newest ``limit`` records (0: all), with how many records used each."""
-    rows: list[tuple[float, str, dict[str, Any]]] = []
+    rows: list[tuple[float, str, Record]] = []
     used: dict[str, int] = {}
-    for key, rec in store.iter_records():
-        t = _dict(rec.get("provenance")).get("recorded_at")
-        rows.append((t if isinstance(t, (int, float)) else 0.0, key, rec))
-        for entry in _dict(rec.get("inputs")).values():
-            for up in upstream_keys(entry):
+    for key, raw in store.iter_records():
+        try:
+            rec = Record.from_dict(raw, key, strict=False)
+        except BadRecord:
+            continue
+        rows.append((rec.provenance.recorded_at or 0.0, key, rec))
+        for ups in rec.upstream().values():
+            for up in ups:
                 used[up] = used.get(up, 0) + 1
     rows.sort(key=lambda r: -r[0])
     shown = rows[:limit] if limit > 0 else rows
     e = html.escape
     body = []
     for t, key, rec in shown:
-        fn = _dict(_dict(rec.get("provenance")).get("function"))
-        status = str(rec.get("status", "?"))
-        result = describe_manifest(rec.get("result")) if status == "finished" else \
-            str(_dict(rec.get("error")).get("type", "error")).rpartition(".")[2]
+        fn, status = rec.function, rec.status
+        result = describe_manifest(rec.result) if rec.ok else \
+            (rec.error.short_type if rec.error else "error")
         n = used.get(key, 0)
         body.append(
             f'<tr><td><a href="/lineage/{e(key)}">{e(key[:12])}</a></td>'
-            f'<td>{e(str(fn.get("name", "?")))} {e(str(fn.get("version", "")))}</td>'
+            f'<td>{e(fn.name)} {e(fn.version)}</td>'
             f'<td class="{e(status)}">{e(status)}</td><td>{e(result[:80])}</td>'
             f"<td>{e(_time(t))}</td>"
             f"<td>{'a final result' if n == 0 else f'by {n}'}</td></tr>")

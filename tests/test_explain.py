@@ -181,6 +181,20 @@ def test_helper_change_is_named(tmp_path, editable):
     assert ex.differences == ["code changed (helpers: helper)"]
 
 
+def test_after_a_code_edit_the_previous_run_on_the_same_inputs_explains(tmp_path, editable):
+    """The record to compare with is the old code on the same inputs ("code changed"),
+    not a newer record of the new code on other inputs ("input changed")."""
+    cache = _cache(tmp_path)
+    fn = editable.load(helper_body="v + 1")
+    old = _run(cache, fn, x=3)
+    fn = editable.load(helper_body="v * 10")
+    _run(cache, fn, x=4)  # the new code on another input, more recent than `old`
+    job = _run(cache, fn, x=3)
+    for ex in (explain(job.key, cache), explain(job, cache)):
+        assert ex.nearest_key == old.key
+        assert ex.differences == ["code changed (helpers: helper)"]
+
+
 def test_job_without_record_is_explained_from_its_key(tmp_path):
     cache = _cache(tmp_path)
     ok = _run(cache, xp_inv, x=2)
@@ -271,8 +285,9 @@ def test_lineage_of_a_chain(tmp_path):
     assert root.result == "6" and nodes[1].result == "list(3)"
 
 
-def _fake_record(name, inputs):
-    return {"status": "finished", "result": 0,
+def _fake_record(name, inputs, key):
+    return {"format": 1, "key": key, "status": "finished", "result": 0,
+            "result_hash": "0" * 64,
             "provenance": {"function": {"name": name, "version": "1"}},
             "inputs": {k: {"digest": "d", "desc": "x", "job": v} for k, v in inputs.items()}}
 
@@ -280,12 +295,12 @@ def _fake_record(name, inputs):
 def test_lineage_guards_cycles_missing_records_and_depth(tmp_path):
     store = open_store(tmp_path / "store")
     k1, k2, k3 = ("a1" * 32, "b2" * 32, "c3" * 32)
-    store.put_record(k1, _fake_record("one", {"up": k2, "gone": "d4" * 32}))
-    store.put_record(k2, _fake_record("two", {"up": k1}))
+    store.put_record(k1, _fake_record("one", {"up": k2, "gone": "d4" * 32}, k1))
+    store.put_record(k2, _fake_record("two", {"up": k1}, k2))
     root = lineage(k1, store)
     notes = {(n.key, n.note) for n in root.walk()}
     assert notes == {(k1, None), (k2, None), (k1, "cycle"), ("d4" * 32, "no record")}
-    store.put_record(k3, _fake_record("three", {"up": k1}))
+    store.put_record(k3, _fake_record("three", {"up": k1}, k3))
     shallow = lineage(k3, store, max_depth=1)
     # inputs in name order: "gone" before "up"
     assert [(n.key, n.note) for n in shallow.walk()] == [(k3, None), (k1, None),

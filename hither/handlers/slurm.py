@@ -93,8 +93,8 @@ class _Batch:
     pilots: list[_Pilot] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
-    slurm_job: str | None = None
     log: Any = None
+    ended_at: float | None = None
 
 
 class SlurmJobHandler(JobHandler):
@@ -174,7 +174,7 @@ class SlurmJobHandler(JobHandler):
             python=tuple(_interpreter()), hither_root=str(Path(__file__).resolve().parents[2]),
             workdir=str(self.layout.root), cores=self.num_cores_per_job,
             time_limit=time_limit_per_batch,
-            job_name=f"hither-{os.getpid()}", sbatch_opts=tuple(self.additional_sbatch_opts),
+            job_name=f"hither-{os.getpid()}-{secrets.token_hex(2)}", sbatch_opts=tuple(self.additional_sbatch_opts),
             srun_opts=tuple(self.additional_srun_opts), env=tuple(_node_env().items()))
         self.commands = SlurmCommands()
         self.watcher = Watcher(self.commands, *poll_interval)
@@ -714,20 +714,19 @@ class SlurmJobHandler(JobHandler):
                     batch.ready_at = batch.ready_at or time.monotonic()
                     words = (folder / "ready").read_text().split()
                     pilot.host = words[0] if words else ""
-                    if len(words) > 2 and words[2]:
-                        batch.slurm_job = words[2]
                 proc_alive = alive[0] if self.use_slurm else alive[pilot.rank]
                 if (folder / "gone").exists() or not proc_alive:
                     pilot.gone, changed = True, True
                     self._pilot_gone(pilot, batch)
             if all(p.gone for p in batch.pilots):
+                if batch.ended_at is None:
+                    batch.ended_at = time.monotonic()
+                if any(alive) and time.monotonic() - batch.ended_at < 10:
+                    continue  # srun ends once its tasks have ended
                 with self._lock:
                     if batch in self._batches:
                         self._batches.remove(batch)
-                for proc in batch.procs:
-                    _kill(proc)
-                if batch.log is not None:
-                    batch.log.close()
+                self._end_batch(batch, kill=True)
         return changed
 
     def _pilot_gone(self, pilot: _Pilot, batch: _Batch) -> None:
@@ -757,6 +756,7 @@ class SlurmJobHandler(JobHandler):
                 "go on.", job_label=task.launch.label)))
 
     def _stop_batches(self, kill: bool) -> None:
+        """Tell every batch to stop; with ``kill``, cancel them at once."""
         with self._lock:
             batches = list(self._batches)
             self._batches.clear()
@@ -765,19 +765,31 @@ class SlurmJobHandler(JobHandler):
                 sf.touch(self.layout.stop(batch.name))
             except OSError:
                 pass
-        deadline = time.monotonic() + (0.5 if kill else 5.0)
+        deadline = time.monotonic() + (0.2 if kill else 5.0)
         for batch in batches:
             for proc in batch.procs:
                 try:
                     proc.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pass
-            if batch.slurm_job and any(p.poll() is None for p in batch.procs):
-                self.commands.scancel([batch.slurm_job])
+            self._end_batch(batch, kill=True)
+
+    def _end_batch(self, batch: _Batch, kill: bool) -> None:
+        """Make sure a batch's processes and allocation are gone. An ``srun`` is never
+        killed by a signal alone: its allocation would stay (its job is cancelled)."""
+        if any(p.poll() is None for p in batch.procs) and kill:
+            if self.use_slurm:
+                self.commands.scancel_name(f"{self._opts.job_name}-{batch.name}")
             for proc in batch.procs:
-                _kill(proc)
-            if batch.log is not None:
-                batch.log.close()
+                if not self.use_slurm:
+                    _kill(proc)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    _kill(proc)
+        if batch.log is not None:
+            batch.log.close()
+            batch.log = None
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -802,7 +814,7 @@ def _replace(opts: ss.ScriptOptions, **changes: Any) -> ss.ScriptOptions:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """End a batch process (an srun: it cancels its step on SIGINT; a local pilot)."""
+    """SIGKILL a batch process and its process group, and reap it."""
     if proc.poll() is not None:
         return
     try:

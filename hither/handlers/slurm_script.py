@@ -106,7 +106,7 @@ def thread_env(cores: int) -> dict[str, str]:
 def srun_argv(opts: ScriptOptions, batch: str, workers: int, idle: float) -> list[str]:
     """The command of a pilot batch: one ``srun`` (an allocation of ``workers`` tasks), each
     task a pilot worker taking jobs from ``<workdir>/<batch>/p<rank>/inbox``."""
-    argv = ["srun", f"--job-name={opts.job_name}", *opts.srun_opts, "-n", str(int(workers)),
+    argv = ["srun", f"--job-name={opts.job_name}-{batch}", *opts.srun_opts, "-n", str(int(workers)),
             "-c", str(int(opts.cores))]
     if opts.time_limit:
         argv += ["--time", str(time_minutes(opts.time_limit))]
@@ -139,6 +139,11 @@ def squeue_argv(job_ids: Iterable[str]) -> list[str]:
 def scancel_argv(task_ids: Iterable[str]) -> list[str]:
     """Cancel jobs or single array tasks (``JOBID_TASK``)."""
     return ["scancel", *task_ids]
+
+
+def scancel_name_argv(name: str, user: str) -> list[str]:
+    """Cancel the jobs of ``user`` called ``name`` (a pilot batch, pending or running)."""
+    return ["scancel", f"--name={name}", f"--user={user}"]
 
 
 # ----------------------------------------------------------------------- parsing

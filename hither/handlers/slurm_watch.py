@@ -89,6 +89,15 @@ class SlurmCommands:
             except SlurmError:
                 pass
 
+    def scancel_name(self, name: str) -> None:
+        """Cancel this user's jobs called ``name``."""
+        import getpass
+
+        try:
+            self.run(ss.scancel_name_argv(name, getpass.getuser()), check=False)
+        except SlurmError:
+            pass
+
     def states(self, job_ids: list[str], use_sacct: bool) -> dict[str, ss.TaskState]:
         """The state of every task of ``job_ids``, in one call. ``squeue`` lists only
         pending and running tasks: a task it does not list has ended."""

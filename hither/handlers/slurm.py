@@ -652,7 +652,16 @@ class SlurmJobHandler(JobHandler):
             if self._tasks.get(task.launch.job_id) is not task:
                 return  # cancelled meanwhile
             task.inbox = path
-        sf.touch(path)
+        try:
+            sf.create_empty(path)
+        except OSError:  # the worker's batch is gone: the job waits for another worker
+            with self._lock:
+                if task in pilot.tasks:
+                    pilot.tasks.remove(task)
+                task.pilot = task.inbox = None
+                if self._tasks.get(task.launch.job_id) is task:
+                    self._pending.appendleft(task)
+            return
         _mark_running(task)
 
     def _start_batch(self) -> None:

@@ -128,6 +128,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def create_empty(path: Path) -> None:
+    """Create an empty file (it appears whole: no temp file needed)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o600))
+
+
 def touch(path: Path, text: str = "") -> None:
     """Create ``path`` with ``text`` (atomically)."""
     write_atomic(path, text.encode())

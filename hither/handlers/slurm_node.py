@@ -249,6 +249,8 @@ class Pilot:
         except OSError:
             return False
         for name in names:
+            if name.startswith("."):
+                continue
             job_id = name.partition(".")[2]
             sf.remove_quietly(self.inbox / name)
             if job_id and not sf_cancelled(self.layout, job_id):

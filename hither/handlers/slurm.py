@@ -319,7 +319,8 @@ class SlurmJobHandler(JobHandler):
             wait = poll
             with self._lock:
                 if self._first_pending is not None and self.mode == "array":
-                    wait = min(wait, max(0.0, self._flush_at() - time.monotonic()))
+                    now = time.monotonic()
+                    wait = min(wait, max(0.0, self._flush_at(now) - now))
             self._wake.wait(wait)
             self._wake.clear()
 
@@ -410,10 +411,16 @@ class SlurmJobHandler(JobHandler):
         return hit
 
     # ---------------------------------------------------------------- array mode
-    def _flush_at(self) -> float:
-        first = self._first_pending or time.monotonic()
-        return min(self._last_pending + self.batch_window, first + 4 * self.batch_window,
-                   max(first, self._last_sbatch + self.sbatch_interval))
+    def _flush_at(self, now: float) -> float:
+        """When the misses waiting here go to Slurm (lock held): once none came for
+        ``batch_window`` (at the latest ``4 x batch_window`` after the first), at once when
+        they fill an array, and never sooner than ``sbatch_interval`` after the last
+        ``sbatch``."""
+        first = self._first_pending if self._first_pending is not None else now
+        quiet = min(self._last_pending + self.batch_window, first + 4 * self.batch_window)
+        if self._limits is not None and len(self._pending) >= self._limits[0]:
+            quiet = now
+        return max(quiet, self._last_sbatch + self.sbatch_interval)
 
     def _limits_now(self) -> tuple[int, int | None]:
         if self._limits is None:
@@ -436,11 +443,12 @@ class SlurmJobHandler(JobHandler):
 
     def _flush_array(self) -> bool:
         with self._lock:
-            if not self._pending or time.monotonic() < self._flush_at():
-                return False
-            if time.monotonic() - self._last_sbatch < self.sbatch_interval:
+            if not self._pending:
                 return False
             max_size, max_submit = self._limits_now()
+            now = time.monotonic()
+            if now < self._flush_at(now):
+                return False
             queued = sum(1 for t in self._tasks.values() if t.slurm is not None)
             room = max_size if max_submit is None else min(max_size, max_submit - queued)
             if room <= 0:
@@ -448,9 +456,7 @@ class SlurmJobHandler(JobHandler):
             batch: list[_Task] = []
             while self._pending and len(batch) < room:
                 batch.append(self._pending.popleft())
-            if self._pending:
-                self._first_pending = self._last_pending = time.monotonic()
-            else:
+            if not self._pending:
                 self._first_pending = None
         hits: list[tuple[_Task, Outcome]] = []
         todo: list[_Task] = []

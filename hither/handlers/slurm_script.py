@@ -75,6 +75,13 @@ _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
          "from hither.handlers.slurm_node import main; sys.exit(main(sys.argv[2:]))")
 
 
+def _sbatch_quote(value: str) -> str:
+    """A value on an ``#SBATCH`` line (sbatch splits them at blanks outside quotes)."""
+    if '"' in value or "\n" in value:
+        raise ValueError(f"a path for Slurm cannot hold a quote or a newline: {value!r}")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
 def runner_argv(opts: ScriptOptions, *args: str) -> list[str]:
     """The node-side command (see :mod:`hither.handlers.slurm_node`)."""
     return [*opts.python, "-c", _BOOT, opts.hither_root, *args]
@@ -91,7 +98,8 @@ def array_script(opts: ScriptOptions, batch: str, size: int, parallel: int | Non
         raise ValueError(f"an array needs at least one task, got {size}")
     spec = f"0-{size - 1}" + (f"%{int(parallel)}" if parallel else "")
     log = f"{opts.workdir}/{batch}/%A_%a.log"
-    lines = _header(opts, [f"--array={spec}", f"--output={log}", "--open-mode=append"])
+    lines = _header(opts, [f"--array={spec}", f"--output={_sbatch_quote(log)}",
+                           "--open-mode=append"])
     lines.append(f"exec {_runner(opts, 'array', opts.workdir, batch)}")
     return "\n".join(lines) + "\n"
 

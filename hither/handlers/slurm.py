@@ -230,9 +230,11 @@ class SlurmJobHandler(JobHandler):
                 sf.touch(self.layout.cancel(job_id))
             if task.inbox is not None:
                 sf.remove_quietly(task.inbox)
+        out = self._cancelled_outcome(task.launch)
         if slurm is not None:
             self.commands.scancel([slurm])
-        _settle(task, self._cancelled_outcome(task.launch))
+            out.info["slurm_task"] = slurm
+        _settle(task, out)
         return True
 
     def reset(self) -> None:

@@ -571,8 +571,8 @@ class SlurmJobHandler(JobHandler):
             st = task.ended[1]
             self._ended(task, Outcome(False, error=WorkerCrashedError(
                 f"the Slurm task {task.slurm} running job {task.launch.label!r} ended "
-                f"({st.state}) without an outcome: the process running the job died "
-                "(see the task's log in the handler's working folder)",
+                f"({st.state}) without an outcome: the process running the job died. "
+                f"The task's log: {self._task_log(task)}",
                 job_label=task.launch.label)))
             changed = True
         return changed
@@ -605,7 +605,15 @@ class SlurmJobHandler(JobHandler):
             why = f"Slurm ended it ({st.state})"
         return Outcome(False, error=WorkerCrashedError(
             f"the Slurm task {tid} running job {label!r} ended {st.state}: {why}. Other jobs "
-            "go on.", job_label=label), info=info)
+            f"go on. The task's log: {self._task_log(task)}", job_label=label), info=info)
+
+    def _task_log(self, task: _Task) -> str:
+        job, _, index = (task.slurm or "").partition("_")
+        for name in sorted(os.listdir(self.layout.root)):
+            log = self.layout.batch(name) / f"{job}_{index}.log"
+            if name.startswith("a") and log.exists():
+                return str(log)
+        return f"{self.layout.root}/a*/{job}_{index}.log"
 
     # ---------------------------------------------------------------- pilot mode
     def _pilots(self) -> bool:

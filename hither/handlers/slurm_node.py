@@ -239,7 +239,13 @@ class Pilot:
             spec, launch, fut = self.running
             if fut.done():
                 self.running = None
-                finish(self.layout, spec, launch, fut.result())
+                try:
+                    finish(self.layout, spec, launch, fut.result())
+                except Exception as e:  # noqa: BLE001 - this job fails, the worker goes on
+                    from .._worker import _format_exception
+
+                    out = Outcome(False, error=e, traceback_text=_format_exception(e))
+                    sf.write_outcome(self.layout, spec.job_id, outcome_data(out))
                 return True
             if sf_cancelled(self.layout, spec.job_id):
                 self.handler.cancel(spec.job_id)

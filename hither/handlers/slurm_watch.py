@@ -140,6 +140,8 @@ class Watcher:
         self.backoff = Backoff(start, limit)
         self.use_sacct: bool | None = None
         self._last: dict[str, ss.TaskState] = {}
+        self.call_times: list[float] = []
+        """When each check was made (``time.monotonic()``): one per interval at most."""
 
     def check(self, tasks: list[str]) -> dict[str, ss.TaskState]:
         """One call for ``tasks`` (``JOBID`` or ``JOBID_TASK``): their states now. With
@@ -150,6 +152,7 @@ class Watcher:
             except SlurmError:
                 self.use_sacct = False
         jobs = ss.unique_jobs(tasks)
+        self.call_times.append(time.monotonic())
         try:
             states = self.commands.states(jobs, self.use_sacct)
         except SlurmError:

@@ -6,9 +6,9 @@ Decorate a function with ``@hi.function(name, version)``; ``f.run(**kwargs)`` cr
 
 from __future__ import annotations
 
-from . import scheduler as _scheduler
+from typing import TYPE_CHECKING, Any
+
 from ._codec import File
-from .aio import gather
 from .builtins import identity, noop
 from .cache import JobCache
 from .config import Config
@@ -28,7 +28,6 @@ from .errors import (
     UpstreamJobError,
     WorkerCrashedError,
 )
-from .explain import explain
 from .function import (
     additional_files,
     container,
@@ -39,29 +38,66 @@ from .function import (
     registered_functions,
 )
 from .handlers.base import JobHandler
-from .handlers.inline import DefaultJobHandler
-from .handlers.parallel import ParallelJobHandler
-from .handlers.slurm import SlurmJobHandler
 from .job import Job, JobStatus
-from .runtimes.venv import PythonEnv
-from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
+
+if TYPE_CHECKING:
+    from .aio import gather
+    from .explain import explain
+    from .handlers.inline import DefaultJobHandler
+    from .handlers.parallel import ParallelJobHandler
+    from .handlers.slurm import SlurmJobHandler
+    from .runtimes.venv import PythonEnv
+    from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
+
+# imported on first use: `import hither` stays fast (asyncio, the runtimes, the worker
+# pool and the utilities are not needed by every script)
+_LAZY = {
+    "gather": ".aio",
+    "explain": ".explain",
+    "DefaultJobHandler": ".handlers.inline",
+    "ParallelJobHandler": ".handlers.parallel",
+    "SlurmJobHandler": ".handlers.slurm",
+    "PythonEnv": ".runtimes.venv",
+    "ConsoleCapture": ".utils",
+    "FileLock": ".utils",
+    "ShellScript": ".utils",
+    "TemporaryDirectory": ".utils",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hither' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.5.0"
 
 
-def run(name: str, **kwargs):
+def run(name: str, **kwargs: Any) -> Job:
     """Run the registered function ``name``: ``get_function(name).run(**kwargs)``."""
-    return get_function(name).run(**kwargs)
+    fn: Any = get_function(name)
+    job: Job = fn.run(**kwargs)
+    return job
 
 
 def wait(timeout: float | None = None) -> None:
     """Wait until every job is complete (failed jobs do not raise here)."""
-    _scheduler.wait_all(timeout)
+    from . import scheduler
+
+    scheduler.wait_all(timeout)
 
 
 def reset() -> None:
     """Cancel every job, stop every handler's worker processes, restore default settings."""
-    _scheduler.reset()
+    from . import scheduler
+
+    scheduler.reset()
 
 
 __all__ = [

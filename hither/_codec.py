@@ -47,7 +47,7 @@ import mmap
 import os
 import struct
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 __all__ = [
     "BLOB_KINDS",
@@ -156,6 +156,8 @@ class File:
     """
 
     __slots__ = ("_path", "_sha256")
+    _path: str
+    _sha256: Optional[str]
 
     def __init__(self, path: Union[str, "os.PathLike[str]", bytes]) -> None:
         raw = os.fspath(path)

@@ -6,7 +6,6 @@ import atexit
 import os
 import shutil
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -131,6 +130,8 @@ def private_tempdir() -> Path:
     The name is predictable, so another user may have created it first to plant results:
     then a fresh private folder is used for this process instead, with a warning.
     """
+    import tempfile
+
     base = Path(tempfile.gettempdir())
     if not hasattr(os, "geteuid"):  # Windows: the temp folder is per user already
         return base / TEMPDIR_PREFIX

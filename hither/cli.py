@@ -298,17 +298,17 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
         for col in ("name", "value", "digest", "from job"):
             itable.add_column(col, overflow="fold")
         for name in sorted(rec.inputs):
-            e = rec.inputs[name]
-            desc = e.desc or (describe_manifest(e.value) if e.has_value else "?")
-            ups = e.upstream
-            if e.job is not None:
-                up = _upstream_label(store, e.job)
+            entry = rec.inputs[name]
+            desc = entry.desc or (describe_manifest(entry.value) if entry.has_value else "?")
+            ups = entry.upstream
+            if entry.job is not None:
+                up = _upstream_label(store, entry.job)
             elif ups:
                 up = Text(f"{len(ups)} jobs: " + ", ".join(k[:12] for k in ups[:4])
                           + (" …" if len(ups) > 4 else ""))
             else:
                 up = Text("-")
-            itable.add_row(Text(name), Text(desc), e.digest[:12], up)
+            itable.add_row(Text(name), Text(desc), entry.digest[:12], up)
         out.print(itable)
 
     if rec.console:

@@ -175,12 +175,15 @@ def _file_tree(filename: str, module_globals: dict[str, Any] | None) -> ast.Modu
 
 def _find_def(tree: ast.AST, lineno: int, name: str, kinds: tuple[type, ...]) -> ast.AST | None:
     """The innermost ``kinds`` node called ``name`` whose lines contain ``lineno``."""
-    best, best_start = None, -1
+    best: ast.AST | None = None
+    best_start = -1
     for node in ast.walk(tree):
-        if isinstance(node, kinds) and node.name == name:  # type: ignore[attr-defined]
-            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])  # type: ignore[attr-defined]
-            if start <= lineno <= (node.end_lineno or 0) and start > best_start:
-                best, best_start = node, start
+        if not isinstance(node, kinds) or getattr(node, "name", None) != name:
+            continue
+        d: Any = node  # a def or a class: lineno, end_lineno, decorator_list
+        start = min([d.lineno, *(x.lineno for x in d.decorator_list)])
+        if start <= lineno <= (d.end_lineno or 0) and start > best_start:
+            best, best_start = node, start
     return best
 
 
@@ -232,7 +235,8 @@ def _scope_body(scope: Any) -> tuple[list[ast.AST], set[str]]:
     if isinstance(scope, (*_FUNC_DEFS, ast.Lambda)):
         a = scope.args
         params = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x}
-        return (scope.body if isinstance(scope.body, list) else [scope.body]), params
+        body: list[ast.AST] = [*scope.body] if isinstance(scope.body, list) else [scope.body]
+        return body, params
     if isinstance(scope, ast.ClassDef):
         return list(scope.body), set()
     nodes = [scope.key, scope.value] if isinstance(scope, ast.DictComp) else [scope.elt]
@@ -525,7 +529,7 @@ def code_identity(fn: Callable[..., Any], *, local_modules: Iterable[PathArg] = 
             return entry[3]
 
     target = _unwrap(fn)
-    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", "?")
+    qualname = str(getattr(target, "__qualname__", None) or getattr(target, "__name__", "?"))
     walker = _Walker(target)
     walker.run(target, f"fn:{qualname}")
     core = CodeIdentity(digest=_digest(walker.parts), function=qualname, module=walker.module,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from hither_store import LocalStore, default_store_path
 
@@ -42,7 +42,7 @@ __all__ = [
 MIN_PREFIX = 6
 """The shortest key prefix accepted."""
 
-StoreArg = JobCache | LocalStore | str | os.PathLike[str] | None
+StoreArg: TypeAlias = "JobCache | LocalStore | str | os.PathLike[str] | None"
 """Where records are read: a ``JobCache``, a ``LocalStore``, a store path, or None (the default)."""
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -246,7 +246,8 @@ def _from_record(key: str, raw: dict[str, Any]) -> _Subject:
     prov = rec.provenance
     parts = prov.key_parts
     inputs: dict[str, InputInfo] = {}
-    digests = parts.get("inputs") if isinstance(parts.get("inputs"), dict) else {}
+    found = parts.get("inputs")
+    digests: dict[str, Any] = found if isinstance(found, dict) else {}
     for name in sorted(rec.inputs or digests):
         e = rec.inputs.get(name) or InputEntry(digest=str(digests.get(name, "")))
         desc = e.desc or (describe_manifest(e.value) if e.has_value else "?")

@@ -11,8 +11,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
 
 class FunctionDef:
     """What hither knows of a decorated function: name, version, options, how to ship it."""
@@ -130,6 +128,8 @@ class FunctionDef:
         """
         data = self._pickled
         if data is None:
+            import cloudpickle
+
             with self._lock:
                 if self._pickled is None:
                     self._pickled = cloudpickle.dumps(_bare(self.fn),

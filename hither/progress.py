@@ -279,7 +279,7 @@ def echo(text: str, out: Any = None) -> None:
 
 
 def _stdout() -> Any:
-    out = sys.stdout
+    out: Any = sys.stdout
     while getattr(out, "replaced", None) is not None:  # an inline job captures its console
         out = out.replaced
     return out

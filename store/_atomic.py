@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH  # 0o444
 def temp_name(tmp_dir: Path, prefix: str) -> Path:
     """A fresh, unique temp file path in ``tmp_dir`` (the file is not created)."""
     # pid + random token: unique across processes and hosts sharing an NFS store.
-    return tmp_dir / f"{prefix}-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+    return tmp_dir / f"{prefix}-{os.getpid()}-{os.urandom(8).hex()}.tmp"
 
 
 class TempFile:
@@ -152,7 +151,7 @@ def quarantine_file(
         return None
     if (current.st_dev, current.st_ino) != (read_stat.st_dev, read_stat.st_ino):
         return None
-    dest = quarantine_dir / f"{label}-{path.name}-{time.time_ns()}-{secrets.token_hex(4)}"
+    dest = quarantine_dir / f"{label}-{path.name}-{time.time_ns()}-{os.urandom(4).hex()}"
     # A writer may still replace the file between the check and the move; the good copy
     # would then be set aside, which costs a cache miss, never a wrong answer.
     for _ in range(2):

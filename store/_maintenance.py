@@ -19,7 +19,6 @@ while nothing writes to the store.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import stat
 import time
@@ -197,7 +196,7 @@ def sweep_blobs(layout: Layout, doomed: Iterable[Garbage]) -> dict[str, int]:
     removed = freed = restored = 0
     layout.tmp_dir.mkdir(parents=True, exist_ok=True)
     for g in doomed:
-        trash = layout.tmp_dir / f"{_TRASH}-{g.hexdigest}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        trash = layout.tmp_dir / f"{_TRASH}-{g.hexdigest}-{os.getpid()}-{os.urandom(4).hex()}.tmp"
         VERIFIED.forget(g.path)
         try:
             os.rename(g.path, trash)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +85,8 @@ def is_key(key: str) -> bool:
 
 def this_host() -> str:
     """This machine's name as it appears in owned names (``[A-Za-z0-9._-]`` only)."""
+    import socket
+
     return _HOST_BAD.sub("_", socket.gethostname()) or "unknown"
 
 
@@ -98,7 +98,7 @@ def owned_name(label: str) -> str:
     """
     if not _LABEL_RE.fullmatch(label):
         raise ValueError(f"label must be lowercase words joined by '-', got {label!r}")
-    return f"{label}-{os.getpid()}@{this_host()}-{secrets.token_hex(6)}"
+    return f"{label}-{os.getpid()}@{this_host()}-{os.urandom(6).hex()}"
 
 
 def owner_of(name: str) -> tuple[str, int, str] | None:

@@ -23,12 +23,14 @@ code identities and image digests: one implementation of the rules above.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["RACY_NS", "FileMemo", "PersistentStatMemo", "Signature", "StatMemo", "settled",
            "signature"]
@@ -131,6 +133,8 @@ class PersistentStatMemo:
 
     def reset(self, *, wipe: bool = False) -> None:
         """Close the database (it is located again on next use); ``wipe`` deletes its rows."""
+        import sqlite3  # on first use: `import hither` stays fast
+
         with self._lock:
             conn = self._connect() if wipe else None
             if conn is not None:
@@ -144,6 +148,8 @@ class PersistentStatMemo:
             self._disabled = False
 
     def _connect(self) -> sqlite3.Connection | None:
+        import sqlite3  # on first use: `import hither` stays fast
+
         if self._disabled:
             return None
         if self._conn is not None:
@@ -174,6 +180,8 @@ class PersistentStatMemo:
 
     def get(self, path: str, kind: str, sig: Signature) -> str | None:
         """The value stored for ``(path, kind)`` at signature ``sig``."""
+        import sqlite3  # on first use: `import hither` stays fast
+
         with self._lock:
             try:
                 conn = self._connect()
@@ -190,6 +198,8 @@ class PersistentStatMemo:
 
     def put(self, path: str, kind: str, sig: Signature, value: str) -> None:
         """Store ``value`` for ``(path, kind)`` at signature ``sig``."""
+        import sqlite3  # on first use: `import hither` stays fast
+
         with self._lock:
             try:
                 conn = self._connect()

@@ -7,13 +7,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from .. import _worker
 from ..errors import JobTimeoutError
 from ..launch import Launch, Outcome
 from ..progress import EchoStream
 from .base import JobHandler, completed_future
-from .stdio import StdioWorker, pool_key
+
+if TYPE_CHECKING:
+    from .stdio import StdioWorker
 
 
 class DefaultJobHandler(JobHandler):
@@ -114,6 +117,8 @@ class DefaultJobHandler(JobHandler):
 
     def _execute_in_runtime(self, launch: Launch) -> Outcome:
         """Run in the launch's runtime, on a warm worker kept for the next job there."""
+        from .stdio import StdioWorker, pool_key  # the runtimes are imported when used
+
         key = pool_key(launch)
         with self._cond:  # taken out while in use: two waiting threads never share one
             worker = self._workers.pop(key, None)

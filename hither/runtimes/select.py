@@ -52,25 +52,28 @@ def container_engine(settings: Settings | None = None) -> str:
 def runtime_for_image(image: str, engine: str = "docker", *, network: bool = False,
                       gpus: bool = False) -> Runtime:
     """The runtime running ``image`` (a URI, an image name, a ``.sif`` or a folder)."""
-    opts = {"network": network, "gpus": gpus}
+    def docker(name: str, eng: str) -> Runtime:
+        return DockerRuntime(name, engine=eng, network=network, gpus=gpus)
+
+    def apptainer(name: str) -> Runtime:
+        return ApptainerRuntime(name, network=network, gpus=gpus)
+
     if "://" in image:
         scheme, rest = image.split("://", 1)
         if scheme == "podman":
-            return DockerRuntime(rest, engine="podman", **opts)
+            return docker(rest, "podman")
         if scheme == "docker":
-            if engine == "apptainer":
-                return ApptainerRuntime(image, **opts)
-            return DockerRuntime(rest, engine=engine, **opts)
+            return apptainer(image) if engine == "apptainer" else docker(rest, engine)
         if scheme == "file":
-            return ApptainerRuntime(rest, **opts)
+            return apptainer(rest)
         if scheme in _APPTAINER_SCHEMES:
-            return ApptainerRuntime(rest if scheme == "sif" else image, **opts)
+            return apptainer(rest if scheme == "sif" else image)
         raise ValueError(f"unsupported container URI scheme {scheme!r} in {image!r}")
     if image.endswith(".sif") or os.path.isdir(image):
-        return ApptainerRuntime(image, **opts)
+        return apptainer(image)
     if engine == "apptainer":
-        return ApptainerRuntime("docker://" + image, **opts)
-    return DockerRuntime(image, engine=engine, **opts)
+        return apptainer("docker://" + image)
+    return docker(image, engine)
 
 
 def runtime_for(fdef: Any, settings: Settings) -> Runtime | None:

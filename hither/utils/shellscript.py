@@ -379,7 +379,7 @@ class ShellScript:
         """Alias of :meth:`returnCode`."""
         return self.returnCode()
 
-    def elapsed_time_since_start(self) -> float:
+    def elapsed_time_since_start(self) -> float | None:
         """Alias of :meth:`elapsedTimeSinceStart`."""
         return self.elapsedTimeSinceStart()
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import pytest
 
 import hither as hi
-from hither.testing.cases import Case, require_runtime
-from hither.testing.components import require
-from hither.testing.contract import *  # noqa: F403
+
+pytest.importorskip("hither.testing.contract", reason="the contract suite (hither.testing)")
+
+from hither.testing.cases import Case, require_runtime  # noqa: E402
+from hither.testing.components import require  # noqa: E402
+from hither.testing.contract import *  # noqa: E402, F403
 
 CASES = ("host-local", "host-slurm", "apptainer-slurm")
 

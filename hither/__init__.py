@@ -42,7 +42,7 @@ from .job import Job, JobStatus
 
 if TYPE_CHECKING:
     from .aio import gather
-    from .explain import explain
+    from .explaining import explain, lineage
     from .handlers.inline import DefaultJobHandler
     from .handlers.parallel import ParallelJobHandler
     from .handlers.slurm import SlurmJobHandler
@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 # pool and the utilities are not needed by every script)
 _LAZY = {
     "gather": ".aio",
-    "explain": ".explain",
+    "explain": ".explaining",
+    "lineage": ".explaining",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
     "SlurmJobHandler": ".handlers.slurm",
@@ -137,6 +138,7 @@ __all__ = [
     "gather",
     "get_function",
     "identity",
+    "lineage",
     "local_modules",
     "noop",
     "opts",

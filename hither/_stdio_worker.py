@@ -8,7 +8,8 @@ worker -> parent, first:  {"op": "hello", "python": "3.11.2", "pid": N, "numpy":
 parent -> worker:         {"op": "ping"} -> {"op": "pong"};  {"op": "stop"} -> exit 0
   {"op": "run", "id", "label", "module": {"name", "dir"}, "function", "args": manifest,
    "blobs": dir, "out": dir, "stream": prefix|null}
-  -> {"op": "echo", "text"} lines streamed live while the job runs (when "stream" is set)
+  -> {"op": "echo", "text", "stderr"} lines streamed live while the job runs (when
+     "stream" is set: the job shows its console, or it has a timeout)
   -> {"op": "done", "id", "ok", "result": manifest|null,
       "error": {"type", "message", "traceback"}|null, "console": [[t, text, is_stderr]],
       "start": t, "end": t}
@@ -113,11 +114,15 @@ def _load_function(spec):
 class _EchoMessages(object):
     """Live console lines of a job, sent to the parent as protocol messages."""
 
-    def __init__(self, send):
+    def __init__(self, send, is_stderr=False):
         self._send = send
+        self._is_stderr = is_stderr
+
+    def for_stderr(self):
+        return _EchoMessages(self._send, True)
 
     def write(self, text):
-        self._send({"op": "echo", "text": text})
+        self._send({"op": "echo", "text": text, "stderr": self._is_stderr})
 
     def flush(self):
         pass

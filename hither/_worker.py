@@ -24,7 +24,8 @@ worker -> parent
     ("skipped", job_id)
     ("started", job_id)    the function starts (only for a timed job: its timeout counts
                            from here, not from the loading of its function and arguments)
-    ("echo", text)         a live console line (when stream_prefix is not None)
+    ("echo", text, stderr) a live console line (when stream_prefix is not None: the job
+                           shows its console, or it has a timeout)
 
 A worker answers jobs in the order it received them, so the parent knows which job is
 running without a "started" message.
@@ -118,6 +119,8 @@ class capture_console(object):
         if self._prefix is not None:
             echo_out = self._echo or self._saved[0]
             echo_err = self._echo or self._saved[1]
+            if hasattr(self._echo, "for_stderr"):  # a worker's pipe: it sends the flag along
+                echo_err = self._echo.for_stderr()
         prefix = self._prefix or ""
         self._out = _LineRecorder(self.lines, False, echo_out, prefix)
         self._err = _LineRecorder(self.lines, True, echo_err, prefix)
@@ -388,13 +391,18 @@ def serve_connection(conn, init):
 
 class _EchoPipe(object):
     """Live console lines of a job, sent to the parent, which prints them where its own
-    output goes (a forkserver's or a notebook's worker has no useful stdout of its own)."""
+    output goes (a forkserver's or a notebook's worker has no useful stdout of its own)
+    and keeps them (a job stopped at its timeout keeps what it printed)."""
 
-    def __init__(self, send_bytes):
+    def __init__(self, send_bytes, is_stderr=False):
         self._send_bytes = send_bytes
+        self._is_stderr = is_stderr
+
+    def for_stderr(self):
+        return _EchoPipe(self._send_bytes, True)
 
     def write(self, text):
-        self._send_bytes(pickle.dumps(("echo", text)))
+        self._send_bytes(pickle.dumps(("echo", text, self._is_stderr)))
 
     def flush(self):
         pass

@@ -33,7 +33,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
-from .explain import (
+from .explaining import (
     KeyLookupError,
     LineageNode,
     describe_manifest,

@@ -17,14 +17,19 @@
     ├── CacheError                      the job cache or store cannot be used
     └── RuntimeUnavailableError         a runtime (container engine, env builder) is missing
 
-A job that fails keeps the *original* exception when it can be pickled back from the worker
-(so ``except ValueError`` works); otherwise it is a :class:`JobFailedError` that names the
-original type and carries its traceback text.
+A job that fails keeps the *original* exception type on every handler (so ``except
+ValueError`` works): built-in types always, a custom class when it can be imported in the
+caller (it is found among the modules the caller has imported, never imported on a
+worker's word). Otherwise it is a :class:`JobFailedError` that names the original type and
+carries its traceback text.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from concurrent.futures import CancelledError
+from typing import Any
 
 
 class HitherError(Exception):
@@ -133,23 +138,66 @@ class RuntimeUnavailableError(HitherError):
     """A runtime the job needs (container engine, env builder, image) is not available."""
 
 
-def rebuild_exception(type_name: str, message: str, traceback_text: str | None = None, *,
-                      job_label: str | None = None, args: list | None = None) -> BaseException:
-    """An exception described by name and message, without unpickling anything.
+_PLAIN = (str, int, float, bool, type(None))
 
-    Built-in exception types (``builtins.ValueError``) come back as themselves, with the
-    traceback text attached as a note-like ``__cause__`` by the caller; any other type as a
-    :class:`JobFailedError` naming it.
+
+def find_exception_class(type_name: str, modules: Mapping[str, str] | None = None
+                         ) -> type[Exception] | None:
+    """The exception class called ``type_name`` (``module.Qual.Name``) among the modules
+    this process has *already imported*, or None.
+
+    Nothing is imported and no module ``__getattr__`` hook runs: the name may come from a
+    worker or a record, which are untrusted. ``modules`` maps a module name as a worker
+    knew it to this process's name for it (a job's file ``jobs`` imported by file name in a
+    container is ``hither.testing.jobs`` or ``__main__`` here); a mapped name is looked up
+    only under its mapping. hither's own errors are never rebuilt from a description.
     """
     import builtins
 
-    module, _, name = type_name.rpartition(".")
-    cls = getattr(builtins, name, None) if module in ("builtins", "") else None
-    if isinstance(cls, type) and issubclass(cls, Exception):
+    parts = type_name.split(".")
+    if len(parts) == 1:
+        parts = ["builtins", *parts]
+    if any(not p.isidentifier() or p.startswith("__") for p in parts):
+        return None  # "<locals>", "__class__", empty parts
+    for cut in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:cut])
+        if modules is not None and name in modules:
+            name = modules[name]
+        module = builtins if name == "builtins" else sys.modules.get(name)
+        if module is None:
+            continue
+        obj: Any = module
+        for attr in parts[cut:]:
+            obj = vars(obj).get(attr) if hasattr(obj, "__dict__") else None
+            if obj is None:
+                break
+        if isinstance(obj, type) and issubclass(obj, Exception) and \
+                not issubclass(obj, HitherError):
+            return obj
+    return None
+
+
+def rebuild_exception(type_name: str, message: str, traceback_text: str | None = None, *,
+                      job_label: str | None = None, args: list | None = None,
+                      modules: Mapping[str, str] | None = None) -> BaseException:
+    """An exception described by name, message and arguments, without unpickling anything.
+
+    A class found by :func:`find_exception_class` (built-in types, and classes of modules
+    already imported here, ``modules`` mapping the worker's module names) comes back as
+    itself, constructed from ``args`` when they are plain values (str, int, float, bool,
+    None), else from ``message``. Any other type, or one that cannot be constructed that
+    way, comes back as a :class:`JobFailedError` naming it.
+    """
+    cls = find_exception_class(type_name, modules)
+    if cls is not None:
+        plain = isinstance(args, list) and all(isinstance(a, _PLAIN) for a in args)
         try:
-            return cls(*args) if args is not None else cls(message)
-        except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs 5 arguments
+            exc = cls(*args) if plain and args is not None else cls(message)
+        except Exception:  # noqa: BLE001 - e.g. a class that needs other arguments
             pass
+        else:
+            if type(exc) is cls:
+                return exc
     return JobFailedError(message, remote_type=type_name, job_label=job_label,
                           traceback_text=traceback_text)
 
@@ -170,5 +218,6 @@ __all__ = [
     "UnreadableResultError",
     "UpstreamJobError",
     "WorkerCrashedError",
+    "find_exception_class",
     "rebuild_exception",
 ]

@@ -1,4 +1,4 @@
-"""HTML displays of :mod:`hither.explain`'s objects, for notebooks (``_repr_html_``).
+"""HTML displays of :mod:`hither.explaining`'s objects, for notebooks (``_repr_html_``).
 
 Small static HTML: no script (notebooks show untrusted output without running it) and inline
 styles only, so the output looks the same wherever it is shown. Every value comes from a
@@ -11,10 +11,10 @@ import html
 import re
 from typing import TYPE_CHECKING, Any
 
-from .explain import format_runtime, format_time
+from .explaining import format_runtime, format_time
 
 if TYPE_CHECKING:
-    from .explain import Explanation, LineageNode
+    from .explaining import Explanation, LineageNode
 
 __all__ = ["explanation_html", "job_html", "lineage_tree_html"]
 
@@ -84,7 +84,7 @@ def job_html(job: Any) -> str:
 
 
 def explanation_html(ex: Explanation) -> str:
-    """An :class:`~hither.explain.Explanation` as a small HTML table (what went into the key)
+    """An :class:`~hither.explaining.Explanation` as a small HTML table (what went into the key)
     and a table of what changed since the nearest other record of the same function."""
     rows = [_row("key", _code(ex.key)),
             _row("function", f"{_e(ex.function)} {_e(ex.version)} (code "
@@ -132,7 +132,7 @@ def explanation_html(ex: Explanation) -> str:
 
 
 def lineage_tree_html(root: LineageNode) -> str:
-    """A :class:`~hither.explain.LineageNode` as nested lists; the inputs of a job fold
+    """A :class:`~hither.explaining.LineageNode` as nested lists; the inputs of a job fold
     (``<details>``), and a run of jobs of one function feeding one job folds closed."""
     shown = [0]
 

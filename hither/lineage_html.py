@@ -27,7 +27,7 @@ from typing import Any
 
 from hither_store import LocalStore
 
-from .explain import (
+from .explaining import (
     StoreArg,
     _from_record,
     _Subject,
@@ -236,7 +236,7 @@ def _acyclic(edges: list[dict[str, str]], root: str) -> list[dict[str, str]]:
 def _add_explanations(store: LocalStore, graph: LineageGraph,
                       records: dict[str, dict[str, Any]]) -> None:
     """Each job's differences from the nearest other record of its function, chosen as
-    :func:`hither.explain.explain` chooses it, among the ``NEAREST_AMONG`` most recent
+    :func:`hither.explaining.explain` chooses it, among the ``NEAREST_AMONG`` most recent
     records of that function (one pass over the store; ``explain`` searches them all)."""
     wanted = {n["fn"] for n in graph.nodes.values() if n["status"] != "missing"}
     by_fn: dict[str, list[_Subject]] = {}
@@ -283,7 +283,7 @@ def lineage_graph(target: Any, cache: StoreArg = None, *,
                   max_nodes: int = MAX_NODES) -> LineageGraph:
     """The lineage DAG of ``target``: a completed :class:`hither.Job` (its cache hits are
     then known) or a key (a unique prefix will do) of the store ``cache``."""
-    from .explain import KeyLookupError
+    from .explaining import KeyLookupError
     from .job import Job
 
     hits = None

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from hither_store import LocalStore
 
-from .explain import KeyLookupError, describe_manifest, resolve_key
+from .explaining import KeyLookupError, describe_manifest, resolve_key
 from .lineage_html import _time, read_graph, render_page
 from .record import BadRecord, Record
 

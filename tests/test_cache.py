@@ -146,15 +146,24 @@ def test_a_cached_failure_keeps_the_exception_message(cache, log):
     assert str(second.exception()) == str(first.exception())
 
 
-def test_a_cached_failure_of_a_non_builtin_type_names_the_type(cache, log):
+def test_a_cached_failure_of_a_custom_type_comes_back_as_that_type(cache, log):
+    """Its class can be imported in the caller: the same type as when it ran."""
     first = run(cf.cf_fail, cache=cache, cache_failing=True)(kind="custom", message="oops")
     assert type(first.exception()) is cf.CfError
     second = run(cf.cf_fail, cache=cache, cache_failing=True)(kind="custom", message="oops")
     assert second.cache_hit and calls(log, "cf_fail") == 1
     err = second.exception()
-    assert isinstance(err, hi.JobFailedError)
-    assert "oops" in str(err)
-    assert "CfError" in (getattr(err, "remote_type", "") or "")
+    assert type(err) is cf.CfError and err.args == ("oops",)
+
+
+def test_a_cached_failure_of_a_type_the_caller_cannot_import_names_the_type(cache, log):
+    first = run(cf.cf_fail, cache=cache, cache_failing=True)(kind="local", message="oops")
+    assert isinstance(first.exception(), hi.JobFailedError)
+    second = run(cf.cf_fail, cache=cache, cache_failing=True)(kind="local", message="oops")
+    assert second.cache_hit and calls(log, "cf_fail") == 1
+    err = second.exception()
+    assert isinstance(err, hi.JobFailedError) and "oops" in str(err)
+    assert err.remote_type.endswith("cf_fail.<locals>.LocalError"), err.remote_type
 
 
 def test_rerun_failing_reruns_a_stored_failure(handler, cache, log):

@@ -1,4 +1,4 @@
-"""``hither.explain``: what went into a key, the nearest record, lineage, key prefixes."""
+"""``hither.explaining``: what went into a key, the nearest record, lineage, key prefixes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import hither as hi
-from hither.explain import (
+from hither.explaining import (
     Explanation,
     KeyLookupError,
     describe_manifest,
@@ -327,7 +327,7 @@ def test_describe_manifest_never_loads_blobs():
 def test_lineage_follows_jobs_nested_in_lists(tmp_path):
     from jobfuncs import jf_add, jf_sum
 
-    from hither.explain import lineage
+    from hither.explaining import lineage
 
     cache = hi.JobCache(path=tmp_path / "store")
     with hi.Config(job_cache=cache):
@@ -341,6 +341,6 @@ def test_lineage_follows_jobs_nested_in_lists(tmp_path):
 
 
 def test_absurd_times_in_a_record_do_not_break_explain():
-    from hither.explain import format_time
+    from hither.explaining import format_time
 
     assert format_time(1e300) == "-" and format_time(True) == "-"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 import hither as hi
-from hither.explain import LineageNode, explain, lineage
+from hither.explaining import LineageNode, explain, lineage
 from tests.test_lineage_html import browser, lh_combine, lh_sim  # noqa: F401 - fixture
 
 

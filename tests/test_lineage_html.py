@@ -16,7 +16,7 @@ import pytest
 
 import hither as hi
 from hither.cli import main
-from hither.explain import open_store
+from hither.explaining import open_store
 from hither.lineage_html import (
     COLLAPSE_AT,
     json_for_script,

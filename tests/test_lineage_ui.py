@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from hither.explain import open_store
+from hither.explaining import open_store
 from hither.lineage_ui import LineageServer
 from tests.test_lineage_html import browser, open_page, three_stages  # noqa: F401 - fixtures
 

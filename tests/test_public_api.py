@@ -66,3 +66,22 @@ def test_exception_tree():
 
 def test_version():
     assert isinstance(hi.__version__, str) and hi.__version__.count(".") >= 2
+
+
+def test_public_names_stay_themselves_after_every_submodule_is_imported():
+    # importing a submodule binds it on the package: a public name that is also a
+    # submodule's name would turn into that module once anything imports it
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, types, hither\n"
+        "for m in pkgutil.walk_packages(hither.__path__, 'hither.'):\n"
+        "    if '_shim' not in m.name and not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = [n for n in hither.__all__ if isinstance(getattr(hither, n), types.ModuleType)]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -183,7 +183,9 @@ class HostWorker:
         if launch.fid not in self.fids:
             fn = launch.fn_pickle()
             sources = by_value_sources(launch.fn)
-        echo = "" if launch.echo_label is not None else None  # the parent adds the label
+        # lines come live when shown (the parent adds the label) or when the job may be
+        # stopped at its timeout (the parent keeps them: the worker's own copy dies with it)
+        echo = "" if launch.echo_label is not None or launch.timeout else None
         return ("run", launch.job_id, launch.fid, fn, kw, launch.label, echo,
                 launch.sys_path, bool(launch.timeout), sources)
 

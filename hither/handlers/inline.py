@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from .. import _worker
-from ..errors import JobTimeoutError
+from ..errors import HitherError, JobFailedError, JobTimeoutError, find_exception_class
 from ..launch import Launch, Outcome
 from ..progress import EchoStream
 from .base import JobHandler, completed_future
@@ -36,7 +36,9 @@ class DefaultJobHandler(JobHandler):
         self._queue: deque[tuple[Launch, Future[Outcome]]] = deque()
         self._cond = _cond
         self._workers: dict[tuple, StdioWorker] = {}  # warm runtime workers, one per runtime
-        self._busy: dict[str, StdioWorker] = {}  # job id -> the runtime worker running it
+        # job id -> the runtime worker running it (None while that worker starts)
+        self._busy: dict[str, StdioWorker | None] = {}
+        self._stop_on_start: set[str] = set()  # jobs cancelled while their worker started
 
     def submit(self, launch: Launch) -> Future[Outcome]:
         if self._closed:
@@ -51,15 +53,19 @@ class DefaultJobHandler(JobHandler):
         """Cancel a queued job, or stop a runtime job running in another thread (a host
         function running in a caller's thread cannot be stopped: False)."""
         with self._cond:
+            running = job_id in self._busy
             busy = self._busy.get(job_id)
+            if running and busy is None:  # its worker is starting: stopped once it is up
+                self._stop_on_start.add(job_id)
             for item in self._queue:
                 if item[0].job_id == job_id:
                     self._queue.remove(item)
                     break
             else:
                 item = None
-        if busy is not None:
-            busy.interrupt()
+        if running:
+            if busy is not None:
+                busy.interrupt()
             return True
         if item is None:
             return False
@@ -73,7 +79,8 @@ class DefaultJobHandler(JobHandler):
             self._queue.clear()
             workers = list(self._workers.values())
             self._workers.clear()
-            busy = list(self._busy.values())
+            busy = [w for w in self._busy.values() if w is not None]
+            self._stop_on_start.update(j for j, w in self._busy.items() if w is None)
         for launch, fut in items:
             fut.set_result(self._cancelled_outcome(launch, "was cancelled by hi.reset()"))
         for w in busy:  # runtime jobs running in other threads: their containers go now
@@ -122,13 +129,27 @@ class DefaultJobHandler(JobHandler):
         key = pool_key(launch)
         with self._cond:  # taken out while in use: two waiting threads never share one
             worker = self._workers.pop(key, None)
+            self._busy[launch.job_id] = None
         if worker is None or not worker.alive():
             try:
                 worker = StdioWorker(launch.runtime, launch.store)
-            except Exception as e:  # noqa: BLE001 - e.g. a missing image: the job fails
-                return Outcome(False, error=e)
+            except BaseException as e:
+                with self._cond:
+                    self._busy.pop(launch.job_id, None)
+                    self._stop_on_start.discard(launch.job_id)
+                if not isinstance(e, Exception):
+                    raise  # Ctrl-C
+                return Outcome(False, error=e)  # e.g. a missing image: the job fails
         with self._cond:
-            self._busy[launch.job_id] = worker
+            cancelled = launch.job_id in self._stop_on_start  # while its worker started
+            self._stop_on_start.discard(launch.job_id)
+            if cancelled:
+                del self._busy[launch.job_id]
+            else:
+                self._busy[launch.job_id] = worker
+        if cancelled:
+            worker.stop()
+            return self._cancelled_outcome(launch)
         try:
             outcome = worker.call(launch)
         except Exception as e:  # noqa: BLE001 - e.g. an argument the codec cannot encode
@@ -210,5 +231,20 @@ def execute_inline(launch: Launch) -> Outcome:
             f"job {launch.label!r} ran longer than its job_timeout of {launch.timeout} s and "
             "was interrupted", job_label=launch.label)
         raised = False
+    elif not _importable(type(value)):
+        # as on every other handler: a class no caller can import (one defined inside a
+        # function) is a JobFailedError naming it; the original stays its __cause__
+        original = value
+        value = JobFailedError(str(original), job_label=launch.label, traceback_text=tb,
+                               remote_type=f"{type(original).__module__}."
+                                           f"{type(original).__qualname__}")
+        value.__cause__ = original
     return Outcome(False, error=value, traceback_text=tb, console=lines,
                    start_time=start, end_time=end, info={"raised": raised})
+
+
+def _importable(cls: type) -> bool:
+    """Whether the caller can name ``cls`` (hither's own errors always can)."""
+    if not issubclass(cls, Exception) or issubclass(cls, HitherError):
+        return True
+    return find_exception_class(f"{cls.__module__}.{cls.__qualname__}") is cls

@@ -13,7 +13,7 @@ from concurrent.futures import Future, InvalidStateError
 from functools import partial
 
 from ..errors import JobTimeoutError, WorkerCrashedError
-from ..launch import Launch, Outcome
+from ..launch import ConsoleLine, Launch, Outcome
 from ..progress import echo
 from . import _loop
 from .base import JobHandler, completed_future, in_io_thread
@@ -25,11 +25,12 @@ Settle = Outcome | Callable[[], Outcome]
 
 
 class _Task:
-    __slots__ = ("launch", "future", "head_at", "started", "cancel_why", "slot")
+    __slots__ = ("launch", "future", "head_at", "started", "cancel_why", "slot", "console")
 
     def __init__(self, launch: Launch, future: Future[Outcome]) -> None:
         self.launch = launch
         self.future = future
+        self.console: list[ConsoleLine] = []  # lines received live (kept at a timeout)
         self.head_at: float | None = None  # monotonic time it became its worker's head
         self.started: float | None = None  # monotonic time its function started (timeouts)
         self.cancel_why: str | None = None
@@ -329,7 +330,7 @@ class ParallelJobHandler(JobHandler):
         self._drop_slot(slot)
         self._stop_slot(slot, graceful=True)
 
-    def _kill_slot(self, slot: _Slot, done: list, head_outcome: Outcome | None) -> None:
+    def _kill_slot(self, slot: _Slot, done: list, head_outcome: Settle | None) -> None:
         """Kill ``slot``'s worker; its head ends with ``head_outcome`` and the jobs sent
         ahead go back to the front of their queue."""
         self._drop_slot(slot)
@@ -513,15 +514,22 @@ class ParallelJobHandler(JobHandler):
                     f"job {head.launch.label!r} ran longer than its job_timeout of {t} s; its "
                     "worker process was killed and replaced. Raise job_timeout in hi.Config "
                     "if the job needs more time.", job_label=head.launch.label),
-                    start_time=started, end_time=time.time(), info={"worker_pid": slot.pid})
+                    console=head.console, start_time=started, end_time=time.time(),
+                    info={"worker_pid": slot.pid})
             self._kill_slot(slot, done, head_outcome=outcome)
 
     def _on_message(self, slot: _Slot, msg, done: list) -> None:
         if slot.host is not None:
             kind = msg[0]
-            if kind == "echo":  # a live console line (show_console)
-                prefix = slot.inflight[0].launch.stream_prefix() if slot.inflight else None
-                echo((prefix or "") + msg[1])
+            if kind == "echo":  # a live console line (show_console, or a timed job)
+                if slot.inflight:
+                    head = slot.inflight[0]
+                    if head.launch.timeout:
+                        head.console.append((time.time(), msg[1].rstrip("\n"),
+                                             bool(msg[2]) if len(msg) > 2 else False))
+                    prefix = head.launch.stream_prefix()
+                    if prefix is not None:
+                        echo(prefix + msg[1])
                 return
             job_id = msg[1]
         else:
@@ -553,6 +561,7 @@ class ParallelJobHandler(JobHandler):
             self._stop_slot(slot, graceful=False)
             return
         head = slot.inflight[0]
+        outcome: Settle
         if slot.host is not None:
             slot.host.join(1)
             code = slot.host.exitcode
@@ -564,7 +573,8 @@ class ParallelJobHandler(JobHandler):
                 job_label=head.launch.label), start_time=started, end_time=now,
                 info={"worker_pid": slot.pid, "exit_code": code})
         else:
-            outcome = slot.stdio.crash_outcome(head.launch)  # type: ignore[union-attr]
+            # made on an I/O thread: it waits for the worker to exit, to say why it did
+            outcome = partial(slot.stdio.crash_outcome, head.launch)  # type: ignore[union-attr]
         self._kill_slot(slot, done, head_outcome=outcome)
 
 

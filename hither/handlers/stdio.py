@@ -23,6 +23,7 @@ import re
 import secrets
 import select
 import shutil
+import signal
 import stat
 import threading
 import time
@@ -39,10 +40,11 @@ from ..errors import (
     WorkerCrashedError,
     rebuild_exception,
 )
-from ..launch import Launch, Outcome
+from ..launch import ConsoleLine, Launch, Outcome
 from ..progress import echo
 from ..runtimes.base import Mount, Runtime, WorkerSpec
 from ..runtimes.bundle import code_root, worker_dir
+from .host import describe_exit
 
 _names = itertools.count()
 _OUT_REF = re.compile(r"out:([0-9a-f]{32})")  # as _stdio_worker._blob_putter names them
@@ -95,10 +97,12 @@ class StdioWorker:
         self.head_console: list[tuple[float, str, bool]] = []
         self.hello: dict[str, Any] | None = None
         self.closed = False
+        self.ended = False  # its output ended: the worker is exiting by itself
         self.interrupted = False
         self._ingest_lock = threading.Lock()
         self._ingesting = 0  # outcomes whose result files are still to be moved in
         self.current: Launch | None = None  # the job sent last (a worker runs one at a time)
+        self.live_console: list[ConsoleLine] = []  # its lines received live (timed jobs)
         for f in (self.proc.stdout, self.proc.stderr):
             os.set_blocking(f.fileno(), False)
 
@@ -119,13 +123,16 @@ class StdioWorker:
                "function": bundle.function, "args": args,
                "blobs": self._paths["/hither/blobs"],
                "out": f"{self._paths['/hither/out']}/{job_dir.name}",
-               "stream": "" if launch.echo_label is not None else None,
+               # live lines when shown, or kept here in case the job is stopped at its
+               # timeout (the worker's own copy dies with it)
+               "stream": "" if launch.echo_label is not None or launch.timeout else None,
                "timeout": bool(launch.timeout)}
         return (json.dumps(msg, allow_nan=True) + "\n").encode()
 
     def send_run(self, launch: Launch) -> bool:
         """Send the run message of ``launch``; False when the worker is gone."""
         self.current = launch
+        self.live_console = []
         return self.send(self.message(launch))
 
     def send(self, data: bytes) -> bool:
@@ -146,6 +153,7 @@ class StdioWorker:
         """Messages available on stdout; raises EOFError when the worker closed it."""
         data = _read_available(self.proc.stdout.fileno())
         if data is None:
+            self.ended = True
             raise EOFError
         self._out_buf += data
         *lines, self._out_buf = self._out_buf.split(b"\n")
@@ -164,12 +172,21 @@ class StdioWorker:
                 op = msg.get("op")
                 if op == "hello":
                     self.hello = msg
-                elif op == "echo":  # a live console line (show_console)
-                    prefix = self.current.stream_prefix() if self.current else None
-                    echo((prefix or "") + str(msg.get("text", "")))
+                elif op == "echo":  # a live console line (show_console, or a timed job)
+                    self._on_echo(str(msg.get("text", "")), bool(msg.get("stderr")))
                 else:
                     msgs.append(msg)
         return msgs
+
+    def _on_echo(self, text: str, is_stderr: bool) -> None:
+        launch = self.current
+        if launch is None:
+            return
+        if launch.timeout:
+            self.live_console.append((time.time(), text.rstrip("\n"), is_stderr))
+        prefix = launch.stream_prefix()
+        if prefix is not None:
+            echo(prefix + text)
 
     def read_stderr(self) -> bool:
         """Collect stderr lines (output written straight to the file descriptors by a job,
@@ -232,12 +249,17 @@ class StdioWorker:
             return Outcome(True, value=value, console=console, start_time=start,
                            end_time=end, info=info)
         self._drop_job_dir(launch.job_id)
-        e = msg.get("error") or {}
-        exc = rebuild_exception(e.get("type", "Exception"), e.get("message", ""),
-                                e.get("traceback"), job_label=launch.label, args=e.get("args"))
-        info["raised"] = bool(e.get("raised"))
-        return Outcome(False, error=exc, traceback_text=e.get("traceback"), console=console,
-                       start_time=start, end_time=end, info=info)
+        error = msg.get("error") or {}
+        # the job's module was imported by its file name in the worker: a class defined
+        # there is looked up in the module the caller knows the function from
+        modules = {launch.code.module: launch.fn.__module__} if launch.code is not None \
+            else None
+        exc = rebuild_exception(str(error.get("type", "Exception")),
+                                str(error.get("message", "")), error.get("traceback"),
+                                job_label=launch.label, args=error.get("args"), modules=modules)
+        info["raised"] = bool(error.get("raised"))
+        return Outcome(False, error=exc, traceback_text=error.get("traceback"),
+                       console=console, start_time=start, end_time=end, info=info)
 
     def _ingest_job(self, job_id: str, manifest: Any) -> Any:
         """``manifest`` with its ``out:`` refs replaced by the store uris of the files they
@@ -313,17 +335,27 @@ class StdioWorker:
             shutil.rmtree(job_dir, ignore_errors=True)
 
     def crash_outcome(self, launch: Launch, why: str | None = None) -> Outcome:
-        """The outcome of a job whose worker died under it."""
+        """The outcome of a job whose worker died under it (its output ended). Waits a
+        moment for the worker process to exit, so the message can name why it ended."""
         self._drop_job_dir(launch.job_id)
-        code = self.proc.poll()
+        code = self.exit_code(_EXIT_WAIT) if why is None else self.proc.poll()
         tail = "\n".join(self.stderr_tail[-20:])
         err = WorkerCrashedError(
             f"the worker for job {launch.label!r} in {self.runtime.describe()} "
-            f"{why or f'exited with code {code}'}"
+            f"{why or 'died: ' + describe_worker_exit(code, self.runtime.kind)}"
             + (f"; its last output:\n{tail}" if tail else "")
             + "\nThe worker was replaced; other jobs go on.", job_label=launch.label)
-        console, self.head_console = self.head_console, []
+        console = sorted(self.head_console + self.live_console, key=lambda x: x[0])
+        self.head_console, self.live_console = [], []
         return Outcome(False, error=err, console=console, info={"exit_code": code})
+
+    def exit_code(self, timeout: float) -> int | None:
+        """The worker process's exit status, once it has exited by itself (None if it has
+        not within ``timeout`` seconds)."""
+        try:
+            return self.proc.wait(timeout)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+            return self.proc.poll()
 
     def timeout_outcome(self, launch: Launch, started: float) -> Outcome:
         """The outcome of a job stopped at its ``job_timeout``."""
@@ -332,7 +364,8 @@ class StdioWorker:
             f"job {launch.label!r} ran longer than its job_timeout of {launch.timeout} s in "
             f"{self.runtime.describe()}; its worker was stopped and replaced. Raise "
             "job_timeout in hi.Config if the job needs more time.", job_label=launch.label)
-        console, self.head_console = self.head_console, []
+        console = sorted(self.head_console + self.live_console, key=lambda x: x[0])
+        self.head_console, self.live_console = [], []
         return Outcome(False, error=err, console=console, start_time=started,
                        end_time=time.time())
 
@@ -345,6 +378,8 @@ class StdioWorker:
         """Stop the job running in this worker from another thread: the worker (and its
         container) is killed now; the thread waiting in :meth:`call` sees it end."""
         self.interrupted = True
+        if self.ended:
+            return  # exiting by itself: stop() lets it, so its exit status says why
         try:
             self.runtime.stop_worker(self.proc, self.spec)
         except Exception as e:  # noqa: BLE001 - stop() tries again and warns
@@ -356,7 +391,9 @@ class StdioWorker:
         if self.closed:
             return
         self.closed = True
-        if graceful:
+        if self.ended:
+            self.exit_code(_EXIT_WAIT)
+        elif graceful:
             self.send(b'{"op": "stop"}\n')
             try:
                 self.proc.wait(2)
@@ -409,6 +446,28 @@ class StdioWorker:
                         deadline = time.monotonic() + launch.timeout
                     elif msg.get("op") == "done":
                         return self.outcome(launch, msg)
+
+
+#: seconds a worker whose output ended is given to exit by itself (its exit status says why)
+_EXIT_WAIT = 5.0
+
+
+def describe_worker_exit(code: int | None, kind: str) -> str:
+    """Why a runtime worker ended, from the exit status of its process (for a container,
+    the engine's client: it exits as the container did)."""
+    if code is None:
+        return "its output ended, but its process did not exit"
+    if kind in ("docker", "podman", "apptainer") and code > 128:
+        try:  # a container whose process was killed by signal N exits with 128 + N
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            pass
+        else:
+            kill = f"`{kind} kill`, " if kind in ("docker", "podman") else ""
+            return (f"its container ended by {name} (exit code {code}): the job killed its "
+                    f"own process, or the container was killed from outside ({kill}the "
+                    "engine, or the kernel's out-of-memory killer: see `dmesg`)")
+    return describe_exit(code)
 
 
 def _for_worker(path: Path) -> Path:

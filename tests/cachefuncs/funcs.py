@@ -70,6 +70,11 @@ def cf_fail(kind, message):
     log_call("cf_fail")
     if kind == "custom":
         raise CfError(message)
+    if kind == "local":
+        class LocalError(Exception):
+            """No caller can import it."""
+
+        raise LocalError(message)
     raise getattr(builtins, kind)(message)
 
 

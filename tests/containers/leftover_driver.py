@@ -10,10 +10,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))  # the repo: tests.components
 
-from cfuncs import c_add  # noqa: E402
-from conftest import IMAGE  # noqa: E402
-
 import hither as hi  # noqa: E402
+from hither.testing.cases import IMAGE  # noqa: E402
+from hither.testing.jobs import ht_add  # noqa: E402
 
 
 def main() -> None:
@@ -21,9 +20,9 @@ def main() -> None:
     base = {"container": f"docker://{IMAGE}", "jhparams": {"container_engine": engine}}
     with hi.Config(**base, job_handler=hi.ParallelJobHandler(1),
                    job_cache=hi.JobCache(path=store)):
-        assert c_add.run(a=1, b=2).result(timeout=120) == 3
+        assert ht_add.run(x=1, y=2).result(timeout=120) == 3
     with hi.Config(**base, job_handler=hi.ParallelJobHandler(1)):
-        assert c_add.run(a=2, b=2).result(timeout=120) == 4
+        assert ht_add.run(x=2, y=2).result(timeout=120) == 4
     print("READY", flush=True)
     time.sleep(600)
 

@@ -5,6 +5,7 @@ SIGINT or SIGTERM and checks that no container labelled with this process's pid 
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -12,19 +13,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))  # the repo: tests.components
 
-from cfuncs import c_sleep  # noqa: E402
-from conftest import IMAGE, leftovers  # noqa: E402
 
 import hither as hi  # noqa: E402
+from hither.testing.cases import IMAGE, leftovers  # noqa: E402
+from hither.testing.jobs import ht_sleep  # noqa: E402
 
 
 def main() -> None:
+    # started from a shell's background job, a program inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     engine, kind = sys.argv[1], sys.argv[2]
     handler = hi.ParallelJobHandler(2) if kind == "parallel" else hi.DefaultJobHandler()
     config = hi.Config(container=f"docker://{IMAGE}", job_handler=handler,
                        jhparams={"container_engine": engine})
     with config:
-        job = c_sleep.run(seconds=120)
+        job = ht_sleep.run(seconds=120)
     if kind == "parallel":
         deadline = time.monotonic() + 60
         while not leftovers(os.getpid()).get(engine):

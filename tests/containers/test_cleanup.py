@@ -13,8 +13,8 @@ import time
 import pytest
 
 import hither as hi
+from hither.testing.jobs import ht_add, ht_sleep
 
-from .cfuncs import c_add, c_sleep
 from .conftest import (
     HERE,
     docker_case,
@@ -51,7 +51,7 @@ def wait_running(job: hi.Job, engine: str, count: int = 1) -> None:
 def test_handler_with_exit_removes_its_containers(engine_config, kind):
     engine = engine_config.name
     with make_handler(kind) as h, engine_config.config(job_handler=h):
-        jobs = [c_add.run(a=i, b=1) for i in range(4)]
+        jobs = [ht_add.run(x=i, y=1) for i in range(4)]
         assert [j.result(timeout=WAIT) for j in jobs] == [1, 2, 3, 4]
         assert mine(engine), "the warm worker's container should exist inside the block"
     # no hi.reset() here: leaving the block is enough
@@ -62,9 +62,9 @@ def test_reset_removes_running_and_idle_workers(engine_config):
     engine = engine_config.name
     inline, parallel = hi.DefaultJobHandler(), hi.ParallelJobHandler(2)
     with engine_config.config(job_handler=inline):
-        assert c_add.run(a=1, b=1).result(timeout=WAIT) == 2  # leaves a warm worker
+        assert ht_add.run(x=1, y=1).result(timeout=WAIT) == 2  # leaves a warm worker
     with engine_config.config(job_handler=parallel):
-        running = c_sleep.run(seconds=60)
+        running = ht_sleep.run(seconds=60)
     wait_running(running, engine, count=2)
     hi.reset()
     assert wait_no_containers(os.getpid(), 5) == {}
@@ -75,8 +75,8 @@ def test_reset_removes_running_and_idle_workers(engine_config):
 def test_cancelled_job_leaves_no_container(engine_config, parallel_handler):
     engine = engine_config.name
     with engine_config.config(job_handler=parallel_handler):
-        a = c_sleep.run(seconds=60)
-        b = c_sleep.run(seconds=60)
+        a = ht_sleep.run(seconds=60)
+        b = ht_sleep.run(seconds=60)
     wait_running(a, engine)
     wait_running(b, engine, count=2)
     before = set(mine(engine))
@@ -96,7 +96,7 @@ def test_timed_out_job_leaves_no_container(engine_config, kind):
     h = make_handler(kind)
     try:
         with engine_config.config(job_handler=h, job_timeout=2):
-            job = c_sleep.run(seconds=60)
+            job = ht_sleep.run(seconds=60)
             with pytest.raises(hi.JobTimeoutError):
                 job.result(timeout=WAIT)
         # no hi.reset(): the timeout itself removed the container
@@ -114,9 +114,9 @@ def test_podman_without_api_socket(kind, monkeypatch):
     h = make_handler(kind)
     try:
         with podman_case().config(job_handler=h):
-            assert c_add.run(a=2, b=2).result(timeout=WAIT) == 4
+            assert ht_add.run(x=2, y=2).result(timeout=WAIT) == 4
             assert mine("podman"), "the worker's container should be listed by the CLI"
-            job = c_sleep.run(seconds=60)
+            job = ht_sleep.run(seconds=60)
             if kind == "parallel":
                 wait_running(job, "podman")
                 assert job.cancel()
@@ -180,7 +180,7 @@ def test_missing_image_fails_quickly_and_plainly(engine, kind, tmp_path):
         job = None
         with case("local/does-not-exist:1").config(job_handler=h, job_cache=cache):
             try:
-                job = c_add.run(a=1, b=2)
+                job = ht_add.run(x=1, y=2)
             except hi.HitherError as e:
                 err = e
             else:

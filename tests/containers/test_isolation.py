@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import hither as hi
+from hither.testing.jobs import ht_identity
 
 from .cfuncs import (
     c_exists,
-    c_identity,
     c_ids,
     c_net,
     c_net_on,
@@ -149,7 +149,7 @@ def nonumpy_config(request):
 def test_numpy_is_only_needed_when_arrays_cross(nonumpy_config, handler):
     with nonumpy_config.config(job_handler=handler):
         plain = c_plain.run()
-        echoed = c_identity.run(x={1: (2, [3.5, None]), "b": b"bytes"})
+        echoed = ht_identity.run(x={1: (2, [3.5, None]), "b": b"bytes"})
         arr = c_np_sum.run(a=np.arange(4))
         assert plain.result(timeout=WAIT) == {"n": 3, "numpy_installed": False}
         assert echoed.result(timeout=WAIT) == {1: (2, [3.5, None]), "b": b"bytes"}

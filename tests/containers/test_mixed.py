@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import hither as hi
+from hither.testing.jobs import ht_np_double, ht_np_make
 
-from .cfuncs import c_np_combine, c_np_double, c_np_make
+from .cfuncs import c_np_combine
 from .conftest import IMAGE, IMAGE_ALT, IMAGE_NUMPY_VERSION, docker_case, require
 
 WAIT = 120  # the first use of the numpy>=2 environment builds it
@@ -26,9 +27,9 @@ def docker_rt():
 def run_pipeline(docker_rt, cache, handler):
     with hi.Config(job_cache=cache, job_handler=handler):
         with docker_rt.config():
-            first = c_np_make.run(n=5)
+            first = ht_np_make.run(n=5)
         with hi.Config(environment=NUMPY2_ENV):
-            second = c_np_double.run(data=first)
+            second = ht_np_double.run(data=first)
         third = c_np_combine.run(first=first, second=second)  # on the host
     jobs = [first, second, third]
     return jobs, [j.result(timeout=WAIT) for j in jobs]
@@ -72,7 +73,7 @@ def test_image_digest_is_part_of_the_key(docker_rt, tmp_path):
 
     def run(**config):
         with hi.Config(job_cache=cache, **config):
-            job = c_np_make.run(n=3)
+            job = ht_np_make.run(n=3)
         value = job.result(timeout=WAIT)
         return job, value
 
@@ -101,7 +102,7 @@ def test_engine_chosen_by_environment_variable(engine, monkeypatch):
     require(engine)
     monkeypatch.setenv("HITHER_CONTAINER_ENGINE", engine)
     with hi.Config(container=f"docker://{IMAGE}"):
-        job = c_np_make.run(n=2)
+        job = ht_np_make.run(n=2)
         assert job.result(timeout=WAIT)["version"] == IMAGE_NUMPY_VERSION
     assert job.get_runtime_info()["runtime"] == f"{engine} image {IMAGE}"
 
@@ -115,7 +116,7 @@ def test_apptainer_sif_image():
             pytest.fail("CI needs a SIF image (HITHER_TEST_SIF)")
         pytest.skip("needs a SIF image (HITHER_TEST_SIF)")
     with hi.Config(container=sif):
-        got = c_np_double.run(data=c_np_make.run(n=4)).result(timeout=WAIT)
+        got = ht_np_double.run(data=ht_np_make.run(n=4)).result(timeout=WAIT)
     assert got["version"] == IMAGE_NUMPY_VERSION
     assert np.array_equal(got["array"], np.arange(4) * 6)
 
@@ -136,7 +137,7 @@ def test_one_worker_slot_shared_by_many_runtimes():
             case = cases[i % len(cases)]
             config = hi.Config(job_handler=h) if case is None else case.config(job_handler=h)
             with config:
-                jobs.append((case, c_np_make.run(n=i)))
+                jobs.append((case, ht_np_make.run(n=i)))
         for case, job in jobs:
             got = job.result(timeout=WAIT)
             want = np.__version__ if case is None else case.numpy_version

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import hither as hi
+from hither.testing.jobs import ht_add, ht_np_make
 from tests.readonly_mount import read_only_view, tree
 
-from .cfuncs import c_add, c_np_make, c_np_sum
+from .cfuncs import c_np_sum
 from .conftest import make_case, make_handler
 
 WAIT = 90
@@ -28,21 +29,21 @@ def case(request):
 def fill(case, path) -> None:
     """A store with the results of a few container jobs."""
     with case.config(job_cache=hi.JobCache(path=path)):
-        assert c_add.run(a=1, b=2).result(timeout=WAIT) == 3
-        assert c_np_make.run(n=3000).result(timeout=WAIT)["array"].shape == (3000,)
+        assert ht_add.run(x=1, y=2).result(timeout=WAIT) == 3
+        assert ht_np_make.run(n=3000).result(timeout=WAIT)["array"].shape == (3000,)
 
 
 def use(case, cache, kind: str) -> None:
     """Hits and misses of container jobs, and a host job, under ``cache``."""
     with make_handler(kind) as h, case.config(job_cache=cache, job_handler=h):
-        hit = c_np_make.run(n=3000)
+        hit = ht_np_make.run(n=3000)
         assert hit.result(timeout=WAIT)["array"][-1] == 2999 * 3 and hit.cache_hit
-        assert c_add.run(a=1, b=2).result(timeout=WAIT) == 3
-        miss = c_add.run(a=40, b=2)
+        assert ht_add.run(x=1, y=2).result(timeout=WAIT) == 3
+        miss = ht_add.run(x=40, y=2)
         assert miss.result(timeout=WAIT) == 42 and not miss.cache_hit
         big = c_np_sum.run(a=np.ones(10_000, dtype=np.int64))  # arguments cross as blobs
         assert big.result(timeout=WAIT) == 10_000 and not big.cache_hit
-        made = c_np_make.run(n=4000)
+        made = ht_np_make.run(n=4000)
         assert made.result(timeout=WAIT)["array"].shape == (4000,)
     with hi.Config(job_cache=cache):  # a host job next to them
         assert ro_host_add.run(a=5, b=5).result(timeout=WAIT) == 10

@@ -14,8 +14,9 @@ import pytest
 
 import hither as hi
 from hither.hashing import MAX_DEPTH
+from hither.testing.jobs import ht_identity
 
-from .cfuncs import c_identity, c_len, c_nested, c_text
+from .cfuncs import c_len, c_nested, c_text
 
 WAIT = 120
 SURROGATES = os.fsdecode(b"caf\xe9-\xff\xfe")
@@ -36,9 +37,9 @@ def test_strings_that_are_not_utf8_cross_the_worker_and_are_cached(runtime_confi
     h = hi.DefaultJobHandler()
     try:
         with runtime_config.config(job_handler=h, job_cache=cache):
-            first = c_identity.run(x=value)
+            first = ht_identity.run(x=value)
             assert first.result(timeout=WAIT) == value and not first.cache_hit
-            again = c_identity.run(x=value)
+            again = ht_identity.run(x=value)
             assert again.result(timeout=WAIT) == value and again.cache_hit
     finally:
         h.shutdown(wait=False, cancel=True)

@@ -48,11 +48,6 @@ def jf_add(x, y=0):
     return x + y
 
 
-@hi.function("jf_type_name", "1")
-def jf_type_name(x):
-    return f"{type(x).__module__}.{type(x).__qualname__}"
-
-
 @hi.function("jf_type_names", "1")
 def jf_type_names(a, b):
     return [f"{type(v).__module__}.{type(v).__qualname__}" for v in (a, b)]
@@ -77,23 +72,11 @@ def jf_sum(values):
     return sum(values)
 
 
-@hi.function("jf_structure", "1")
-def jf_structure(data):
-    """Describe what arrived: types of a nested structure, and the values."""
-    return {"list": data["list"], "tuple": data["tuple"], "dict": data["dict"],
-            "tuple_is_tuple": isinstance(data["tuple"], tuple)}
-
-
 @hi.function("jf_print_then_raise", "1")
 def jf_print_then_raise(message):
     print("before the raise, on stdout")
     print("before the raise, on stderr", file=sys.stderr)
     raise ValueError(message)
-
-
-@hi.function("jf_raise_keyerror", "1")
-def jf_raise_keyerror(key):
-    return {}[key]
 
 
 @hi.function("jf_console", "1")

@@ -133,7 +133,8 @@ class SlurmJobHandler(JobHandler):
             python=tuple(_interpreter()), hither_root=str(Path(__file__).resolve().parents[2]),
             workdir=str(self.layout.root), cores=self.num_cores_per_job,
             time_limit=time_limit_per_batch,
-            job_name=f"hither-{os.getpid()}-{secrets.token_hex(2)}", sbatch_opts=tuple(self.additional_sbatch_opts),
+            job_name=f"hither-{os.getpid()}-{secrets.token_hex(2)}",
+            sbatch_opts=tuple(self.additional_sbatch_opts),
             srun_opts=tuple(self.additional_srun_opts), env=tuple(_node_env().items()))
         self.commands = SlurmCommands()
         self.watcher = Watcher(self.commands, *poll_interval)

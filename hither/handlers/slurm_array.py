@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 _names = itertools.count(1)
 
+#: seconds Slurm may refuse arrays for a submit limit, while none of the handler's own
+#: tasks are out, before their jobs fail
+SUBMIT_PATIENCE = 600.0
+
 
 class ArrayMode:
     """The array batches of one handler ``h`` (its lock guards this state too)."""
@@ -32,6 +36,7 @@ class ArrayMode:
         self._max_submit = max_submit
         self._limits: tuple[int, int | None] | None = None
         self._last_sbatch = 0.0
+        self._refused_since: float | None = None
 
     def turn(self) -> bool:
         """Submit what is due; map the tasks that ended without an outcome."""
@@ -39,9 +44,19 @@ class ArrayMode:
 
     def wait(self, now: float) -> float | None:
         """Seconds until the misses waiting here are due (None: none wait); lock held."""
-        if self.h._first_pending is None:
-            return None
+        if self.h._first_pending is None or self._room() == 0:
+            return None  # nothing waits, or it waits for tasks to end (the loop's pace)
         return max(0.0, self._flush_at(now) - now)
+
+    def _room(self) -> int | None:
+        """How many tasks the next array may hold (lock held; None: limits not read yet)."""
+        if self._limits is None:
+            return None
+        max_size, max_submit = self._limits
+        if max_submit is None:
+            return max_size
+        queued = sum(1 for t in self.h._tasks.values() if t.slurm is not None)
+        return max(0, min(max_size, max_submit - queued))
 
     def _flush_at(self, now: float) -> float:
         """When the misses waiting here go to Slurm (lock held): once none came for
@@ -80,12 +95,14 @@ class ArrayMode:
         with h._lock:
             if not h._pending:
                 return False
-            max_size, max_submit = self._limits_now()
+        self._limits_now()  # scontrol, once: not under the lock .run() needs
+        with h._lock:
+            if not h._pending:
+                return False
             now = time.monotonic()
             if now < self._flush_at(now):
                 return False
-            queued = sum(1 for t in h._tasks.values() if t.slurm is not None)
-            room = max_size if max_submit is None else min(max_size, max_submit - queued)
+            room = self._room() or 0
             if room <= 0:
                 return False
             batch: list[Task] = []
@@ -132,12 +149,15 @@ class ArrayMode:
         try:
             job = h.commands.sbatch(str(script))
         except SlurmError as e:
+            if ss.is_submit_limit(str(e)) and self._requeue(todo):
+                return
             for task in todo:
                 h._ended(task, Outcome(False, error=WorkerCrashedError(
                     f"job {task.launch.label!r} could not be submitted to Slurm: {e}",
                     job_label=task.launch.label)))
             return
         h.sbatch_calls += 1
+        self._refused_since = None
         h.arrays.append((job, len(todo)))
         cancelled = []
         with h._lock:
@@ -149,6 +169,31 @@ class ArrayMode:
                     mark_running(task)
         h.commands.scancel(cancelled) if cancelled else None
         h.watcher.backoff.reset()
+
+    def _requeue(self, todo: list[Task]) -> bool:
+        """Slurm refused an array for a submit limit: the array waits for jobs to end
+        and is tried again, smaller (no larger than this handler's tasks out now, or half
+        the refused array). False when Slurm has refused for ``SUBMIT_PATIENCE`` seconds
+        while none of this handler's tasks were out: the jobs fail."""
+        h = self.h
+        now = time.monotonic()
+        with h._lock:
+            out = sum(1 for t in h._tasks.values() if t.slurm is not None)
+            # at most what Slurm holds of this handler now, or half the refused array
+            self._limits = (self._limits_now()[0], out or max(1, len(todo) // 2))
+            if out:
+                self._refused_since = None
+            elif self._refused_since is None:
+                self._refused_since = now
+            elif now - self._refused_since > SUBMIT_PATIENCE:
+                return False
+            for task in reversed(todo):
+                if h._tasks.get(task.launch.job_id) is task:
+                    h._pending.appendleft(task)
+            h._first_pending = h._first_pending or now
+            h._last_pending = now
+        self._last_sbatch = time.monotonic() + max(1.0, 4 * h.sbatch_interval)  # not at once
+        return True
 
     # ---------------------------------------------------------------- accounting
     def _account(self) -> bool:

@@ -245,6 +245,17 @@ def parse_squeue(output: str) -> dict[str, TaskState]:
     return out
 
 
+_SUBMIT_LIMIT = re.compile(r"MaxSubmitJob|submit limit|MaxJobCount|temporarily unable|"
+                           r"Resource temporarily unavailable", re.I)
+
+
+def is_submit_limit(message: str) -> bool:
+    """Whether ``sbatch``'s error says a submit limit (``MaxSubmitJobs`` of the user's
+    association or QOS, the controller's ``MaxJobCount``) was reached: the job may be
+    submitted once others have left."""
+    return bool(_SUBMIT_LIMIT.search(message))
+
+
 def split_batches(count: int, max_size: int) -> list[int]:
     """Sizes of the arrays for ``count`` tasks when one array holds at most ``max_size``."""
     if max_size < 1:

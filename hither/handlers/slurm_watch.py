@@ -134,12 +134,19 @@ class Backoff:
 class Watcher:
     """The accounting check of one handler: which of its tasks ended, and how."""
 
+    UNSEEN_CHECKS = 3
+    """Checks in a row ``sacct`` may miss a submitted task (its database lags behind the
+    controller, often by seconds) before ``squeue`` is asked instead, if for at least
+    :attr:`unseen_after` seconds too."""
+
     def __init__(self, commands: SlurmCommands, start: float = 2.0, limit: float = 60.0
                  ) -> None:
         self.commands = commands
         self.backoff = Backoff(start, limit)
         self.use_sacct: bool | None = None
         self._last: dict[str, ss.TaskState] = {}
+        self._unseen: dict[str, tuple[int, float]] = {}
+        self.unseen_after = 60.0
         self.call_times: list[float] = []
         """When each check was made (``time.monotonic()``): one per interval at most."""
 
@@ -161,6 +168,8 @@ class Watcher:
             self.use_sacct = False  # accounting configured but not answering: the queue
             states = self.commands.states(jobs, False)
         out: dict[str, ss.TaskState] = {}
+        unseen: dict[str, tuple[int, float]] = {}
+        now = time.monotonic()
         for t in tasks:
             st = states.get(t)
             if st is None and "_" not in t:
@@ -169,6 +178,15 @@ class Watcher:
                 st = ss.TaskState("GONE")
             if st is not None:
                 out[t] = st
+            else:
+                count, since = self._unseen.get(t, (0, now))
+                unseen[t] = (count + 1, since)
+        self._unseen = unseen
+        if any(n >= self.UNSEEN_CHECKS and now - since >= self.unseen_after
+               for n, since in unseen.values()):
+            # accounting does not know tasks the controller took: from now on the queue
+            # answers (a task it does not list has ended), never a task waited for forever
+            self.use_sacct = False
         changed = out != {t: self._last.get(t) for t in out}
         self._last = out
         self.backoff.done(changed)

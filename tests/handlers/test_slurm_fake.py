@@ -215,3 +215,60 @@ def test_key_of_a_slurm_job_is_the_local_key(fake, tmp_path):
         job.wait(60)
     want = compute_key(function_def(sl_add), {"x": 1, "y": 2}, Settings(job_cache=cache)).key
     assert job.key == want and cache.get_record(want) is not None
+
+
+def _sbatch_times(fake: Fake) -> list[float]:
+    log = fake.root / "times.log"
+    return [float(t) for cmd, t in (x.split() for x in log.read_text().splitlines())
+            if cmd == "sbatch"]
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["limit-told", "limit-hidden"])
+def test_arrays_respect_the_submit_limit(fake, tmp_path, monkeypatch, told):
+    """Told by sacctmgr, arrays never pass MaxSubmitJobs; not told, an array sbatch refuses
+    waits for the handler's own tasks to end and goes again (no job fails)."""
+    monkeypatch.setenv("FAKE_MAX_SUBMIT", "3")
+    monkeypatch.setenv("FAKE_LIMIT_HIDDEN", "0" if told else "1")
+    with handler(tmp_path, sbatch_interval=0.05) as jh, hi.Config(job_handler=jh):
+        jobs = [sl_sleep.run(seconds=0.5, value=i) for i in range(7)]
+        assert [j.result(timeout=90) for j in jobs] == list(range(7))
+    assert sum(n for _j, n in jh.arrays) == 7
+    assert max(n for _j, n in jh.arrays) <= 3
+    if told:  # the first array is the limit's size (later ones may race with ends)
+        assert jh.arrays[0] == ("100", 3)
+    else:  # the first, of 7, was refused; later ones went smaller
+        assert len(fake.calls("sbatch")) > len(jh.arrays)
+
+
+def test_sbatch_calls_are_throttled(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MAX_ARRAY", "2")
+    with handler(tmp_path, sbatch_interval=0.6) as jh, hi.Config(job_handler=jh):
+        jobs = [sl_add.run(x=i) for i in range(6)]
+        assert [j.result(timeout=60) for j in jobs] == list(range(6))
+    times = _sbatch_times(fake)
+    assert len(times) == 3 and [n for _j, n in jh.arrays] == [2, 2, 2]
+    # a lower bound only: the handler waits at least sbatch_interval between two calls
+    assert all(b - a >= 0.6 for a, b in zip(times, times[1:], strict=False)), times
+
+
+def test_a_task_failing_its_node_twice_is_a_crash(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STATES", "0=NODE_FAIL")
+    monkeypatch.setenv("FAKE_STATES_EVERY", "1")
+    with handler(tmp_path) as jh, hi.Config(job_handler=jh):
+        job = sl_add.run(x=1)
+        err = job.exception(timeout=60)
+    assert isinstance(err, hi.WorkerCrashedError) and "NODE_FAIL twice" in str(err), err
+    assert len(jh.arrays) == 2  # one retry, no more
+
+
+def test_tasks_accounting_never_lists_are_asked_of_the_queue(fake, tmp_path, monkeypatch):
+    """sacct that does not know the tasks (a lagging or broken database) is not waited on
+    forever: squeue answers, and a task that is gone without an outcome is a crash."""
+    monkeypatch.setenv("FAKE_SACCT_BLIND", "1")
+    with handler(tmp_path) as jh, hi.Config(job_handler=jh):
+        jh.watcher.unseen_after = 1.0
+        ok, crashed = sl_add.run(x=1, y=1), sl_exit.run(code=5)
+        assert ok.result(timeout=60) == 2
+        err = crashed.exception(timeout=60)
+    assert isinstance(err, hi.WorkerCrashedError) and "without an outcome" in str(err), err
+    assert fake.calls("sacct") and fake.calls("squeue")

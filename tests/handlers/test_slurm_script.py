@@ -119,3 +119,13 @@ def test_split_batches():
 def test_task_ids():
     assert ss.task_id("12", 3) == "12_3" and ss.task_id("12", None) == "12"
     assert ss.unique_jobs(["12_0", "12_1", "13", "12_2"]) == ["12", "13"]
+
+
+def test_submit_limit_errors():
+    assert ss.is_submit_limit("sbatch: error: AssocMaxSubmitJobLimit")
+    assert ss.is_submit_limit("sbatch: error: QOSMaxSubmitJobPerUserLimit")
+    assert ss.is_submit_limit("Batch job submission failed: Job violates accounting/QOS "
+                              "policy (job submit limit, user's size and/or time limits)")
+    assert not ss.is_submit_limit("sbatch: error: invalid partition specified: gpu")
+    assert not ss.is_submit_limit("Batch job submission failed: Invalid job array "
+                                  "specification")

@@ -6,8 +6,12 @@ lives in ``$FAKE_SLURM_DIR``: ``calls.log`` (one line per call), ``next_id``, an
 the script on this machine with bash, as Slurm would on a node, all at once. Settings:
 ``FAKE_MAX_ARRAY`` (MaxArraySize, default 1001), ``FAKE_ACCOUNTING`` (``0``: no
 accounting, ``sacct`` fails), ``FAKE_STATES`` (``INDEX=STATE,...``: tasks of the *first*
-array end in that state without running, e.g. ``1=PREEMPTED,2=TIMEOUT``), ``FAKE_DELAY``
-(seconds before a task starts).
+array end in that state without running, e.g. ``1=PREEMPTED,2=TIMEOUT``; of *every* array
+with ``FAKE_STATES_EVERY=1``), ``FAKE_DELAY`` (seconds before a task starts),
+``FAKE_MAX_SUBMIT`` (the user's MaxSubmitJobs, told by ``sacctmgr``; ``sbatch`` refuses an
+array that would pass it; ``FAKE_LIMIT_HIDDEN=1``: ``sacctmgr`` does not tell it),
+``FAKE_SACCT_BLIND=1`` (``sacct`` knows no job). ``times.log``
+holds the wall-clock time of each call.
 """
 
 from __future__ import annotations
@@ -42,7 +46,13 @@ def sbatch(args: list[str]) -> int:
     counter = D / "next_id"
     job = int(counter.read_text()) if counter.exists() else 100
     write(counter, str(job + 1))
-    first = not any(TASKS.iterdir())
+    limit = os.environ.get("FAKE_MAX_SUBMIT")
+    if limit and n + len(rows(None, ("RUNNING", "PENDING"))) > int(limit):
+        print("sbatch: error: AssocMaxSubmitJobLimit", file=sys.stderr)
+        print("sbatch: error: Batch job submission failed: Job violates accounting/QOS "
+              "policy (job submit limit, user's size and/or time limits)", file=sys.stderr)
+        return 1
+    first = not any(TASKS.iterdir()) or os.environ.get("FAKE_STATES_EVERY") == "1"
     forced = dict(x.split("=") for x in os.environ.get("FAKE_STATES", "").split(",") if x)
     for i in range(n):
         tid = f"{job}_{i}" if m else str(job)
@@ -72,12 +82,13 @@ def task(tid: str, index: str, script: str) -> int:
     return 0
 
 
-def rows(ids: list[str]) -> list[tuple[str, str, str]]:
+def rows(ids: list[str] | None, states: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
     out = []
     for f in sorted(TASKS.iterdir()):
-        if f.name.split("_")[0] in ids and ".tmp" not in f.name:
+        if (ids is None or f.name.split("_")[0] in ids) and ".tmp" not in f.name:
             state, code, _pid = f.read_text().split("|")
-            out.append((f.name, state, code))
+            if not states or state in states:
+                out.append((f.name, state, code))
     return out
 
 
@@ -91,6 +102,8 @@ def main(argv: list[str]) -> int:
     if cmd != "_task":
         with open(D / "calls.log", "a") as f:
             f.write(" ".join([cmd, *args]) + "\n")
+        with open(D / "times.log", "a") as f:
+            f.write(f"{cmd} {time.time():.6f}\n")
     if cmd == "sbatch":
         return sbatch(args)
     if cmd == "_task":
@@ -102,11 +115,15 @@ def main(argv: list[str]) -> int:
         print("MaxJobCount             = 10000")
         return 0
     if cmd == "sacctmgr":
+        if os.environ.get("FAKE_MAX_SUBMIT") and os.environ.get("FAKE_LIMIT_HIDDEN") != "1":
+            print(os.environ["FAKE_MAX_SUBMIT"])
         return 0
     if cmd == "sacct":
         if os.environ.get("FAKE_ACCOUNTING") == "0":
             print("Slurm accounting storage is disabled", file=sys.stderr)
             return 1
+        if os.environ.get("FAKE_SACCT_BLIND") == "1":
+            return 0
         for tid, state, code in rows(arg(args, "-j")):
             print(f"{tid}|{state}|{code}")
         return 0

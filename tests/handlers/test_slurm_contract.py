@@ -3,7 +3,7 @@
 Pilot mode: host jobs on local pilot workers (``use_slurm=False``), host jobs and
 Apptainer jobs on pilot workers inside a Slurm allocation; one batch of two workers,
 which end after 3 s without a job, so that the contract's checks for leftovers see them
-gone. Array mode: host jobs and Apptainer jobs, each in an array task of its own, two at
+gone. Array mode: host, Apptainer and Docker jobs, each in an array task of its own, two at
 a time. Slurm tasks of this process still in the queue count as the case's workers
 (leftovers when the handler is shut down).
 """
@@ -21,7 +21,8 @@ from hither.testing.cases import Case, require_runtime
 from hither.testing.components import require
 from hither.testing.contract import *  # noqa: F403
 
-CASES = ("host-local", "host-slurm", "apptainer-slurm", "host-array", "apptainer-array")
+CASES = ("host-local", "host-slurm", "apptainer-slurm", "host-array", "apptainer-array",
+         "docker-array")
 
 
 def slurm_tasks() -> frozenset[str]:

@@ -57,3 +57,11 @@ def file_size(f, after=None):
     import os
 
     return os.path.getsize(os.fspath(f))
+
+
+@hi.function("remote_blob", "0.1.0")
+def remote_blob(seed):
+    """A result stored as a blob (6400 bytes, over the 4 KiB inline limit)."""
+    import hashlib
+
+    return hashlib.sha256(str(seed).encode()).digest() * 200

@@ -41,6 +41,8 @@ from .handlers.base import JobHandler
 from .job import Job, JobStatus
 
 if TYPE_CHECKING:
+    from hither_store import Remote
+
     from .aio import gather
     from .explaining import explain, lineage
     from .handlers.inline import DefaultJobHandler
@@ -59,6 +61,7 @@ _LAZY = {
     "ParallelJobHandler": ".handlers.parallel",
     "SlurmJobHandler": ".handlers.slurm",
     "PythonEnv": ".runtimes.venv",
+    "Remote": "hither_store",
     "ConsoleCapture": ".utils",
     "FileLock": ".utils",
     "ShellScript": ".utils",
@@ -123,6 +126,7 @@ __all__ = [
     "JobTimeoutError",
     "ParallelJobHandler",
     "PythonEnv",
+    "Remote",
     "RuntimeUnavailableError",
     "SerializationError",
     "ShellScript",

@@ -19,6 +19,7 @@ blobs/sha256/ab/cd/<hex>); result blobs are written to "out" and named "out:<fil
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -155,8 +156,13 @@ def _run_json(msg, echo=None, started=None):
             out["result"] = codec.encode(value, _blob_putter(msg["out"]), path="result")
         except BaseException as e:  # noqa: BLE001
             out["ok"] = False
-            out["error"] = _error_dict(
-                e, "the job's return value cannot be sent back: %s" % e)
+            why = str(e)
+            if isinstance(e, OSError) and (e.errno == errno.ENOSPC or
+                                           (e.errno is None and "requested and" in why)):
+                why = ("no space left on device in the store the results go through "
+                       "(%s): free space, or run `hither cache gc`" % why)
+            out["error"] = _error_dict(e, "the job's return value cannot be sent back: %s"
+                                       % why)
     else:
         out["error"] = _error_dict(value, None, tb or "")
         out["error"]["raised"] = True  # by the job's function: the failure may be cached

@@ -202,6 +202,23 @@ def rebuild_exception(type_name: str, message: str, traceback_text: str | None =
                           traceback_text=traceback_text)
 
 
+class KeyLookupError(HitherError, LookupError):
+    """A key or key prefix that names no record, or several (``candidates``).
+
+    ``reason`` is ``"unknown"``, ``"ambiguous"``, ``"invalid"`` (not a hex prefix of at
+    least 6 characters), ``"no-store"`` or ``"no-key"`` (a job without a key).
+    """
+
+    def __init__(self, message: str, candidates: tuple[str, ...] = (), *,
+                 reason: str = "unknown") -> None:
+        super().__init__(message)
+        self.candidates = candidates
+        self.reason = reason
+
+    def __str__(self) -> str:  # LookupError subclasses may quote their argument
+        return str(self.args[0]) if self.args else ""
+
+
 __all__ = [
     "CacheError",
     "DeserializationException",
@@ -213,6 +230,7 @@ __all__ = [
     "JobError",
     "JobFailedError",
     "JobTimeoutError",
+    "KeyLookupError",
     "RuntimeUnavailableError",
     "SerializationError",
     "UnreadableResultError",

@@ -23,7 +23,7 @@ from hither_store import LocalStore, default_store_path
 
 from ._codec import TAG
 from .cache import JobCache
-from .errors import HitherError
+from .errors import KeyLookupError
 from .hashing import describe_value
 from .record import BadRecord, InputEntry, Record
 
@@ -46,23 +46,6 @@ StoreArg: TypeAlias = "JobCache | LocalStore | str | os.PathLike[str] | None"
 """Where records are read: a ``JobCache``, a ``LocalStore``, a store path, or None (the default)."""
 
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-class KeyLookupError(HitherError, LookupError):
-    """A key or key prefix that names no record, or several (``candidates``).
-
-    ``reason`` is ``"unknown"``, ``"ambiguous"``, ``"invalid"`` (not a hex prefix of at
-    least 6 characters), ``"no-store"`` or ``"no-key"`` (a job without a key).
-    """
-
-    def __init__(self, message: str, candidates: tuple[str, ...] = (), *,
-                 reason: str = "unknown") -> None:
-        super().__init__(message)
-        self.candidates = candidates
-        self.reason = reason
-
-    def __str__(self) -> str:  # LookupError subclasses may quote their argument
-        return str(self.args[0]) if self.args else ""
 
 
 # ----------------------------------------------------------------------------- stores
@@ -174,6 +157,21 @@ def format_time(t: float | None) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
     except (OverflowError, OSError, ValueError):  # a record's absurd time
         return "-"
+
+
+def format_elapsed(sec: Any) -> str:
+    """A duration for people: ``350 µs``, ``12.5 ms``, ``3.20 s``, ``2m 05s``, ``1h 02m 05s``."""
+    if not isinstance(sec, (int, float)):
+        return "-"
+    if sec < 1e-3:
+        return f"{sec * 1e6:.0f} µs"
+    if sec < 1:
+        return f"{sec * 1e3:.1f} ms"
+    if sec < 60:
+        return f"{sec:.2f} s"
+    minutes, s = divmod(int(sec), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {s:02d}s" if hours else f"{minutes}m {s:02d}s"
 
 
 def format_runtime(runtime: Any) -> str:

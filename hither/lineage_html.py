@@ -103,7 +103,7 @@ def _time(t: Any) -> str:
 
 
 def _elapsed(sec: Any) -> str:
-    from .cli import _elapsed as fmt  # the CLI's format, so both read the same
+    from .explaining import format_elapsed as fmt  # the CLI's format
 
     try:
         return fmt(sec)
@@ -264,7 +264,7 @@ def _add_explanations(store: LocalStore, graph: LineageGraph,
 def _job_cache_hits(job: Any) -> dict[str, bool]:
     """Whether each completed job of ``job``'s pipeline (it and its upstream jobs, also
     inside list, tuple and dict arguments) came from the cache, by key."""
-    from .scheduler import _upstream_by_name
+    from .arguments import upstream_by_name as _upstream_by_name
 
     hits: dict[str, bool] = {}
     todo, seen = [job], set()

@@ -15,22 +15,22 @@ bytes, and hashing a large input never delays another job's result or timeout.
 
 from __future__ import annotations
 
-import copy
 import os
 import pickle
 import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import arguments
 from . import config as _config
-from ._codec import MAX_DEPTH, File
+from ._codec import File
 from .errors import JobCancelledException, SerializationError, UpstreamJobError
 from .fdef import FunctionDef
 from .handlers import inline as _inline
@@ -38,11 +38,6 @@ from .handlers.base import JobHandler, in_io_thread
 from .handlers.inline import DefaultJobHandler
 from .job import Job, JobStatus
 from .launch import Launch, Outcome, Recording
-
-#: arguments nested deeper than this are refused at ``.run()`` (SerializationError): the
-#: limit of what the codec and the key hasher accept
-MAX_NESTING = MAX_DEPTH
-_LEAVES = (str, int, float, bool, type(None), bytes, bytearray, complex)
 
 _live: dict[int, Job] = {}
 _live_lock = threading.Lock()
@@ -124,7 +119,7 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
     settings = _config.current()
     fdef.check_kwargs(kwargs)
     handler = settings.job_handler or default_handler()
-    nested = _upstream_by_name(kwargs)
+    nested = arguments.upstream_by_name(kwargs)
     upstream = list({id(j): j for jobs in nested.values() for j in jobs}.values())
     job = Job(fdef, kwargs, settings, handler, ENGINE, upstream=len(upstream))
     plan = _plan(job, kwargs, nested) if not upstream else None
@@ -190,78 +185,6 @@ def _forget(job: Future) -> None:
     _inline.notify_drivers()  # a thread running inline work may be waiting for this job
 
 
-def _walk(value: Any, path: str) -> Iterator[Any]:
-    """Every object inside ``value`` (lists, tuples, dicts, sets), depth first.
-
-    Raises SerializationError for a reference cycle or nesting deeper than
-    :data:`MAX_NESTING`, naming the path."""
-    stack: list[tuple[Any, str, int, frozenset[int]]] = [(value, path, 0, frozenset())]
-    while stack:
-        v, p, depth, active = stack.pop()
-        yield v
-        t = type(v)
-        if t in _LEAVES:
-            continue
-        if isinstance(v, dict):
-            items: Iterator[tuple[str, Any]] = ((f"{p}[{k!r}]", x) for k, x in v.items())
-        elif isinstance(v, (list, tuple, set, frozenset)):
-            items = ((f"{p}[{i}]", x) for i, x in enumerate(v))
-        else:
-            continue
-        if id(v) in active:
-            raise SerializationError(f"argument {p} contains itself (a reference cycle): "
-                                     "hither arguments must be trees of values", p)
-        if depth >= MAX_NESTING:
-            raise SerializationError(f"argument {p} is nested more than {MAX_NESTING} levels "
-                                     "deep: flatten it or pass it as an array or a File", p)
-        inner = active | {id(v)}
-        children = [(x, sub_path, depth + 1, inner) for sub_path, x in items
-                    if type(x) not in _LEAVES]
-        stack.extend(reversed(children))  # visited in order
-
-
-def _upstream_by_name(kwargs: dict[str, Any]) -> dict[str, list[Job]]:
-    """The jobs found in each argument (also inside lists, tuples and dicts)."""
-    out: dict[str, list[Job]] = {}
-    for name, value in kwargs.items():
-        if type(value) in _LEAVES:
-            continue
-        if isinstance(value, Job):
-            out[name] = [value]
-            continue
-        found = {id(v): v for v in _walk(value, f"kw[{name!r}]") if isinstance(v, Job)}
-        if found:
-            out[name] = list(found.values())
-    return out
-
-
-def _replace_jobs(value: Any) -> Any:
-    """``value`` with every job replaced by its result; container types are kept
-    (an OrderedDict or a defaultdict stays one, a namedtuple stays one)."""
-    if isinstance(value, Job):
-        return Future.result(value, 0)
-    if isinstance(value, dict):
-        if type(value) is dict:
-            return {k: _replace_jobs(v) for k, v in value.items()}
-        new = copy.copy(value)
-        for k, v in value.items():
-            new[k] = _replace_jobs(v)
-        return new
-    if isinstance(value, list):
-        items = [_replace_jobs(v) for v in value]
-        if type(value) is list:
-            return items
-        new_list = copy.copy(value)
-        new_list[:] = items
-        return new_list
-    if isinstance(value, tuple):
-        items = [_replace_jobs(v) for v in value]
-        if type(value) is tuple:
-            return tuple(items)
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    return value
-
-
 # ------------------------------------------------------------------------ planning
 @dataclass(slots=True)
 class _Plan:
@@ -285,11 +208,11 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
     """Work that can fail on the arguments, done once they are known: the files snapshot,
     the cache key and lookup, then (on a miss) the arguments frozen for the run."""
     if nested:
-        kwargs = {k: _replace_jobs(v) if k in nested else v for k, v in kwargs.items()}
+        kwargs = {k: arguments.replace_jobs(v) if k in nested else v for k, v in kwargs.items()}
     else:  # validated here; jobs with upstream jobs were validated by create_job
         for name, value in kwargs.items():
-            if type(value) not in _LEAVES:
-                for _ in _walk(value, f"kw[{name!r}]"):
+            if type(value) not in arguments.LEAVES:
+                for _ in arguments.walk(value, f"kw[{name!r}]"):
                     pass
     settings = job.get_settings()
     fdef = job.function_def
@@ -299,7 +222,7 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
         from .cacheflow import compute_key, lookup
 
         if not cache.readonly:
-            kwargs = _snapshot_files(kwargs, cache.store, plan)
+            kwargs = arguments.snapshot_files(kwargs, cache.store, plan.snapshots)
         upstream = {name: [up.key for up in jobs] for name, jobs in nested.items()}
         direct = {name for name, jobs in nested.items() if job.kwargs[name] is jobs[0]
                   and isinstance(job.kwargs[name], Job)}
@@ -310,7 +233,9 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
         if plan.hit is not None:
             return plan
         if plan.snapshots:
-            kwargs = _link_snapshots(kwargs, cache.store, plan)
+            kwargs, plan.links = arguments.link_snapshots(kwargs, cache.store,
+                                                                plan.snapshots)
+            plan.store_of_links = cache.store
     if plan.runtime is not None:
         from . import values
         from ._codec import EncodeError
@@ -325,106 +250,9 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
             raise SerializationError(f"{e} (arguments of a job in a container or environment "
                                      "cross as data, not as pickled objects)", e.path) from e
     else:
-        plan.kwargs_pickle, plan.kwargs = _freeze(fdef, kwargs,
-                                                  inline=job.handler.drives_in_caller)
+        plan.kwargs_pickle, plan.kwargs = arguments.freeze(fdef, kwargs,
+                                                           inline=job.handler.drives_in_caller)
     return plan
-
-
-def _freeze(fdef: FunctionDef, kwargs: dict[str, Any], *,
-            inline: bool) -> tuple[bytes | None, dict[str, Any] | None]:
-    """The arguments fixed now: pickled; on the inline handler, arguments that cannot be
-    pickled are deep-copied, and passed as they are when they cannot be copied either."""
-    try:
-        return pickle_kwargs(fdef, kwargs), None
-    except SerializationError:
-        if not inline:
-            raise
-    try:
-        return None, copy.deepcopy(kwargs)
-    except Exception:  # noqa: BLE001 - e.g. an open file: the caller's object itself
-        return None, kwargs
-
-
-def _files_in(value: Any) -> bool:
-    return any(isinstance(v, File) for v in _walk(value, "kw"))
-
-
-def _map_files(value: Any, fn: Callable[[File], File]) -> Any:
-    if isinstance(value, File):
-        return fn(value)
-    if type(value) in _LEAVES:
-        return value
-    if isinstance(value, dict):
-        if type(value) is dict:
-            return {k: _map_files(v, fn) for k, v in value.items()}
-        return _copy_dict(value, fn)
-    if isinstance(value, list):
-        return [_map_files(v, fn) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return type(value)(_map_files(v, fn) for v in value)
-    if isinstance(value, tuple):
-        items = [_map_files(v, fn) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    return value
-
-
-def _copy_dict(value: dict, fn: Callable[[File], File]) -> dict:
-    new = copy.copy(value)
-    for k, v in value.items():
-        new[k] = _map_files(v, fn)
-    return new
-
-
-def _snapshot_files(kwargs: dict[str, Any], store: Any, plan: _Plan) -> dict[str, Any]:
-    """Copy each File input into the store (once per content) and key it by the copy:
-    the job reads the snapshot, so a file changed after ``.run()`` cannot make the result
-    be stored under the old content's key."""
-    from .hashing import hash_file
-
-    def snap(f: File) -> File:
-        sha = plan.snapshots.get(f.path)
-        if sha is None:
-            try:
-                sha = hash_file(f.path)  # memoized by stat: an unchanged file is not read
-                if not store.refresh_blob("sha256://" + sha):
-                    sha = store.put_file(f.path).split("://", 1)[1]
-            except OSError as e:
-                raise SerializationError(f"cannot read File {f.path!r}: {e}") from e
-            plan.snapshots[f.path] = sha
-        return File._snapshot(f.path, sha)
-
-    changed = {name: _map_files(v, snap) for name, v in kwargs.items()
-               if type(v) not in _LEAVES and _files_in(v)}
-    return {**kwargs, **changed} if changed else kwargs
-
-
-def _link_snapshots(kwargs: dict[str, Any], store: Any, plan: _Plan
-                    ) -> dict[str, Any]:
-    """Hand the job its File inputs as read-only links to their snapshots, under their own
-    names (a suffix some readers depend on is kept)."""
-    links = plan.links = store.work_dir("in")  # gc removes it if this process dies
-    plan.store_of_links = store
-    made: dict[str, File] = {}
-
-    def link(f: File) -> File:
-        done = made.get(f.path)
-        if done is not None:
-            return done
-        sha = plan.snapshots[f.path]
-        folder = links / str(len(made))
-        folder.mkdir(mode=0o700)
-        target = folder / (f.name or "file")
-        blob = store.blob_path("sha256://" + sha)
-        try:
-            os.link(blob, target)
-        except OSError:
-            shutil.copyfile(blob, target)
-            os.chmod(target, 0o444)
-        made[f.path] = new = File._snapshot(str(target), sha)
-        return new
-
-    return {name: _map_files(v, link) if type(v) not in _LEAVES else v
-            for name, v in kwargs.items()}
 
 
 def _bundle_of(fdef: FunctionDef, store: Any) -> Any:
@@ -439,58 +267,6 @@ def _runtime_for(fdef: FunctionDef, settings: _config.Settings) -> Any:
     from .runtimes import runtime_for
 
     return runtime_for(fdef, settings)
-
-
-def pickle_kwargs(fdef: FunctionDef, kwargs: dict[str, Any]) -> bytes:
-    """Pickle arguments for a worker process; name the argument that cannot be.
-
-    Arguments that refer to ``__main__`` (an object of a class defined in the script or
-    notebook) go by value: a worker has no ``__main__`` of the caller to find it in."""
-    import cloudpickle
-
-    try:
-        data = pickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
-        if b"__main__" not in data:
-            return data
-    except Exception:  # noqa: BLE001 - try harder, then explain
-        pass
-
-    try:
-        return cloudpickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as e:  # noqa: BLE001
-        path, bad = _find_unpicklable(kwargs)
-        raise SerializationError(
-            f"argument {path} of {fdef.name}() (type {type(bad).__module__}."
-            f"{type(bad).__qualname__}) cannot be sent to a worker process: "
-            f"{type(e).__name__}: {e}. Pass plain data (numbers, strings, lists, dicts, "
-            "numpy arrays) or run with the inline DefaultJobHandler.", path) from e
-
-
-def _find_unpicklable(kwargs: dict[str, Any]) -> tuple[str, Any]:
-    import cloudpickle
-
-    def ok(v: Any) -> bool:
-        try:
-            cloudpickle.dumps(v)
-            return True
-        except Exception:  # noqa: BLE001
-            return False
-
-    def walk(v: Any, path: str) -> tuple[str, Any]:
-        items: Iterator[tuple[str, Any]] = iter(())
-        if isinstance(v, dict):
-            items = ((f"{path}[{k!r}]", x) for k, x in v.items())
-        elif isinstance(v, (list, tuple)):
-            items = ((f"{path}[{i}]", x) for i, x in enumerate(v))
-        for p, x in items:
-            if not ok(x):
-                return walk(x, p)
-        return path, v
-
-    for name, v in kwargs.items():
-        if not ok(v):
-            return walk(v, f"kw[{name!r}]")
-    return "kw", kwargs
 
 
 # ------------------------------------------------------------------------ dependencies
@@ -574,7 +350,7 @@ def _on_outcome(job: Job, plan: _Plan, hfut: Future) -> None:
     except BaseException as e:  # noqa: BLE001 - a broken handler must not hang the job
         outcome = Outcome(False, error=e)
     if plan.links is not None and outcome.ok:
-        outcome.value = _map_files(outcome.value, partial(_unlinked, plan))
+        outcome.value = arguments.map_files(outcome.value, partial(_unlinked, plan))
     _cleanup(plan)
     if isinstance(outcome.error, JobCancelledException):
         job._complete(outcome, JobStatus.CANCELLED)

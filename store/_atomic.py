@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from ._shared import make_dirs, share_fd
 from .errors import StoreError
 
 _OPEN_FLAGS = (
@@ -45,8 +46,9 @@ class TempFile:
             fd = os.open(self.path, _OPEN_FLAGS, 0o666)
         except FileNotFoundError:
             # tmp/ was removed under us (e.g. a concurrent clear()): recreate it once.
-            tmp_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(tmp_dir)
             fd = os.open(self.path, _OPEN_FLAGS, 0o666)
+        share_fd(fd, tmp_dir)
         self.file: BinaryIO = os.fdopen(fd, "wb")
 
     def finish(self) -> None:
@@ -114,7 +116,7 @@ def publish(tmp_path: Path, target: Path) -> None:
                 f"temp file {tmp_path} vanished before it could be moved to {target} "
                 "(was the store cleared or garbage-collected with older_than=0 meanwhile?)"
             ) from None
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
     except PermissionError:
         # Windows cannot replace a read-only file; elsewhere this re-raises below.
         if not target.exists():
@@ -161,7 +163,7 @@ def quarantine_file(
         except FileNotFoundError:
             if not path.exists():
                 return None
-            quarantine_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(quarantine_dir)
         except OSError:
             return None
     return None

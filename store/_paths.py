@@ -4,6 +4,7 @@ Layout under the store root::
 
     blobs/sha256/ab/cd/<hex>      blob whose sha256 is <hex> = "abcd..."
     records/<k0k1>/<key>.json     record whose key starts with the characters k0 k1
+    records/<k0k1>/<key>.<h>.sig  signatures of the record whose body hashes to <h>
     tmp/                          in-flight writes (same filesystem, so rename is atomic)
     tmp/<label>-<pid>@<host>-<t>/ private work folders of one process (see owned_name)
     tmp/gc-<hex>-...              a blob set aside by gc while it checks it is still garbage
@@ -18,12 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._shared import make_dirs
+
 BLOB_SCHEME = "sha256://"
 ENV_STORE = "HITHER_STORE"
 
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
 _KEY_RE = re.compile(r"[0-9A-Za-z_-]{8,128}")
 _RECORD_SUFFIX = ".json"
+SIDECAR_SUFFIX = ".sig"
 _LABEL_RE = re.compile(r"[a-z]+(?:-[a-z]+)*")
 _OWNED_RE = re.compile(
     r"(?P<label>[a-z]+(?:-[a-z]+)*)-(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9._-]+)-[0-9a-f]{8,}")
@@ -83,6 +87,22 @@ def is_key(key: str) -> bool:
     return _KEY_RE.fullmatch(key) is not None
 
 
+def blob_relpath(hexdigest: str) -> str:
+    """``blobs/sha256/ab/cd/<hex>``: where a blob lives under any store root (local or
+    remote), as a relative POSIX path."""
+    return f"blobs/sha256/{hexdigest[:2]}/{hexdigest[2:4]}/{hexdigest}"
+
+
+def record_relpath(key: str) -> str:
+    """``records/<k0k1>/<key>.json``: where a record lives under any store root."""
+    return f"records/{key[:2]}/{key}{_RECORD_SUFFIX}"
+
+
+def sidecar_relpath(key: str, checksum: str) -> str:
+    """``records/<k0k1>/<key>.<checksum>.sig``: the signatures of the record ``key`` whose
+    body hashes to ``checksum``. Named by the body, so a sidecar can never be paired with
+    another writer's version of the same record."""
+    return f"records/{key[:2]}/{key}.{checksum}{SIDECAR_SUFFIX}"
 def this_host() -> str:
     """This machine's name as it appears in owned names (``[A-Za-z0-9._-]`` only)."""
     import socket
@@ -156,7 +176,7 @@ class Layout:
     def create(self) -> None:
         """Create the directories of an empty store (idempotent)."""
         for d in (self.blobs_dir, self.records_dir, self.tmp_dir, self.quarantine_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_dirs(d)
 
     def blob_path(self, hexdigest: str) -> Path:
         """Path of the blob with this (already validated) hex digest."""
@@ -165,6 +185,10 @@ class Layout:
     def record_path(self, key: str) -> Path:
         """Path of the record with this (already validated) key."""
         return self.records_dir / key[:2] / (key + _RECORD_SUFFIX)
+
+    def sidecar_path(self, key: str, checksum: str) -> Path:
+        """Path of the signatures of record ``key`` with body checksum ``checksum``."""
+        return self.root / sidecar_relpath(key, checksum)
 
     def iter_blob_files(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
         """Yield ``(hexdigest, entry)`` for every well-placed blob file."""

@@ -40,6 +40,11 @@ def _canonical_bytes(body: dict[str, Any]) -> bytes:
                           ensure_ascii=True).encode("ascii")
 
 
+def body_checksum(body: dict[str, Any]) -> str:
+    """The hex sha256 of a record body's canonical JSON: the ``sha256`` field of its file."""
+    return hashlib.sha256(_canonical_bytes(body)).hexdigest()
+
+
 def encode_record(key: str, body: dict[str, Any]) -> bytes:
     """Serialize ``body`` stored under ``key`` into the bytes of a record file.
 

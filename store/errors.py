@@ -9,6 +9,8 @@ The hierarchy::
 
     UserWarning
      └── StoreWarning                a damaged record was found and moved to quarantine
+          └── RemoteStoreWarning     a remote's entry was not used (unsigned, untrusted,
+                                     damaged) or the remote could not be reached
 
 Malformed arguments (a bad blob uri, a bad record key) raise :class:`ValueError`, and
 values of the wrong type raise :class:`TypeError`: those are caller mistakes, not store
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BlobNotFoundError", "CorruptBlobError", "StoreError", "StoreWarning"]
+__all__ = ["BlobNotFoundError", "CorruptBlobError", "RemoteStoreWarning", "StoreError",
+           "StoreWarning"]
 
 
 class StoreError(Exception):
@@ -87,3 +90,8 @@ class CorruptBlobError(StoreError):
 
 class StoreWarning(UserWarning):
     """Something in the store was damaged and has been set aside (e.g. a corrupt record)."""
+
+
+class RemoteStoreWarning(StoreWarning):
+    """A remote store's entry was not used (it failed a check), or the remote could not be
+    reached or written; the lookup went on as a cache miss."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -24,6 +25,7 @@ from ._atomic import (
 from ._maintenance import clear_store, collect_garbage, store_info
 from ._paths import _RECORD_SUFFIX, Layout, blob_uri, check_key, owned_name, parse_blob_uri
 from ._records import BadRecord, decode_record, encode_record
+from ._shared import ENV_GROUP, make_dirs, share_with_group
 from ._verify import VERIFIED, hash_stream, signature
 from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
 
@@ -56,6 +58,11 @@ class LocalStore:
             (unless ``readonly``).
         readonly: never write, create, touch, move or delete anything: writing methods
             raise :class:`StoreError`, and damaged files are reported but left in place.
+        group: share the store with the users of this group (default:
+            ``$HITHER_STORE_GROUP``): its folders become setgid and group-writable, and
+            every file it writes group-writable, whatever the umask (see
+            :mod:`hither_store._shared`). A store whose folder is setgid is shared so
+            anyway.
         fsync: fsync every file before publishing it (default: ``$HITHER_STORE_FSYNC``,
             else off). Without it a power loss may lose the newest writes, which then
             read as damaged and are ignored (a cache miss), never as wrong content;
@@ -63,13 +70,16 @@ class LocalStore:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool | None = None,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, group: str | None = None) -> None:
         if fsync is None:
             fsync = os.environ.get("HITHER_STORE_FSYNC", "").lower() in ("1", "true", "yes")
         self.fsync = fsync
         self.readonly = bool(readonly)
         self._layout = Layout(Path(os.fspath(root)).expanduser().resolve())
+        group = group or os.environ.get(ENV_GROUP) or None
         if not self.readonly:
+            if group:
+                share_with_group(self._layout.root, group, self._layout.subdirs())
             self._layout.create()
         self._records_root = str(self._layout.records_dir)
 
@@ -170,8 +180,11 @@ class LocalStore:
         """
         self._writing("store a blob")
         with TempFile(self._layout.tmp_dir, "blob", self.fsync) as tmp:
-            write(tmp.file)
-            tmp.finish()
+            try:
+                write(tmp.file)
+                tmp.finish()
+            except OSError as e:
+                raise _with_errno(e, tmp.file, self.root) from e
             with open(tmp.path, "rb", buffering=0) as f:
                 hexdigest, size = hash_stream(f)
         return self._place_blob(tmp.path, hexdigest, size)
@@ -487,7 +500,7 @@ class LocalStore:
         named ``<label>-<pid>@<host>-<random>``; gc removes it once the process is gone.
         The caller removes it when done."""
         self._writing("make a work folder")
-        self._layout.tmp_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self._layout.tmp_dir)
         while True:
             path = self._layout.tmp_dir / owned_name(label)
             try:
@@ -507,3 +520,18 @@ class LocalStore:
 
 def _reopen(root: str, fsync: bool, readonly: bool = False) -> LocalStore:
     return LocalStore(root, fsync=fsync, readonly=readonly)
+
+
+def _with_errno(e: OSError, f: BinaryIO, root: Path) -> OSError:
+    """``e``, or for a short write without an errno (what ``numpy`` raises when the disk
+    is full: "N requested and M written") an ``ENOSPC`` error that says so."""
+    if e.errno is not None or "requested and" not in str(e):
+        return e
+    try:
+        st = os.fstatvfs(f.fileno())
+        free = f", {st.f_bavail * st.f_frsize} bytes free"
+    except (OSError, ValueError):
+        free = ""
+    return OSError(errno.ENOSPC, f"No space left on device while storing a blob in {root} "
+                                 f"(a short write: {e}{free}); free space, or run "
+                                 "`hither cache gc`")

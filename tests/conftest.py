@@ -10,6 +10,9 @@ import pytest
 import hither as hi
 from hither.handlers import host
 
+# the S3 (moto) and static web servers, keys and buckets of the sharing tests
+pytest_plugins = ["tests.servers"]
+
 # jobs must be importable by worker processes (spawn/forkserver import them by name)
 _HANDLERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handlers")
 if _HANDLERS_DIR not in sys.path:

@@ -31,7 +31,7 @@ from tests.cachefuncs import (
     strict_equal,
 )
 from tests.cachefuncs import funcs as cf
-from tests.readonly_mount import read_only_view, tree
+from tests.mounts import read_only_view, tree
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -85,3 +85,21 @@ def test_public_names_stay_themselves_after_every_submodule_is_imported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_import_and_help_load_no_heavy_module():
+    # start-up cost: rich, docker and numpy load only when a command or a runtime needs them
+    import subprocess
+    import sys
+
+    code = (
+        "import contextlib, io, sys\n"
+        "import hither\n"
+        "from hither.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0\n"
+        "print([m for m in ('rich', 'docker', 'numpy', 'asyncio') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -31,7 +31,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .. import _codec, values
 from ..errors import (
@@ -91,6 +91,11 @@ class StdioWorker:
             shutil.rmtree(self.out_dir, ignore_errors=True)
             raise
         self.pid = self.proc.pid
+        # start_worker opens all three pipes
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        self._stdin: IO[bytes] = self.proc.stdin
+        self._stdout: IO[bytes] = self.proc.stdout
+        self._stderr: IO[bytes] = self.proc.stderr
         self._out_buf = b""
         self._err_buf = b""
         self.stderr_tail: list[str] = []
@@ -103,7 +108,7 @@ class StdioWorker:
         self._ingesting = 0  # outcomes whose result files are still to be moved in
         self.current: Launch | None = None  # the job sent last (a worker runs one at a time)
         self.live_console: list[ConsoleLine] = []  # its lines received live (timed jobs)
-        for f in (self.proc.stdout, self.proc.stderr):
+        for f in (self._stdout, self._stderr):
             os.set_blocking(f.fileno(), False)
 
     # ------------------------------------------------------------------ sending
@@ -138,8 +143,8 @@ class StdioWorker:
     def send(self, data: bytes) -> bool:
         """Write a message; False when the worker is gone."""
         try:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
+            self._stdin.write(data)
+            self._stdin.flush()
             return True
         except (OSError, ValueError):
             return False
@@ -147,11 +152,11 @@ class StdioWorker:
     # ------------------------------------------------------------------ reading
     def fds(self) -> tuple[int, int]:
         """The worker's stdout and stderr file descriptors."""
-        return self.proc.stdout.fileno(), self.proc.stderr.fileno()
+        return self._stdout.fileno(), self._stderr.fileno()
 
     def read_stdout(self) -> list[dict[str, Any]]:
         """Messages available on stdout; raises EOFError when the worker closed it."""
-        data = _read_available(self.proc.stdout.fileno())
+        data = _read_available(self._stdout.fileno())
         if data is None:
             self.ended = True
             raise EOFError
@@ -191,7 +196,7 @@ class StdioWorker:
     def read_stderr(self) -> bool:
         """Collect stderr lines (output written straight to the file descriptors by a job,
         or by the engine); they join the running job's console. False at EOF."""
-        data = _read_available(self.proc.stderr.fileno())
+        data = _read_available(self._stderr.fileno())
         if data is None:
             return False
         self._err_buf += data
@@ -405,7 +410,7 @@ class StdioWorker:
             warnings.warn(f"could not remove worker {self.spec.name} of "
                           f"{self.runtime.describe()}: {e}", RuntimeWarning, stacklevel=2)
         finally:
-            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            for f in (self._stdin, self._stdout, self._stderr):
                 try:
                     f.close()
                 except OSError:
@@ -486,7 +491,7 @@ def _for_worker(path: Path) -> Path:
 
 def _read_available(fd: int) -> bytes | None:
     """What can be read now without blocking (b"" if nothing); None at EOF."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             data = os.read(fd, 1 << 16)

@@ -11,10 +11,12 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hither_store._shared import make_dirs
 
 from ..codeid import source_files
 
@@ -41,15 +43,20 @@ class CodeBundle:
     files: tuple[str, ...]
 
 
+def bundle_digest(files: Mapping[str, str]) -> str:
+    """The digest naming a bundle of files (relative name -> hex sha256 of the content)."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + bytes.fromhex(files[rel]))
+    return h.hexdigest()[:32]
+
+
 def _publish(root: Path, files: dict[str, Path]) -> tuple[str, Path]:
     """Copy ``files`` (relative name -> source) to ``root/<digest>`` once; atomic."""
-    h = hashlib.sha256()
-    contents: dict[str, bytes] = {}
-    for rel in sorted(files):
-        data = Path(files[rel]).read_bytes()
-        contents[rel] = data
-        h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    digest = h.hexdigest()[:32]
+    contents: dict[str, bytes] = {rel: Path(files[rel]).read_bytes() for rel in sorted(files)}
+    digest = bundle_digest({rel: hashlib.sha256(data).hexdigest()
+                            for rel, data in contents.items()})
+    make_dirs(root)  # group-writable in a group-shared store
     final = root / digest
     if final.is_dir():
         return digest, final
@@ -82,7 +89,7 @@ def worker_dir(store_root: Path) -> Path:
 def code_root(store_root: Path) -> Path:
     """The folder under which every code bundle of this store lives."""
     root = store_root / "code"
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     return root
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import hither as hi
 from hither.testing.jobs import ht_add, ht_np_make
-from tests.readonly_mount import read_only_view, tree
+from tests.mounts import read_only_view, tree
 
 from .cfuncs import c_np_sum
 from .conftest import make_case, make_handler

@@ -57,11 +57,13 @@ def test_identity_is_the_image_id(rt):
 
 def test_rebuilt_image_gets_new_digest_after_clear(rt, tmp_path):
     tag = "local/hither-test-rebuild:t"
+    built: list[str] = []
 
     def build(value: str) -> None:
         (tmp_path / "Dockerfile").write_text(f"FROM {TEST_IMAGE}\nENV HITHER_REBUILD={value}\n")
         subprocess.run(["docker", "build", "-q", "-t", tag, str(tmp_path)], check=True,
                        capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        built.append(inspect_id(tag))
 
     try:
         build(uuid.uuid4().hex)
@@ -73,7 +75,11 @@ def test_rebuilt_image_gets_new_digest_after_clear(rt, tmp_path):
         second = DockerRuntime(tag).identity()["digest"]
         assert second == inspect_id(tag) != first
     finally:
-        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+        # the first build loses its tag to the second: remove both, leave nothing dangling
+        subprocess.run(["docker", "rmi", "-f", tag, *built], capture_output=True)
+        left = subprocess.run(["docker", "images", "-q", "--no-trunc"], capture_output=True,
+                              text=True).stdout.split()
+        assert not set(built) & set(left)
 
 
 @pytest.mark.timeout(60)

@@ -55,6 +55,8 @@ def __getattr__(name):
     def unavailable(*_args, **_kwargs):
         raise RuntimeError(
             "hither.%s is not available inside a job's runtime (container or environment): "
-            "start jobs from the host program instead" % name)
+            "start jobs from the host program instead. The module of a function that runs "
+            "in a runtime is imported there, so its top-level code runs there too: put the "
+            "code that starts jobs under 'if __name__ == \"__main__\":'" % name)
 
     return unavailable

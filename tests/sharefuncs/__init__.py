@@ -1,0 +1,1 @@
+"""Job functions and a runnable pipeline for the sharing tests (see pipeline.py)."""

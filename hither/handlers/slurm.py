@@ -80,7 +80,8 @@ class SlurmJobHandler(JobHandler):
         idle_timeout: seconds a pilot worker waits for a job before it ends.
         batch_window: array mode: a batch is submitted once no new miss came for this many
             seconds (and at the latest ``4 x batch_window`` after its first).
-        sbatch_interval: array mode: seconds between two ``sbatch`` calls, at least.
+        sbatch_interval: array mode: seconds from the end of one ``sbatch`` call to the next,
+            at least.
         max_submit_jobs: array mode: tasks out at once (default: Slurm's ``MaxSubmitJobs``
             for this user, when set).
         poll_interval: ``(first, longest)`` seconds between two accounting calls.

@@ -145,10 +145,10 @@ class ArrayMode:
             opts = dataclasses.replace(opts, time_limit=max(t for t in timeouts if t) + 60)
         script = folder / "script.sh"
         script.write_text(ss.array_script(opts, name, len(todo), parallel))
-        self._last_sbatch = time.monotonic()
         try:
             job = h.commands.sbatch(str(script))
         except SlurmError as e:
+            self._last_sbatch = time.monotonic()  # the interval counts from a call's end
             if ss.is_submit_limit(str(e)) and self._requeue(todo):
                 return
             for task in todo:
@@ -156,6 +156,7 @@ class ArrayMode:
                     f"job {task.launch.label!r} could not be submitted to Slurm: {e}",
                     job_label=task.launch.label)))
             return
+        self._last_sbatch = time.monotonic()
         h.sbatch_calls += 1
         self._refused_since = None
         h.arrays.append((job, len(todo)))

@@ -30,6 +30,8 @@ class SlurmCommands:
     def __init__(self, timeout: float = 120.0) -> None:
         self.timeout = timeout
         self.calls: Counter[str] = Counter()
+        self.call_times: dict[str, list[float]] = {}
+        """When each command was run (``time.monotonic()``), by name."""
         self._lock = threading.Lock()
         self._config: dict[str, str] | None = None
 
@@ -37,6 +39,7 @@ class SlurmCommands:
         """Run ``argv``; raises :class:`SlurmError` (with its stderr) when it fails."""
         with self._lock:
             self.calls[argv[0]] += 1
+            self.call_times.setdefault(argv[0], []).append(time.monotonic())
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
                                stdin=subprocess.DEVNULL)

@@ -10,8 +10,7 @@ array end in that state without running, e.g. ``1=PREEMPTED,2=TIMEOUT``; of *eve
 with ``FAKE_STATES_EVERY=1``), ``FAKE_DELAY`` (seconds before a task starts),
 ``FAKE_MAX_SUBMIT`` (the user's MaxSubmitJobs, told by ``sacctmgr``; ``sbatch`` refuses an
 array that would pass it; ``FAKE_LIMIT_HIDDEN=1``: ``sacctmgr`` does not tell it),
-``FAKE_SACCT_BLIND=1`` (``sacct`` knows no job). ``times.log``
-holds the wall-clock time of each call.
+``FAKE_SACCT_BLIND=1`` (``sacct`` knows no job).
 """
 
 from __future__ import annotations
@@ -102,8 +101,6 @@ def main(argv: list[str]) -> int:
     if cmd != "_task":
         with open(D / "calls.log", "a") as f:
             f.write(" ".join([cmd, *args]) + "\n")
-        with open(D / "times.log", "a") as f:
-            f.write(f"{cmd} {time.time():.6f}\n")
     if cmd == "sbatch":
         return sbatch(args)
     if cmd == "_task":

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .handlers.slurm import SlurmJobHandler
     from .runtimes.venv import PythonEnv
     from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
+    from .verifying import load
 
 # imported on first use: `import hither` stays fast (asyncio, the runtimes, the worker
 # pool and the utilities are not needed by every script)
@@ -57,6 +58,7 @@ _LAZY = {
     "gather": ".aio",
     "explain": ".explaining",
     "lineage": ".explaining",
+    "load": ".verifying",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
     "SlurmJobHandler": ".handlers.slurm",
@@ -143,6 +145,7 @@ __all__ = [
     "get_function",
     "identity",
     "lineage",
+    "load",
     "local_modules",
     "noop",
     "opts",

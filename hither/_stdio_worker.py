@@ -4,7 +4,8 @@ Started as ``python3 -u /hither/worker/_worker.py --stdio``. Like :mod:`hither._
 it uses only the standard library and stays valid Python 3.8 (numpy only when arrays
 cross), because it runs in any image.
 
-worker -> parent, first:  {"op": "hello", "python": "3.11.2", "pid": N, "numpy": "1.24.2"|null}
+worker -> parent, first:  {"op": "hello", "python": "3.11.2", "pid": N, "numpy": "1.24.2"|null,
+                           "packages": "name==version\n..." (the runtime's distributions)}
 parent -> worker:         {"op": "ping"} -> {"op": "pong"};  {"op": "stop"} -> exit 0
   {"op": "run", "id", "label", "module": {"name", "dir"}, "function", "args": manifest,
    "blobs": dir, "out": dir, "stream": prefix|null}
@@ -48,6 +49,27 @@ def _numpy_version():
         return metadata.version("numpy")
     except Exception:
         return None
+
+
+def _packages(paths=None):
+    """``name==version`` lines of the distributions on ``sys.path`` (sorted; the first of
+    a name wins, as for imports), for the record's provenance. Read from the names of the
+    ``*.dist-info`` / ``*.egg-info`` folders (one listing per path entry; nothing is
+    imported or opened); an ``.egg-info`` without a version in its name is left out."""
+    found = {}
+    for entry in sys.path if paths is None else paths:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for name in names:
+            for suffix in (".dist-info", ".egg-info"):
+                if name.endswith(suffix):
+                    parts = name[: -len(suffix)].split("-")
+                    if len(parts) >= 2 and parts[0] and parts[1][:1].isdigit():
+                        key = parts[0].replace("_", "-").replace(".", "-").lower()
+                        found.setdefault(key, (parts[0].replace("_", "-"), parts[1]))
+    return "".join("%s==%s\n" % found[k] for k in sorted(found))
 
 
 def _blob_getter(blobs_dir):
@@ -239,7 +261,7 @@ def serve_stdio():
         os._exit(0)  # the parent is gone or done with us
 
     send({"op": "hello", "python": "%d.%d.%d" % sys.version_info[:3], "pid": os.getpid(),
-          "numpy": _numpy_version()})
+          "numpy": _numpy_version(), "packages": _packages()})
     threading.Thread(target=read, name="hither-worker-reader", daemon=True).start()
     echo = _EchoMessages(send)
     while True:

@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -172,10 +173,12 @@ InputSource = Callable[[], tuple[str, dict[str, Any]]]
 
 
 def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings,
-           fdef: FunctionDef, label: str, handler: str, inputs: InputSource) -> str | None:
+           fdef: FunctionDef, label: str, handler: str, inputs: InputSource,
+           runtime: Any = None) -> str | None:
     """Store ``outcome`` under its key; returns the result hash (None for a failure or a
     result that cannot be stored). ``inputs()`` gives the job's inputs as they ran:
-    ``("manifest", {name: manifest})`` or ``("values", {name: value})``.
+    ``("manifest", {name: manifest})`` or ``("values", {name: value})``; ``runtime`` is
+    where the job ran (None: the host).
 
     An outcome with ``info["recorded"]`` was recorded where the job ran (a cluster node,
     through this same function): nothing more is stored."""
@@ -215,7 +218,8 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
                  result=manifest, result_hash=result_hash, error=error,
                  console=tuple((float(t), str(x), bool(e)) for t, x, e in outcome.console),
                  provenance=_provenance(keyinfo, outcome, fdef=fdef, label=label,
-                                        handler=handler),
+                                        handler=handler, store=cache.store,
+                                        runtime=runtime),
                  inputs=_input_entries(keyinfo, inputs, cache.store))
     cache.put_record(keyinfo.key, rec.to_dict())
     return result_hash
@@ -247,8 +251,37 @@ def _encoded(value: Any, store: Any, name: str) -> Any:
         return _NOT_ENCODED
 
 
+#: functions without a code bundle (no source file: a notebook cell, exec'd code)
+_NO_BUNDLE: weakref.WeakKeyDictionary[FunctionDef, str] = weakref.WeakKeyDictionary()
+
+
+def _code_bundle(fdef: FunctionDef, store: Any, code: str) -> tuple[str | None, dict[str, str]]:
+    """The job's code bundle in ``store`` (published once per code identity), so the job
+    can be re-run from its record alone; none for code without a source file."""
+    if _NO_BUNDLE.get(fdef) == code:
+        return None, {}
+    try:
+        bundle = fdef.code_bundle(store.root)
+    except (TypeError, ValueError, OSError):
+        _NO_BUNDLE[fdef] = code
+        return None, {}
+    return bundle.digest, {"module": bundle.module, "function": bundle.function}
+
+
+def _runtime_facts(runtime: Any, identity: dict[str, Any], store: Any,
+                   reported: Any) -> dict[str, Any]:
+    from .runtime_info import runtime_facts
+
+    try:
+        return runtime_facts(runtime, identity, store,
+                             reported if isinstance(reported, str) else None)
+    except Exception as e:  # noqa: BLE001 - descriptive only: the result is stored anyway
+        warnings.warn(f"the runtime's package list is not recorded: {e}", stacklevel=3)
+        return {}
+
+
 def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label: str,
-                handler: str) -> Provenance:
+                handler: str, store: Any = None, runtime: Any = None) -> Provenance:
     from . import __version__
 
     code = keyinfo.code
@@ -257,10 +290,17 @@ def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001
         user = None
+    bundle, entry = _code_bundle(fdef, store, code.digest) if store is not None \
+        else (None, {})
+    facts = _runtime_facts(runtime, keyinfo.parts["runtime"], store,
+                           outcome.info.get("runtime_packages")) if store is not None else {}
     return Provenance(
         function=FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
                               module=code.module, source=code.source,
-                              sources=dict(code.sources), external=dict(code.external)),
+                              sources=dict(code.sources), external=dict(code.external),
+                              parts=dict(code.parts)),
+        code_bundle=bundle, code_entry=entry, packages=facts.get("packages"),
+        runtime_lock=facts.get("lock"),
         runtime=keyinfo.parts["runtime"], key_parts=keyinfo.parts, label=label,
         handler=handler, start_time=start, end_time=end,
         elapsed_sec=(end - start) if (start is not None and end is not None) else None,

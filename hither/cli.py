@@ -6,8 +6,9 @@
     hither show KEY                        a record's provenance and lineage
     hither explain KEY                     what went into a key; how it differs from the
                                            nearest other record of the same function
-    hither key|push|pull|publish|remote    sharing results (see hither.cli_share)
     hither ui                              lineage pages of the store on 127.0.0.1
+    hither key|push|pull|publish|remote    sharing results (see hither.cli_share)
+    hither get|verify|export|import|reproduce   results by key (see hither.cli_reproduce)
 
 Every command takes ``--store PATH`` (default: ``$HITHER_STORE`` or the user cache
 directory). Keys may be abbreviated to a unique prefix of at least 6 hex characters.
@@ -113,9 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any)")
     p.set_defaults(func="cli_cache:cmd_ui")
 
-    from .cli_share_parser import add_commands
+    from .cli_reproduce_parser import add_commands as add_reproduce_commands
+    from .cli_share_parser import add_commands as add_share_commands
 
-    add_commands(sub, common, _usage_of)
+    add_share_commands(sub, common, _usage_of)
+    add_reproduce_commands(sub, common)
     parser.set_defaults(func=_usage_of(parser))
     return parser
 

@@ -16,7 +16,9 @@ descriptive fields, for displays of records written by older versions).
                                  "external"},
                     "runtime", "key_parts", "label", "handler", "start_time", "end_time",
                     "elapsed_sec", "recorded_at", "host", "user", "hither_version", "python",
-                    "platform", "worker", ...},
+                    "platform", "worker", "code_bundle",
+                    "code_entry": {"module", "function"}, "packages",
+                    "runtime_lock", ...},
      "inputs": {name: {"digest", "desc", "job"? | "jobs"?, "value"?}}}
 """
 
@@ -73,6 +75,8 @@ class FunctionInfo:
     source: str = ""
     sources: dict[str, str] = field(default_factory=dict)
     external: dict[str, str] = field(default_factory=dict)
+    parts: dict[str, str] = field(default_factory=dict)
+    """The pieces of the code identity (piece name -> sha256): ``code`` is their digest."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], strict: bool = True) -> FunctionInfo:
@@ -82,12 +86,13 @@ class FunctionInfo:
                    code=_str(d, "code", default=""), module=_str(d, "module", default=""),
                    source=_str(d, "source", default=""),
                    sources={str(k): str(v) for k, v in _dict(d, "sources").items()},
-                   external={str(k): str(v) for k, v in _dict(d, "external").items()})
+                   external={str(k): str(v) for k, v in _dict(d, "external").items()},
+                   parts={str(k): str(v) for k, v in _dict(d, "parts").items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "code": self.code,
                 "module": self.module, "source": self.source, "sources": dict(self.sources),
-                "external": dict(self.external)}
+                "external": dict(self.external), "parts": dict(self.parts)}
 
 
 @dataclass(frozen=True)
@@ -110,12 +115,22 @@ class Provenance:
     python: str = ""
     platform: str = ""
     worker: Any = None
+    code_bundle: str | None = None
+    """The digest of the code bundle (``<store>/code/<digest>``): the function's module
+    file, local modules and additional files, as shipped to a worker."""
+    code_entry: dict[str, str] = field(default_factory=dict)
+    """Where the function is in its code bundle: ``{"module", "function"}``."""
+    packages: Any = None
+    """The Python packages of the runtime (``name==version`` lines), a blob manifest."""
+    runtime_lock: Any = None
+    """A uv environment's requirements lock, a blob manifest (rebuilds the environment)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Fields this version does not know (kept as they are)."""
 
     _KNOWN = ("function", "runtime", "key_parts", "label", "handler", "start_time",
               "end_time", "elapsed_sec", "recorded_at", "host", "user", "hither_version",
-              "python", "platform", "worker")
+              "python", "platform", "worker", "code_bundle", "code_entry", "packages",
+              "runtime_lock")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], strict: bool = True) -> Provenance:
@@ -133,7 +148,9 @@ class Provenance:
                    host=str(d.get("host") or ""), user=None if user is None else str(user),
                    hither_version=str(d.get("hither_version") or ""),
                    python=str(d.get("python") or ""), platform=str(d.get("platform") or ""),
-                   worker=d.get("worker"),
+                   worker=d.get("worker"), code_bundle=_str(d, "code_bundle", default=None),
+                   code_entry={str(k): str(v) for k, v in _dict(d, "code_entry").items()},
+                   packages=d.get("packages"), runtime_lock=d.get("runtime_lock"),
                    extra={k: v for k, v in d.items() if k not in cls._KNOWN})
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,7 +159,9 @@ class Provenance:
                 "start_time": self.start_time, "end_time": self.end_time,
                 "elapsed_sec": self.elapsed_sec, "recorded_at": self.recorded_at,
                 "host": self.host, "user": self.user, "hither_version": self.hither_version,
-                "python": self.python, "platform": self.platform, "worker": self.worker}
+                "python": self.python, "platform": self.platform, "worker": self.worker,
+                "code_bundle": self.code_bundle, "code_entry": dict(self.code_entry),
+                "packages": self.packages, "runtime_lock": self.runtime_lock}
 
 
 @dataclass(frozen=True)

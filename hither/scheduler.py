@@ -381,7 +381,7 @@ def _record(job: Job, plan: _Plan, keyinfo: Any, outcome: Outcome) -> None:
         job._set_result_hash(record(
             settings.job_cache, keyinfo, outcome, settings=settings,
             fdef=job.function_def, label=job.label, handler=type(job.handler).__name__,
-            inputs=lambda: _input_values(plan)))
+            inputs=lambda: _input_values(plan), runtime=plan.runtime))
     except Exception as e:  # noqa: BLE001 - a cache failure must not lose the result
         import warnings
 

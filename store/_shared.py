@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["ENV_GROUP", "is_group_shared", "make_dirs", "share_with_group"]
+__all__ = ["ENV_GROUP", "is_group_shared", "make_dirs", "set_tree_modes", "share_with_group"]
 
 ENV_GROUP = "HITHER_STORE_GROUP"
 DIR_MODE = 0o2775
@@ -51,6 +51,19 @@ def make_dirs(path: Path) -> None:
         if is_group_shared(d.parent):
             with contextlib.suppress(OSError):
                 os.chmod(d, DIR_MODE)
+
+
+def set_tree_modes(tree: str | os.PathLike[str], parent: str | os.PathLike[str]) -> None:
+    """Give a finished folder of files that never change (a code bundle, the worker's
+    files), about to be renamed into ``parent``, the modes of its store: folders 0755 and
+    files 0644, or 2775 and 0664 when ``parent`` is group-shared (so that any member of
+    the group may remove it)."""
+    shared = is_group_shared(parent)
+    dir_mode, file_mode = (DIR_MODE, FILE_MODE) if shared else (0o755, 0o644)
+    for d, _dirs, names in os.walk(tree):
+        os.chmod(d, dir_mode)
+        for n in names:
+            os.chmod(os.path.join(d, n), file_mode)
 
 
 def share_fd(fd: int, folder: str | os.PathLike[str]) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ._paths import is_key, parse_blob_uri
-from ._shared import make_dirs
+from ._shared import make_dirs, set_tree_modes
 from ._verify import hash_stream
 from .errors import BlobNotFoundError, StoreError
 from .local import LocalStore
@@ -263,10 +263,7 @@ def install_code_dir(root: Path, digest: str, files: Mapping[str, Path | bytes],
                 target.write_bytes(src)
             else:
                 shutil.copyfile(src, target)
-        for d, _dirs, names in os.walk(tmp):
-            os.chmod(d, 0o755)
-            for n in names:
-                os.chmod(os.path.join(d, n), 0o644)
+        set_tree_modes(tmp, code_root)
         with contextlib.suppress(OSError):  # another process placed the same bundle
             os.rename(tmp, final)
     finally:

@@ -98,7 +98,8 @@ def record(spec: sf.NodeSpec, launch: Launch, outcome: Outcome) -> None:
     try:
         result_hash = put_record(settings.job_cache, c.keyinfo, outcome, settings=settings,
                                  fdef=FunctionDef(launch.fn, c.name, c.version),
-                                 label=spec.label, handler=spec.handler, inputs=inputs)
+                                 label=spec.label, handler=spec.handler, inputs=inputs,
+                                 runtime=launch.runtime)
     except Exception as e:  # noqa: BLE001 - the driver records it then
         print(f"hither: could not record job {spec.label!r}: {type(e).__name__}: {e}",
               file=sys.stderr)

@@ -239,6 +239,9 @@ class StdioWorker:
         console = [tuple(x) for x in msg.get("console") or []] + stderr_lines
         console.sort(key=lambda x: x[0])
         info: dict[str, Any] = {"worker_pid": self.pid, "runtime": self.runtime.describe()}
+        packages = _packages_of(self.hello)
+        if packages is not None:
+            info["runtime_packages"] = packages
         start, end = msg.get("start"), msg.get("end")
         if msg.get("ok"):
             try:
@@ -504,3 +507,16 @@ def _read_available(fd: int) -> bytes | None:
             break
     return b"".join(chunks)
 
+
+_PACKAGE_LINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}==[A-Za-z0-9._+!-]{1,100}")
+_MAX_PACKAGES = 256 << 10
+
+
+def _packages_of(hello: dict[str, Any] | None) -> str | None:
+    """The package list a worker reported in its hello (untrusted: only well-formed
+    ``name==version`` lines of a bounded total size are kept)."""
+    text = (hello or {}).get("packages")
+    if not isinstance(text, str) or len(text) > _MAX_PACKAGES:
+        return None
+    lines = [x for x in text.splitlines() if _PACKAGE_LINE.fullmatch(x)]
+    return "".join(x + "\n" for x in lines) if lines else None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hither_store._shared import make_dirs
+from hither_store._shared import make_dirs, set_tree_modes
 
 from ..codeid import source_files
 
@@ -66,10 +66,7 @@ def _publish(root: Path, files: dict[str, Path]) -> tuple[str, Path]:
         target = tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    for d, _dirs, names in os.walk(tmp):
-        os.chmod(d, 0o755)
-        for n in names:
-            os.chmod(os.path.join(d, n), 0o644)
+    set_tree_modes(tmp, root)
     try:
         os.rename(tmp, final)
     except OSError:  # another process published the same digest first

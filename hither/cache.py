@@ -7,7 +7,7 @@ import os
 import shutil
 import stat
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,21 +122,31 @@ class JobCache:
         """The remote stores behind the local one, in the order they are read."""
         return list(self._stack.remotes) if self._stack is not None else []
 
-    def get_record(self, key: str) -> dict[str, Any] | None:
+    def get_record(self, key: str, *,
+                   summarize: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+                   ) -> dict[str, Any] | None:
         """The record stored under ``key`` (None when absent or unreadable); a record
-        found on a remote is verified and copied into the local store first."""
-        rec = self.store.get_record(key)
+        found on a remote is verified and copied into the local store first.
+        ``summarize`` feeds the local store's hit index (see :meth:`get_hit`)."""
+        rec = self.store.get_record(key, summarize=summarize)
         if rec is None and self._stack is not None and self._stack.remotes:
             rec = self._stack.fetch(key)
         return rec
 
-    def put_record(self, key: str, record: dict[str, Any]) -> None:
+    def get_hit(self, key: str) -> dict[str, Any] | None:
+        """The summary of the local record of ``key`` from the store's hit index (None:
+        read the record with :meth:`get_record`)."""
+        return self.store.get_hit(key)
+
+    def put_record(self, key: str, record: dict[str, Any], *,
+                   summary: dict[str, Any] | None = None) -> None:
         """Store ``record`` under ``key`` (nothing when read-only); signed when a signing
-        key is set, and pushed to the remotes whose policy is ``"on_finish"``."""
+        key is set, and pushed to the remotes whose policy is ``"on_finish"``. ``summary``
+        goes to the hit index when the record is stored here directly."""
         if self.readonly:
             return
         if self._stack is None:
-            self.store.put_record(key, record)
+            self.store.put_record(key, record, summary=summary)
         else:
             self._stack.put_record(key, record)
 

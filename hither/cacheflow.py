@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import platform
 import socket
 import sys
@@ -41,9 +42,9 @@ from .errors import (
     rebuild_exception,
 )
 from .fdef import FunctionDef
-from .hashing import describe_value, hash_struct, hash_value
+from .hashing import canonical_json, describe_value, hash_struct, hash_value
 from .launch import Outcome
-from .record import ErrorInfo, FunctionInfo, InputEntry, Provenance, Record
+from .record import ErrorInfo, FunctionInfo, Hit, InputEntry, Provenance, Record, hit_summary
 
 KEY_FORMAT = 2  # 2: value digests from BLAKE3 (hashing scheme v2), never xxh3
 #: failures that say something about the machine, not about the function: never cached
@@ -61,11 +62,16 @@ class KeyInfo:
     """Per argument: ``digest``, ``desc`` and, for a job's result, ``job`` (its key)."""
 
 
+_HOST: dict[str, Any] = {"kind": "host"}
+_HOST_TAIL = b',"runtime":{"kind":"host"}}'
+_FUNCTIONS: dict[tuple[str, str, str], tuple[dict[str, Any], bytes]] = {}
+
+
 def runtime_identity(runtime: Any) -> dict[str, Any]:
     """The identity of where the code runs: an image digest, an env lock hash, or
     ``{"kind": "host"}`` (the host interpreter has no further identity)."""
     if runtime is None:
-        return {"kind": "host"}
+        return _HOST  # shared by every job's key parts: never changed
     from .runtimes import identity_of
 
     return identity_of(runtime)
@@ -97,13 +103,29 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                 entry["jobs"] = keys
         inputs[name] = entry
         digests[name] = digest
+    fn_id = (fdef.name, fdef.version, code.digest)
+    known = _FUNCTIONS.get(fn_id)
+    if known is None:  # one dict per function, shared by its jobs (never changed)
+        if len(_FUNCTIONS) > 4096:
+            _FUNCTIONS.clear()
+        function = {"name": fn_id[0], "version": fn_id[1], "code": fn_id[2]}
+        # the canonical JSON of the parts up to the inputs (keys sorted: format, function,
+        # inputs, runtime), the same for every job of the function
+        head = (b'{"format":' + canonical_json(KEY_FORMAT) + b',"function":'
+                + canonical_json(function) + b',"inputs":')
+        known = _FUNCTIONS[fn_id] = (function, head)
+    function, head = known
     parts = {
         "format": KEY_FORMAT,
-        "function": {"name": fdef.name, "version": fdef.version, "code": code.digest},
+        "function": function,
         "runtime": runtime_identity(runtime),
         "inputs": digests,
     }
-    return KeyInfo(key=hash_struct(parts), parts=parts, code=code, inputs=inputs)
+    if runtime is None:  # == hash_struct(parts), without encoding the same head again
+        key = hashlib.sha256(head + canonical_json(digests) + _HOST_TAIL).hexdigest()
+    else:
+        key = hash_struct(parts)
+    return KeyInfo(key=key, parts=parts, code=code, inputs=inputs)
 
 
 # ------------------------------------------------------------------------ lookup
@@ -117,23 +139,25 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
     if settings.force_run:
         return None
     cache = settings.job_cache
+    key = keyinfo.key
     try:
-        rec = cache.get_record(keyinfo.key)
+        summary = cache.get_hit(key)  # the store's hit index: no full record to read
+        raw = None if summary is not None else cache.get_record(key, summarize=hit_summary)
     except (StoreError, OSError, ValueError) as e:
         warnings.warn(f"job cache lookup failed, running the job: {e}", stacklevel=2)
         return None
-    if rec is None:
+    if summary is None and raw is None:
         return None
     try:
-        return _outcome_of(rec, keyinfo, settings, cache.store)
+        hit = Hit.from_summary(summary, key) if summary is not None else \
+            Hit.of_record(Record.from_dict(raw, key))
+        return _outcome_of(hit, settings, cache.store)
     except Exception as e:  # noqa: BLE001 - whatever a record provokes, the job runs again
-        _set_aside(cache, keyinfo.key, e)
+        _set_aside(cache, key, e)
         return None
 
 
-def _outcome_of(raw: dict[str, Any], keyinfo: KeyInfo, settings: Settings,
-                store: Any) -> Outcome | None:
-    rec = Record.from_dict(raw, keyinfo.key)
+def _outcome_of(rec: Hit, settings: Settings, store: Any) -> Outcome | None:
     if rec.ok:
         out = Outcome(True, value=values.decode(rec.result, store))
     else:
@@ -144,11 +168,10 @@ def _outcome_of(raw: dict[str, Any], keyinfo: KeyInfo, settings: Settings,
         out = Outcome(False, error=rebuild_exception(err.type, err.message, err.traceback,
                                                     args=err.args),
                       traceback_text=err.traceback)
-    prov = rec.provenance
     out.console = list(rec.console)
-    out.start_time, out.end_time = prov.start_time, prov.end_time
+    out.start_time, out.end_time = rec.start_time, rec.end_time
     out.info["result_hash"] = rec.result_hash
-    out.info["cached_at"] = prov.recorded_at
+    out.info["cached_at"] = rec.recorded_at
     return out
 
 
@@ -221,7 +244,8 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
                                         handler=handler, store=cache.store,
                                         runtime=runtime),
                  inputs=_input_entries(keyinfo, inputs, cache.store))
-    cache.put_record(keyinfo.key, rec.to_dict())
+    body = rec.to_dict()
+    cache.put_record(keyinfo.key, body, summary=hit_summary(body))
     return result_hash
 
 
@@ -249,6 +273,19 @@ def _encoded(value: Any, store: Any, name: str) -> Any:
         return values.encode(value, store, path=f"kw[{name!r}]")
     except (TypeError, ValueError):
         return _NOT_ENCODED
+
+
+_USER: list[str | None] = []
+
+
+def _user() -> str | None:
+    """The user name, looked up once per process (a passwd lookup per record adds up)."""
+    if not _USER:
+        try:
+            _USER.append(getpass.getuser())
+        except Exception:  # noqa: BLE001
+            _USER.append(None)
+    return _USER[0]
 
 
 #: functions without a code bundle (no source file: a notebook cell, exec'd code)
@@ -286,10 +323,7 @@ def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label:
 
     code = keyinfo.code
     start, end = outcome.start_time, outcome.end_time
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001
-        user = None
+    user = _user()
     bundle, entry = _code_bundle(fdef, store, code.digest) if store is not None \
         else (None, {})
     facts = _runtime_facts(runtime, keyinfo.parts["runtime"], store,

@@ -85,9 +85,15 @@ def hash_value(value: Any, *, path: str = "value") -> str:
     value (e.g. ``kw['cfg'][2]``), of a reference cycle or of containers nested deeper than
     :data:`MAX_DEPTH`.
     """
+    t = type(value)
+    if t is int and -_INT_LIMIT <= value < _INT_LIMIT:  # the common small case, directly
+        return hashlib.sha256(_INT_HEAD + value.to_bytes(8, "little", signed=True)).hexdigest()
     out = [_SCHEME]
     _Hasher(out).add(value, path, 0)
     return hashlib.sha256(b"".join(out)).hexdigest()
+
+
+_INT_HEAD = _SCHEME + b"i"
 
 
 def _fail(trail: Trail, make_message: Callable[[str], str]) -> SerializationError:
@@ -309,8 +315,12 @@ def canonical_json(obj: Any) -> bytes:
     Lone surrogates (from ``os.fsdecode`` of names that are not UTF-8) are kept, encoded
     with ``surrogatepass``.
     """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8", "surrogatepass")
+    return _CANONICAL.encode(obj).encode("utf-8", "surrogatepass")
+
+
+# one encoder: json.dumps with options builds a new one per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
 
 
 def hash_struct(obj: Any) -> str:

@@ -85,6 +85,13 @@ class Job(Future):
     ``concurrent.futures.CancelledError``.
     """
 
+    # slots: a large pipeline keeps many jobs alive, and a dict per job costs ~1 KB more
+    # (the Future base class still gives each job a __dict__ of its own fields)
+    __slots__ = ("_fdef", "_kwargs", "_settings", "_handler", "_engine", "_job_id", "_label",
+                 "_creator", "_created", "_state_lock", "_status", "_completing",
+                 "_cancelled", "_hfuture", "_waiting", "_completion", "_keyinfo", "key",
+                 "result_hash", "cache_hit")
+
     def __init__(self, fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                  handler: JobHandler, engine: Engine, *, upstream: int = 0) -> None:
         super().__init__()
@@ -103,7 +110,9 @@ class Job(Future):
         self._cancelled = False
         self._hfuture: Future[Outcome] | None = None
         self._waiting = upstream  # upstream jobs not finished yet; -1 once one failed
-        self._runtime_info: dict[str, Any] | None = None
+        # (label, outcome, status, cache hit) once complete: the runtime info dict is built
+        # when asked for, not kept for every job of a large pipeline
+        self._completion: tuple[str, Outcome, JobStatus, bool, float] | None = None
         self._keyinfo: Any = None
         self.key: str | None = None
         """The cache key of the job (set once its inputs are known, when a cache is used)."""
@@ -228,7 +237,8 @@ class Job(Future):
                 return False
             self._completing = True
             self._waiting = -1
-            self._runtime_info = _runtime_info(self._label, outcome, status, cache_hit)
+            self._completion = (self._label, outcome, status, cache_hit, time.time())
+            self._hfuture = None  # the handler's future (and what it holds) can go now
             self.cache_hit = cache_hit
             self._status = status
             self._cancelled = status is JobStatus.CANCELLED
@@ -365,18 +375,17 @@ class Job(Future):
         ``{"start_time", "end_time", "elapsed_sec", "cache_hit", "console_out": {"label",
         "lines": [{"timestamp", "text", "stderr"}]}, ...}``
         """
-        info = self._runtime_info
-        if info is None:
+        done = self._completion
+        if done is None:
             return None
-        out = dict(info)
-        out["console_out"] = {"label": info["console_out"]["label"],
-                              "lines": [dict(x) for x in info["console_out"]["lines"]]}
-        return out
+        return _runtime_info(*done)  # a new dict each time: the caller may change it
 
     def console_lines(self) -> list[dict[str, Any]]:
         """Captured console lines of the completed job (empty before it completes)."""
-        info = self._runtime_info
-        return [] if info is None else [dict(x) for x in info["console_out"]["lines"]]
+        done = self._completion
+        if done is None:
+            return []
+        return [{"timestamp": t, "text": text, "stderr": err} for t, text, err in done[1].console]
 
     def print_console_out(self, file=None) -> None:
         """Print the job's captured console lines as ``<iso time>: <text>``."""
@@ -396,10 +405,10 @@ class Job(Future):
 
 
 def _runtime_info(label: str, outcome: Outcome, status: JobStatus,
-                  cache_hit: bool) -> dict[str, Any]:
+                  cache_hit: bool, completed_at: float) -> dict[str, Any]:
     start, end = outcome.start_time, outcome.end_time
     if start is None:
-        start = end = time.time()
+        start = end = completed_at
     info: dict[str, Any] = {
         "start_time": start,
         "end_time": end,

@@ -283,23 +283,7 @@ class Record:
         rec_key = d.get("key")
         if type(rec_key) is not str or (key is not None and rec_key != key):
             raise BadRecord(f"record of key {str(rec_key)[:16]!r}, not {str(key)[:16]!r}")
-        status = d.get("status")
-        result_hash = error = None
-        if status == "finished":
-            result_hash = d.get("result_hash")
-            if type(result_hash) is not str or not _HEX64.fullmatch(result_hash):
-                raise BadRecord(f"result_hash {result_hash!r:.80} is not a sha256 hex digest")
-            if "result" not in d:
-                raise BadRecord("no result")
-        elif status == "error":
-            error = ErrorInfo.from_dict(d.get("error"))
-        else:
-            raise BadRecord(f"unknown status {status!r:.80}")
-        console = d.get("console") or []
-        if not isinstance(console, list) or not all(
-                type(x) is list and len(x) == 3 and type(x[0]) in (int, float)
-                and type(x[1]) is str and type(x[2]) is bool for x in console):
-            raise BadRecord("malformed console")
+        status, result_hash, error, console = _outcome_fields(d)
         prov = d.get("provenance")
         if not isinstance(prov, dict):
             if strict:
@@ -310,7 +294,7 @@ class Record:
             raise BadRecord("malformed inputs")
         return cls(key=rec_key, status=status, provenance=Provenance.from_dict(prov, strict),
                    result=d.get("result"), result_hash=result_hash, error=error,
-                   console=tuple((float(t), s, e) for t, s, e in console),
+                   console=console,
                    inputs={str(n): InputEntry.from_dict(e, strict) for n, e in inputs.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,3 +309,90 @@ class Record:
         out["provenance"] = self.provenance.to_dict()
         out["inputs"] = {n: e.to_dict() for n, e in self.inputs.items()}
         return out
+
+
+def _outcome_fields(d: dict[str, Any]) -> tuple[str, str | None, ErrorInfo | None,
+                                               tuple[tuple[float, str, bool], ...]]:
+    """The checked status, result hash, error and console of a record (or a summary)."""
+    status = d.get("status")
+    result_hash = error = None
+    if status == "finished":
+        result_hash = d.get("result_hash")
+        if type(result_hash) is not str or not _HEX64.fullmatch(result_hash):
+            raise BadRecord(f"result_hash {result_hash!r:.80} is not a sha256 hex digest")
+        if "result" not in d:
+            raise BadRecord("no result")
+    elif status == "error":
+        error = ErrorInfo.from_dict(d.get("error"))
+    else:
+        raise BadRecord(f"unknown status {status!r:.80}")
+    console = d.get("console") or []
+    if not isinstance(console, list) or not all(
+            type(x) is list and len(x) == 3 and type(x[0]) in (int, float)
+            and type(x[1]) is str and type(x[2]) is bool for x in console):
+        raise BadRecord("malformed console")
+    return status, result_hash, error, tuple((float(t), s, e) for t, s, e in console)
+
+
+_SUMMARY_FIELDS = ("format", "key", "status", "result", "result_hash", "error", "console")
+_SUMMARY_TIMES = ("start_time", "end_time", "recorded_at")
+
+
+def hit_summary(d: dict[str, Any]) -> dict[str, Any] | None:
+    """The part of a stored record that a cache hit needs (what the store's hit index
+    keeps): no sources, inputs or other provenance. None for what is not a record."""
+    if not isinstance(d, dict):
+        return None
+    prov = d.get("provenance")
+    times = prov if isinstance(prov, dict) else {}
+    out = {k: d[k] for k in _SUMMARY_FIELDS if k in d}
+    out["times"] = [times.get(k) for k in _SUMMARY_TIMES]
+    return out
+
+
+@dataclass(frozen=True)
+class Hit:
+    """What a cache hit needs of a record: status, result or error, console, times."""
+
+    key: str
+    status: str
+    result: Any = None
+    result_hash: str | None = None
+    error: ErrorInfo | None = None
+    console: tuple[tuple[float, str, bool], ...] = ()
+    start_time: float | None = None
+    end_time: float | None = None
+    recorded_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for a finished job (a result), False for a stored failure."""
+        return self.status == "finished"
+
+    @classmethod
+    def from_summary(cls, d: Any, key: str) -> Hit:
+        """Read a summary made by :func:`hit_summary`; raises :class:`BadRecord`."""
+        if not isinstance(d, dict):
+            raise BadRecord(f"a summary is a {type(d).__name__}, not an object")
+        if d.get("format") != FORMAT or d.get("key") != key:
+            raise BadRecord(f"summary of format {d.get('format')!r:.20} and key "
+                            f"{str(d.get('key'))[:16]!r}, not {key[:16]!r}")
+        times = d.get("times")
+        if not isinstance(times, list) or len(times) != len(_SUMMARY_TIMES):
+            raise BadRecord("malformed times")
+        if not all(t is None or type(t) in (int, float) for t in times):
+            raise BadRecord("malformed times")
+        start, end, recorded = (None if t is None else float(t) for t in times)
+        status, result_hash, error, console = _outcome_fields(d)
+        return cls(key=key, status=status, result=d.get("result"), result_hash=result_hash,
+                   error=error, console=console, start_time=start, end_time=end,
+                   recorded_at=recorded)
+
+    @classmethod
+    def of_record(cls, rec: Record) -> Hit:
+        """The hit part of a full record."""
+        prov = rec.provenance
+        return cls(key=rec.key, status=rec.status, result=rec.result,
+                   result_hash=rec.result_hash, error=rec.error, console=rec.console,
+                   start_time=prov.start_time, end_time=prov.end_time,
+                   recorded_at=prov.recorded_at)

@@ -204,6 +204,20 @@ class _Plan:
     """Original path of each File input -> sha256 of its snapshot."""
 
 
+_cacheflow_fns: tuple[Any, Any] | None = None
+
+
+def _cacheflow() -> tuple[Any, Any]:
+    """``cacheflow.compute_key`` and ``lookup``, imported on first use (not by ``import
+    hither``) and then without an import statement per job."""
+    global _cacheflow_fns
+    if _cacheflow_fns is None:
+        from .cacheflow import compute_key, lookup
+
+        _cacheflow_fns = (compute_key, lookup)
+    return _cacheflow_fns
+
+
 def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Plan:
     """Work that can fail on the arguments, done once they are known: the files snapshot,
     the cache key and lookup, then (on a miss) the arguments frozen for the run."""
@@ -219,9 +233,8 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
     plan = _Plan(runtime=_runtime_for(fdef, settings))
     cache = settings.job_cache
     if cache is not None:
-        from .cacheflow import compute_key, lookup
-
-        if not cache.readonly:
+        compute_key, lookup = _cacheflow()
+        if not cache.readonly and any(type(v) not in arguments.LEAVES for v in kwargs.values()):
             kwargs = arguments.snapshot_files(kwargs, cache.store, plan.snapshots)
         upstream = {name: [up.key for up in jobs] for name, jobs in nested.items()}
         direct = {name for name, jobs in nested.items() if job.kwargs[name] is jobs[0]

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import sqlite3
 
 __all__ = ["RACY_NS", "FileMemo", "PersistentStatMemo", "Signature", "StatMemo", "settled",
-           "signature"]
+           "sig_text", "signature"]
 
 RACY_NS = 2_000_000_000
 """A file changed less than this many nanoseconds before a read is not memoized."""
@@ -119,12 +119,16 @@ class PersistentStatMemo:
     called when the database is first needed and again after :meth:`reset`. Any sqlite or
     file system trouble silently disables the memo for this process: it only saves time.
     Paths are stored as bytes (``os.fsencode``), so names that are not valid UTF-8 work.
+    ``on_error(db, error)``, when given, is called once when trouble disables the memo.
     """
 
     _TABLE = "statmemo_v2"
 
-    def __init__(self, locate: Callable[[], str | None]) -> None:
+    def __init__(self, locate: Callable[[], str | None], *,
+                 on_error: Callable[[str, BaseException], None] | None = None) -> None:
         self._locate = locate
+        self._on_error = on_error
+        self._db = ""
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
@@ -172,10 +176,11 @@ class PersistentStatMemo:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {self._TABLE} (path BLOB NOT NULL, "
                          "kind TEXT NOT NULL, sig TEXT NOT NULL, value TEXT NOT NULL, "
                          "PRIMARY KEY (path, kind))")
-        except (sqlite3.Error, OSError):
-            self._disabled = True
+        except (sqlite3.Error, OSError) as e:
+            self._db = db
+            self._disable(e)
             return None
-        self._conn, self._pid = conn, os.getpid()
+        self._conn, self._pid, self._db = conn, os.getpid(), db
         return conn
 
     def get(self, path: str, kind: str, sig: Signature) -> str | None:
@@ -189,8 +194,8 @@ class PersistentStatMemo:
                     return None
                 row = conn.execute(f"SELECT sig, value FROM {self._TABLE} WHERE path = ? AND "
                                    "kind = ?", (os.fsencode(path), kind)).fetchone()
-            except (sqlite3.Error, ValueError):
-                self._disabled = True
+            except (sqlite3.Error, ValueError) as e:
+                self._disable(e)
                 return None
         if row is None or row[0] != _sig_text(sig):
             return None
@@ -207,13 +212,60 @@ class PersistentStatMemo:
                     conn.execute(f"INSERT OR REPLACE INTO {self._TABLE} (path, kind, sig, value) "
                                  "VALUES (?, ?, ?, ?)",
                                  (os.fsencode(path), kind, _sig_text(sig), value))
-            except (sqlite3.Error, ValueError):
-                self._disabled = True
+            except (sqlite3.Error, ValueError) as e:
+                self._disable(e)
+
+    def get_under(self, prefix: str, kind: str) -> dict[bytes, str]:
+        """Every row of ``kind`` whose path starts with ``prefix``: ``{os.fsencode(path):
+        signature text + " " + value}`` (see :func:`sig_text`; one string per row, for
+        memory); empty when the memo is off."""
+        import sqlite3  # on first use: `import hither` stays fast
+
+        low = os.fsencode(prefix)
+        with self._lock:
+            try:
+                conn = self._connect()
+                if conn is None:
+                    return {}
+                rows = conn.execute(f"SELECT path, sig || ' ' || value FROM {self._TABLE} WHERE "
+                                    "path >= ? AND path < ? AND kind = ?",
+                                    (low, low + b"\xff", kind)).fetchall()
+            except (sqlite3.Error, ValueError) as e:
+                self._disable(e)
+                return {}
+        return dict(rows)
+
+    def put_many(self, rows: list[tuple[str, str, Signature, str]]) -> None:
+        """Store ``(path, kind, signature, value)`` rows in one transaction."""
+        import sqlite3  # on first use: `import hither` stays fast
+
+        with self._lock:
+            try:
+                conn = self._connect()
+                if conn is not None:
+                    with conn:
+                        conn.execute("BEGIN")
+                        conn.executemany(
+                            f"INSERT OR REPLACE INTO {self._TABLE} (path, kind, sig, value) "
+                            "VALUES (?, ?, ?, ?)",
+                            [(os.fsencode(p), k, _sig_text(s), v) for p, k, s, v in rows])
+            except (sqlite3.Error, ValueError) as e:
+                self._disable(e)
+
+    def _disable(self, error: BaseException) -> None:
+        """Stop using the database in this process (called under the lock)."""
+        if not self._disabled and self._on_error is not None:
+            self._on_error(self._db, error)
+        self._disabled = True
 
 
-def _sig_text(sig: Signature) -> str:
+def sig_text(sig: Signature) -> str:
+    """A signature as the memo database stores it."""
     # text, not integers: inode numbers may not fit a signed 64-bit sqlite INTEGER
-    return ":".join(str(n) for n in sig)
+    return f"{sig[0]}:{sig[1]}:{sig[2]}:{sig[3]}:{sig[4]}"
+
+
+_sig_text = sig_text
 
 
 class FileMemo:

@@ -22,10 +22,12 @@ from ._atomic import (
     quarantine_file,
     remove_quietly,
 )
+from ._hitindex import HitIndex, index_memo
 from ._maintenance import clear_store, collect_garbage, store_info
 from ._paths import _RECORD_SUFFIX, Layout, blob_uri, check_key, owned_name, parse_blob_uri
 from ._records import BadRecord, decode_record, encode_record
 from ._shared import ENV_GROUP, make_dirs, share_with_group
+from ._statmemo import PersistentStatMemo, Signature, settled
 from ._verify import VERIFIED, hash_stream, signature
 from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
 
@@ -82,6 +84,7 @@ class LocalStore:
                 share_with_group(self._layout.root, group, self._layout.subdirs())
             self._layout.create()
         self._records_root = str(self._layout.records_dir)
+        self._memo, self._index = _index_of(self._layout.root, self.readonly)
 
     def _writing(self, what: str) -> None:
         if self.readonly:
@@ -246,6 +249,8 @@ class LocalStore:
             st = os.stat(target)
             if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
                 VERIFIED.remember(str(target), signature(st))
+                if size >= _PERSIST_VERIFIED:  # we wrote these bytes: no need to hash again
+                    self._memo.put(str(target), _VERIFIED_KIND, signature(st), hexdigest)
         return uri
 
     # ------------------------------------------------------------------ blobs: reading
@@ -273,13 +278,14 @@ class LocalStore:
             data = f.read()
         sig = signature(st)
         complete = len(data) == st.st_size
-        if complete and VERIFIED.is_verified(str(path), sig):
+        if complete and (VERIFIED.is_verified(str(path), sig)
+                         or self._verified_before(path, sig, hexdigest)):
             return data
         actual = hashlib.sha256(data).hexdigest()
         if actual != hexdigest:
             self._corrupt(uri, path, st, actual)
         if complete:
-            VERIFIED.remember(str(path), sig, started_ns=started)
+            self._remember_verified(path, sig, hexdigest, started)
         return data
 
     def blob_path(self, uri: str) -> Path:
@@ -303,15 +309,30 @@ class LocalStore:
         with f:
             before = os.fstat(f.fileno())
             sig = signature(before)
-            if VERIFIED.is_verified(str(path), sig):
+            if VERIFIED.is_verified(str(path), sig) or self._verified_before(path, sig,
+                                                                            hexdigest):
                 return path
             actual, _ = hash_stream(f)
             after = signature(os.fstat(f.fileno()))
         if actual != hexdigest:
             self._corrupt(uri, path, before, actual)
         if after == sig:
-            VERIFIED.remember(str(path), sig, started_ns=started)
+            self._remember_verified(path, sig, hexdigest, started)
         return path
+
+    def _verified_before(self, path: Path, sig: Signature, hexdigest: str) -> bool:
+        """Whether a process verified this large blob file as it is now (the index)."""
+        if sig[2] < _PERSIST_VERIFIED or \
+                self._memo.get(str(path), _VERIFIED_KIND, sig) != hexdigest:
+            return False
+        VERIFIED.remember(str(path), sig, started_ns=None)
+        return True
+
+    def _remember_verified(self, path: Path, sig: Signature, hexdigest: str,
+                           started: int) -> None:
+        if VERIFIED.put(str(path), sig, True, started_ns=started) and \
+                sig[2] >= _PERSIST_VERIFIED and not self.readonly:
+            self._memo.put(str(path), _VERIFIED_KIND, sig, hexdigest)
 
     def blob_size(self, uri: str) -> int:
         """Size in bytes of a stored blob (from the file system; not verified).
@@ -348,11 +369,14 @@ class LocalStore:
         """
         return self._layout.record_path(check_key(key))
 
-    def put_record(self, key: str, record: dict[str, Any]) -> None:
+    def put_record(self, key: str, record: dict[str, Any], *,
+                   summary: dict[str, Any] | None = None) -> None:
         """Store a JSON-serializable dict under ``key``, replacing any previous record.
 
         When several writers store the same key at once, the last rename wins and every
-        reader sees one complete record.
+        reader sees one complete record. ``summary`` (the part of the record a lookup
+        needs, JSON-serializable) goes to the hit index, where :meth:`get_hit` finds it
+        while this record file stays in place unchanged.
 
         Raises:
             ValueError: invalid key, or a record that would not read back identically.
@@ -364,22 +388,46 @@ class LocalStore:
         with TempFile(self._layout.tmp_dir, "record", self.fsync) as tmp:
             tmp.file.write(data)
             tmp.finish()
+            ours = os.stat(tmp.path) if summary is not None else None
             publish(tmp.path, path)
+        if ours is not None and summary is not None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return
+            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):  # not another writer's
+                self._index.put(key, str(path), signature(st), summary)
 
-    def get_record(self, key: str) -> dict[str, Any] | None:
+    def get_hit(self, key: str) -> dict[str, Any] | None:
+        """The summary stored with the record of ``key`` (see :meth:`put_record`), while
+        that record file is unchanged; None otherwise (then read :meth:`get_record`).
+
+        A damaged or edited index entry is None with a :class:`StoreWarning`.
+        """
+        check_key(key)
+        return self._index.get(key, f"{self._records_root}/{key[:2]}/{key}{_RECORD_SUFFIX}")
+
+    def get_record(self, key: str, *,
+                   summarize: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+                   ) -> dict[str, Any] | None:
         """Return the record stored under ``key``, or None if there is none.
 
         A damaged record file (truncated, not JSON, checksum mismatch) is never returned:
         it is moved to quarantine, a :class:`StoreWarning` is issued, and None returned.
+        ``summarize(record)``, when given, makes the summary that goes to the hit index
+        (see :meth:`put_record`; None: nothing is indexed).
         """
         check_key(key)
         # a plain string path: this is the hot path of every cache lookup
         path = f"{self._records_root}/{key[:2]}/{key}{_RECORD_SUFFIX}"
-        return self._read_record(path, key)
+        return self._read_record(path, key, summarize)
 
-    def _read_record(self, path: Path | str, key: str) -> dict[str, Any] | None:
+    def _read_record(self, path: Path | str, key: str,
+                     summarize: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+                     ) -> dict[str, Any] | None:
         # A second attempt covers a damaged file being replaced by a writer as we look.
         for _ in range(2):
+            started = time.time_ns()
             try:
                 f = open(path, "rb")
             except FileNotFoundError:
@@ -388,9 +436,16 @@ class LocalStore:
                 st = os.fstat(f.fileno())
                 raw = f.read()
             try:
-                return decode_record(key, raw)
+                body = decode_record(key, raw)
             except BadRecord as e:
                 reason = str(e)
+            else:
+                sig = signature(st)
+                if summarize is not None and not self.readonly and settled(sig, started):
+                    summary = summarize(body)
+                    if summary is not None:
+                        self._index.put(key, str(path), sig, summary)
+                return body
             if self.readonly:
                 moved, fate = None, "left in place (the store is read-only)"
             else:
@@ -515,7 +570,23 @@ class LocalStore:
         Only the store's own subdirectories are removed; other files under the root stay.
         """
         self._writing("clear the store")
+        self._index.forget()
+        self._memo.reset(wipe=True)
         clear_store(self._layout)
+
+
+_INDEXES: dict[tuple[Path, bool], tuple[PersistentStatMemo, HitIndex]] = {}
+_VERIFIED_KIND = "verified1"
+_PERSIST_VERIFIED = 1 << 20  # smaller blobs hash faster than a database round trip
+
+
+def _index_of(root: Path, readonly: bool) -> tuple[PersistentStatMemo, HitIndex]:
+    """One index database (connection, rows read, rows to write) per store and process."""
+    found = _INDEXES.get((root, readonly))
+    if found is None:
+        memo = index_memo(root, readonly)
+        found = _INDEXES.setdefault((root, readonly), (memo, HitIndex(memo)))
+    return found
 
 
 def _reopen(root: str, fsync: bool, readonly: bool = False) -> LocalStore:

@@ -240,3 +240,52 @@ def test_long_str_and_bytes_are_blobs_not_record_text(handler, cache, log, kind)
     assert blob.stat().st_size == size
     total = sum(p.stat().st_size for p in Path(cache.path).rglob("*") if p.is_file())
     assert total <= 1.2 * size
+
+
+def _forge_summary(cache: Any, key: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Store a changed summary in the hit index with a valid checksum, bound to the
+    record file in place (as another writer to the index could)."""
+    from hither_store._statmemo import signature
+
+    from hither.record import hit_summary
+
+    summary = hit_summary(cache.get_record(key))
+    change(summary)
+    path = cache.store.record_path(key)
+    cache.store._index.put(key, str(path), signature(os.stat(path)), summary)
+    cache.store._index.flush()
+
+
+@pytest.mark.parametrize("change", ["wrong result type", "another key", "bad status"])
+def test_an_unusable_index_summary_is_a_miss_with_one_warning(change, cache, log):
+    h = hi.DefaultJobHandler()
+    first = run(cf.cf_echo, h, cache, x=[1, "two"])
+    edits = {"wrong result type": lambda s: s.update(result={"~": "tuple", "v": 7}),
+             "another key": lambda s: s.update(key="f" * 64),
+             "bad status": lambda s: s.update(status="done")}
+    _forge_summary(cache, first.key, edits[change])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = run(cf.cf_echo, h, cache, x=[1, "two"])
+    assert second.result() == [1, "two"] and not second.cache_hit
+    mine = [w for w in caught if issubclass(w.category, StoreWarning)]
+    assert len(mine) == 1, [str(w.message) for w in mine]
+
+
+def test_a_damaged_index_entry_reads_the_record_with_a_warning(cache, log):
+    import sqlite3
+
+    h = hi.DefaultJobHandler()
+    run(cf.cf_echo, h, cache, x=[1, "two"])
+    cache.store._index.flush()
+    db = sqlite3.connect(cache.path / "index" / "stat.sqlite")
+    with db:
+        db.execute("UPDATE statmemo_v2 SET value = replace(value, '\"two\"', '\"TWO\"')")
+    db.close()
+    cache.store._index.forget()  # as a new process: the rows are read again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = run(cf.cf_echo, h, cache, x=[1, "two"])
+    assert second.cache_hit and second.result() == [1, "two"]
+    assert [w for w in caught if "hit index entry" in str(w.message)]
+    assert read_calls(log)["cf_echo"] == 1

@@ -626,3 +626,27 @@ def test_describe_file(tmp_path: Path) -> None:
 
 def test_canonical_json_output_is_json() -> None:
     assert json.loads(canonical_json({"z": [1, {"y": None}]})) == {"z": [1, {"y": None}]}
+
+
+@pytest.mark.parametrize("n", [0, 1, -1, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 10**30])
+def test_small_int_fast_path_hashes_as_the_general_encoding(n):
+    out = [hashing._SCHEME]
+    hashing._Hasher(out).add(n, "value", 0)
+    assert hashing.hash_value(n) == hashlib.sha256(b"".join(out)).hexdigest()
+
+
+def key_parts_fn(**kw):
+    """A function whose keys the next test computes."""
+    return kw
+
+
+def test_a_host_key_is_the_hash_of_its_canonical_parts():
+    import hither as hi
+    from hither.cacheflow import compute_key
+    from hither.config import current
+
+    fn = hi.function("key_parts_fn", "1.2.3")(key_parts_fn)
+    for kwargs in ({"a": 1, "b": 2}, {"é": "x", "z": [1, 2.5, None]}, {}, {"b": 1, "a": 2}):
+        info = compute_key(fn._hither, kwargs, current())
+        assert info.key == hashing.hash_struct(info.parts)
+        assert info.key == compute_key(fn._hither, kwargs, current()).key

@@ -1,0 +1,214 @@
+"""The hit index beside the records: a summary is returned only for the record file it
+was stored with, whatever other writers, killed processes, gc or tampering did."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from hither_store import LocalStore, StoreWarning
+
+from . import _hitindex_helpers as helpers
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+
+
+def hits_in_new_process(root: Path, keys: list[str]) -> tuple[dict, str]:
+    code = ("import json, sys, warnings; warnings.simplefilter('always');"
+            "from hither_store import LocalStore; s = LocalStore(sys.argv[1]);"
+            "print(json.dumps({k: s.get_hit(k) for k in sys.argv[2:]}))")
+    out = subprocess.run([sys.executable, "-c", code, str(root), *keys], capture_output=True,
+                         text=True, check=True, timeout=120)
+    import json
+
+    return json.loads(out.stdout), out.stderr
+
+
+def check_consistent(root: Path) -> int:
+    """Every summary the index gives matches the record file in place; returns how many
+    keys had one."""
+    keys = [helpers.key_of(i) for i in range(helpers.N_KEYS)]
+    hits, err = hits_in_new_process(root, keys)
+    assert "Traceback" not in err
+    store = LocalStore(root)
+    found = 0
+    for k in keys:
+        rec = store.get_record(k)
+        if hits[k] is not None:
+            found += 1
+            assert rec is not None and hits[k] == helpers.summary_of(rec), k
+    return found
+
+
+def test_summary_is_found_by_a_new_process(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_record("k-00000001", {"v": 1, "big": "p" * 1000}, summary={"v": 1})
+    assert store.get_hit("k-00000001") == {"v": 1}
+    hits, _ = hits_in_new_process(tmp_path, ["k-00000001", "k-00000002"])
+    assert hits == {"k-00000001": {"v": 1}, "k-00000002": None}
+
+
+def test_a_deleted_or_quarantined_record_is_no_hit(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for k in ("k-deleted1", "k-quarant1"):
+        store.put_record(k, {"v": k}, summary={"v": k})
+    store.delete_record("k-deleted1")  # as gc or a user removing a record
+    store.quarantine_record("k-quarant1")
+    assert store.get_hit("k-deleted1") is None and store.get_hit("k-quarant1") is None
+    hits, _ = hits_in_new_process(tmp_path, ["k-deleted1", "k-quarant1"])
+    assert hits == {"k-deleted1": None, "k-quarant1": None}
+
+
+def test_a_record_replaced_by_another_writer_is_not_summarized_by_the_old_row(
+        tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_record("k-replaced", {"v": "old"}, summary={"v": "old"})
+    store._index.flush()
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from hither_store import LocalStore; "
+         "LocalStore(sys.argv[1]).put_record('k-replaced', {'v': 'new'})", str(tmp_path)],
+        check=True, timeout=60)
+    assert other.returncode == 0
+    # no summary was stored with the new file: neither process may use the old one
+    assert store.get_hit("k-replaced") is None
+    hits, _ = hits_in_new_process(tmp_path, ["k-replaced"])
+    assert hits == {"k-replaced": None}
+    assert store.get_record("k-replaced") == {"v": "new"}
+
+
+def test_a_record_edited_in_place_is_not_summarized(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_record("k-editedxx", {"v": "aaa"}, summary={"v": "aaa"})
+    path = store.record_path("k-editedxx")
+    st = os.stat(path)
+    data = path.read_bytes().replace(b"aaa", b"bbb")
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the mtime put back: ctime moved
+    assert store.get_hit("k-editedxx") is None
+
+
+def tamper(root: Path, edit: str) -> None:
+    db = sqlite3.connect(root / "index" / "stat.sqlite")
+    with db:
+        db.execute(edit)
+    db.close()
+
+
+def test_a_tampered_entry_is_a_miss_with_a_warning(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_record("k-tampered", {"v": 1}, summary={"v": 1})
+    store._index.flush()
+    tamper(tmp_path, "UPDATE statmemo_v2 SET value = replace(value, ':1}', ':2}')")
+    hits, err = hits_in_new_process(tmp_path, ["k-tampered"])
+    assert hits == {"k-tampered": None}
+    assert "hit index entry of record 'k-tampered' ignored" in err
+    assert LocalStore(tmp_path).get_record("k-tampered") == {"v": 1}
+
+
+def test_a_damaged_index_database_turns_the_index_off_with_one_warning(
+        tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for i in range(50):
+        store.put_record(f"k-damage{i:02d}", {"v": i}, summary={"v": i})
+    store._index.flush()
+    db = tmp_path / "index" / "stat.sqlite"
+    size = db.stat().st_size
+    with open(db, "r+b") as f:  # garbage over everything but the header page
+        f.seek(100)
+        f.write(os.urandom(size - 100))
+    keys = [f"k-damage{i:02d}" for i in range(50)]
+    hits, err = hits_in_new_process(tmp_path, keys)
+    assert all(h in (None, {"v": i}) for i, h in enumerate(hits.values()))
+    assert err.count("cannot be used") <= 1
+
+
+@posix_only
+def test_concurrent_writers_never_give_a_summary_of_another_file(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    LocalStore(tmp_path)
+    procs = [ctx.Process(target=helpers.writer, args=(str(tmp_path), w, 6), daemon=True)
+             for w in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+        assert p.exitcode == 0
+    assert check_consistent(tmp_path) > 0
+
+
+@posix_only
+def test_a_writer_killed_mid_update_leaves_no_wrong_summary(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    LocalStore(tmp_path)
+    for attempt in range(3):
+        procs = [ctx.Process(target=helpers.writer, args=(str(tmp_path), w, -1), daemon=True)
+                 for w in range(3)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"started-{w}").exists() for w in range(3)):
+            assert time.monotonic() < deadline, "writers did not start"
+            time.sleep(0.05)
+        time.sleep(0.2 * (attempt + 1))
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(30)
+        for w in range(3):
+            (tmp_path / f"started-{w}").unlink()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StoreWarning)  # no damaged row either
+            check_consistent(tmp_path)
+
+
+def test_clear_forgets_the_index(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_record("k-cleared1", {"v": 1}, summary={"v": 1})
+    store.clear()
+    assert store.get_hit("k-cleared1") is None
+    store.put_record("k-cleared1", {"v": 2})
+    assert store.get_hit("k-cleared1") is None
+
+
+def test_a_read_only_store_writes_no_index(tmp_path: Path) -> None:
+    LocalStore(tmp_path).put_record("k-readonly", {"v": 1})
+    ro = LocalStore(tmp_path, readonly=True)
+    assert ro.get_record("k-readonly", summarize=lambda r: r) == {"v": 1}
+    assert ro.get_hit("k-readonly") is None
+    assert not (tmp_path / "index").exists() or not any(
+        p.name.endswith("-wal") for p in (tmp_path / "index").iterdir())
+
+
+def _blob_read_in_new_process(root: Path, uri: str, hashing: bool = True) -> str:
+    code = ("import sys; from hither_store import LocalStore, CorruptBlobError\n"
+            + ("" if hashing else "import hither_store.local as m\n"
+               "def no(*a): raise AssertionError('hashed again')\n"
+               "m.hash_stream = no\n") +
+            "try:\n    LocalStore(sys.argv[1]).blob_path(sys.argv[2]); print('ok')\n"
+            "except CorruptBlobError: print('corrupt')")
+    return subprocess.run([sys.executable, "-c", code, str(root), uri], capture_output=True,
+                          text=True, check=True, timeout=120).stdout.strip()
+
+
+def test_a_large_blob_verified_once_is_trusted_by_new_processes_until_it_changes(
+        tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    data = b"0123456789abcdef" * (1 << 17)  # 2 MiB: remembered across processes
+    uri = store.put_bytes(data)
+    path = store.blob_path(uri)
+    store._index.flush()
+    assert _blob_read_in_new_process(tmp_path, uri, hashing=False) == "ok"
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # same size, the mtime put back: only the ctime moves
+        f.write(b"X")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _blob_read_in_new_process(tmp_path, uri) == "corrupt"

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .handlers.dask import DaskJobHandler
     from .handlers.inline import DefaultJobHandler
     from .handlers.parallel import ParallelJobHandler
+    from .handlers.slurm import SlurmJobHandler
     from .runtimes.venv import PythonEnv
     from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
     from .verifying import load
@@ -62,6 +63,7 @@ _LAZY = {
     "DaskJobHandler": ".handlers.dask",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
+    "SlurmJobHandler": ".handlers.slurm",
     "PythonEnv": ".runtimes.venv",
     "Remote": "hither_store",
     "ConsoleCapture": ".utils",
@@ -133,6 +135,7 @@ __all__ = [
     "RuntimeUnavailableError",
     "SerializationError",
     "ShellScript",
+    "SlurmJobHandler",
     "TemporaryDirectory",
     "UpstreamJobError",
     "WorkerCrashedError",

@@ -87,19 +87,27 @@ class Case:
     ``roots`` gives the processes whose descendants (and containers) are the handler's
     workers, when they are not this process's (e.g. the dask workers of a cluster started
     elsewhere on this machine); it is called each time workers are counted.
+
+    A handler that runs jobs elsewhere (cluster tasks) names them with ``remote_workers``:
+    a function that returns an id for each such worker of this process alive now (e.g.
+    ``"slurm:1234_5"``); they count as the case's workers for the leftover checks. With
+    ``reuses_workers=False`` every job runs in a process of its own (no warm workers).
     """
 
     def __init__(self, make_handler: Callable[[], JobHandler], runtime: str = "host", *,
                  name: str | None = None, slots: int = 1,
                  settings: dict[str, Any] | None = None,
-                 numpy_version: str | None = None,
-                 roots: Callable[[], Iterable[int]] | None = None) -> None:
+                 numpy_version: str | None = None, reuses_workers: bool = True,
+                 roots: Callable[[], Iterable[int]] | None = None,
+                 remote_workers: Callable[[], Iterable[str]] | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; one of {RUNTIMES}")
         self.make_handler = make_handler
         self.runtime = runtime
         self.settings = runtime_settings(runtime) if settings is None else dict(settings)
         self.slots = slots
+        self.reuses_workers = reuses_workers
+        self.remote_workers = remote_workers
         self.numpy_version = numpy_version if numpy_version is not None else \
             runtime_numpy_version(runtime)
         self._handler: JobHandler | None = None
@@ -161,25 +169,29 @@ class Case:
         self.close()
         case = Case(self.make_handler, self.runtime, name=self.name, slots=self.slots,
                     roots=self.roots,
-                    settings=self.settings, numpy_version=self.numpy_version)
+                    settings=self.settings, numpy_version=self.numpy_version,
+                    reuses_workers=self.reuses_workers, remote_workers=self.remote_workers)
         with case:
             yield case
 
     def _engines(self) -> tuple[str, ...]:
         return (self.runtime,) if self.runtime in ("docker", "podman") else ()
 
+    def _ids(self) -> frozenset[str]:
+        ids = worker_ids(self._engines(), None if self.roots is None else tuple(self.roots()))
+        if self.remote_workers is not None:
+            ids |= frozenset(self.remote_workers())
+        return ids
+
     def workers(self) -> frozenset[str]:
         """Workers of this process started since the case's handler was made (containers
-        of its engine and processes; see :func:`worker_ids`)."""
+        of its engine, processes, see :func:`worker_ids`, and ``remote_workers``)."""
         return self._ids() - (self._before or frozenset())
-
-    def _ids(self) -> frozenset[str]:
-        return worker_ids(self._engines(), None if self.roots is None else tuple(self.roots()))
 
     def assert_idle(self, timeout: float = 15) -> None:
         """Fail unless every worker started by this case stops within ``timeout`` seconds
         (after a job's worker was killed, while no job waits)."""
-        left = wait_gone(self._before or frozenset(), timeout, self._engines(), self.roots)
+        left = wait_gone(self._before or frozenset(), timeout, self._engines(), self._ids)
         assert not left, f"{self.name}: workers still alive: {describe(left)}"
 
     def settle(self, timeout: float = 30) -> None:
@@ -200,7 +212,7 @@ class Case:
         if handler is None:
             return
         handler.shutdown(wait=False, cancel=True)
-        left = wait_gone(self._before or frozenset(), 15, self._engines(), self.roots)
+        left = wait_gone(self._before or frozenset(), 15, self._engines(), self._ids)
         what = describe(left)
         if left:
             remove_workers(left)  # one failure must not spill into the next tests
@@ -380,12 +392,12 @@ def describe(ids: frozenset[str]) -> str:
 
 def wait_gone(allowed: frozenset[str], timeout: float,
               engines: tuple[str, ...] = ("docker", "podman"),
-              roots: Callable[[], Iterable[int]] | None = None) -> frozenset[str]:
-    """Poll until every worker of this process (or of ``roots()``) is in ``allowed``;
-    returns the others."""
+              ids: Callable[[], frozenset[str]] | None = None) -> frozenset[str]:
+    """Poll until every worker of this process (:func:`worker_ids`, or ``ids()``) is in
+    ``allowed``; returns the others."""
     deadline = time.monotonic() + timeout
     while True:
-        left = worker_ids(engines, None if roots is None else tuple(roots())) - allowed
+        left = (ids() if ids is not None else worker_ids(engines)) - allowed
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)

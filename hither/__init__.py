@@ -45,8 +45,10 @@ if TYPE_CHECKING:
 
     from .aio import gather
     from .explaining import explain, lineage
+    from .handlers.dask import DaskJobHandler
     from .handlers.inline import DefaultJobHandler
     from .handlers.parallel import ParallelJobHandler
+    from .handlers.slurm import SlurmJobHandler
     from .runtimes.venv import PythonEnv
     from .utils import ConsoleCapture, FileLock, ShellScript, TemporaryDirectory
     from .verifying import load
@@ -58,8 +60,10 @@ _LAZY = {
     "explain": ".explaining",
     "lineage": ".explaining",
     "load": ".verifying",
+    "DaskJobHandler": ".handlers.dask",
     "DefaultJobHandler": ".handlers.inline",
     "ParallelJobHandler": ".handlers.parallel",
+    "SlurmJobHandler": ".handlers.slurm",
     "PythonEnv": ".runtimes.venv",
     "Remote": "hither_store",
     "ConsoleCapture": ".utils",
@@ -108,6 +112,7 @@ __all__ = [
     "CacheError",
     "Config",
     "ConsoleCapture",
+    "DaskJobHandler",
     "DefaultJobHandler",
     "DeserializationException",
     "DuplicateFunctionException",
@@ -130,6 +135,7 @@ __all__ = [
     "RuntimeUnavailableError",
     "SerializationError",
     "ShellScript",
+    "SlurmJobHandler",
     "TemporaryDirectory",
     "UpstreamJobError",
     "WorkerCrashedError",

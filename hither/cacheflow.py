@@ -211,7 +211,12 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
     """Store ``outcome`` under its key; returns the result hash (None for a failure or a
     result that cannot be stored). ``inputs()`` gives the job's inputs as they ran:
     ``("manifest", {name: manifest})`` or ``("values", {name: value})``; ``runtime`` is
-    where the job ran (None: the host)."""
+    where the job ran (None: the host).
+
+    An outcome with ``info["recorded"]`` was recorded where the job ran (a cluster node,
+    through this same function): nothing more is stored."""
+    if outcome.info.get("recorded"):
+        return outcome.info.get("result_hash")
     result_hash = manifest = error = None
     if outcome.ok:
         try:

@@ -18,6 +18,21 @@ ConsoleLine = tuple[float, str, bool]
 
 
 @dataclass(frozen=True, slots=True)
+class Recording:
+    """What a handler needs to re-check the job cache and record a result where the job
+    runs, through :mod:`hither.cacheflow` (so that the record is the one the driver would
+    write). An outcome whose ``info["recorded"]`` is true was recorded that way; the driver
+    then stores nothing more, and ``info["cache_hit"]`` marks a result found by a re-check."""
+
+    keyinfo: Any
+    """The job's :class:`hither.cacheflow.KeyInfo`."""
+    settings: Any
+    """The :class:`hither.config.Settings` of the job (its ``job_cache`` and cache flags)."""
+    fdef: Any
+    """The job's :class:`hither.fdef.FunctionDef`."""
+
+
+@dataclass(frozen=True, slots=True)
 class Launch:
     """A ready-to-run call: the function, its frozen arguments and how to run it.
 
@@ -52,6 +67,9 @@ class Launch:
     """The function's code bundle, for a runtime worker (:mod:`hither.runtimes.bundle`)."""
     store: Any = None
     """The store values cross through, for a runtime worker."""
+    recording: Recording | None = None
+    """How the job's result is looked up and recorded (None: no job cache). Handlers that
+    run jobs where the driver may be gone (a cluster node) record there themselves."""
 
     def pickled_kwargs(self) -> bytes:
         """The frozen arguments as pickle bytes."""

@@ -37,7 +37,7 @@ from .handlers import inline as _inline
 from .handlers.base import JobHandler, in_io_thread
 from .handlers.inline import DefaultJobHandler
 from .job import Job, JobStatus
-from .launch import Launch, Outcome
+from .launch import Launch, Outcome, Recording
 
 _live: dict[int, Job] = {}
 _live_lock = threading.Lock()
@@ -288,6 +288,8 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
     else:
         plan.kwargs_pickle, plan.kwargs = arguments.freeze(fdef, kwargs,
                                                            inline=job.handler.drives_in_caller)
+        if job.handler.wants_store:
+            plan.store = exchange_store(settings)
     return plan
 
 
@@ -360,6 +362,7 @@ def _dispatch(job: Job, plan: _Plan) -> None:
         code=plan.code,
         store=plan.store,
         sys_path=tuple(fdef.local_module_paths()),
+        recording=None if job.keyinfo is None else Recording(job.keyinfo, settings, fdef),
     )
     if job.done():  # cancelled while the launch was prepared
         _cleanup(plan)
@@ -398,7 +401,7 @@ def _on_outcome(job: Job, plan: _Plan, hfut: Future) -> None:
         _record(job, plan, keyinfo, outcome)
     remote = not job.handler.drives_in_caller or "runtime" in outcome.info
     job._complete(outcome, JobStatus.FINISHED if outcome.ok else JobStatus.ERROR,
-                  remote=remote)
+                  remote=remote, cache_hit=bool(outcome.info.get("cache_hit")))
 
 
 def _unlinked(plan: _Plan, f: File) -> File:

@@ -11,7 +11,7 @@ KEPT_FROM_0_4_2 = [
     "function", "container", "additional_files", "local_modules", "opts",
     "Config", "wait", "reset", "get_function", "run",
     "TemporaryDirectory", "ShellScript", "FileLock", "ConsoleCapture",
-    "DefaultJobHandler", "ParallelJobHandler",
+    "DefaultJobHandler", "ParallelJobHandler", "SlurmJobHandler",
     "JobStatus", "JobCancelledException", "DuplicateFunctionException",
 ]
 

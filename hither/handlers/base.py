@@ -24,6 +24,9 @@ class JobHandler:
 
     #: True when launches run only while the caller waits (the inline handler)
     drives_in_caller: ClassVar[bool] = False
+    #: True when host launches also carry the exchange store (``Launch.store``): the
+    #: handler moves their arguments and results through it (another machine's workers)
+    wants_store: ClassVar[bool] = False
     _instances: ClassVar[weakref.WeakSet[JobHandler]] = weakref.WeakSet()
 
     def __init__(self) -> None:

@@ -60,7 +60,8 @@ class HostWorker:
     released once the worker is closed and its end has been seen.
     """
 
-    def __init__(self, start_method: str = "forkserver") -> None:
+    def __init__(self, start_method: str = "forkserver", *,
+                 init: dict[str, Any] | None = None) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"start_method must be one of {START_METHODS}, "
                              f"got {start_method!r}")
@@ -85,10 +86,12 @@ class HostWorker:
         self.fids: set[str] = set()
         self._outbox: deque[bytes] | None = None
         self._outbox_lock = threading.Lock()
-        # the worker works where the caller works now (a fork server started earlier)
-        init = {"cwd": os.getcwd(), "sys_path": list(sys.path), "env": dict(os.environ)}
+        # the worker works where the caller works now (a fork server started earlier);
+        # ``init`` overrides what it is given (a handler running jobs for another machine)
+        setup = {"cwd": os.getcwd(), "sys_path": list(sys.path), "env": dict(os.environ),
+                 **(init or {})}
         try:
-            self.conn.send_bytes(pickle.dumps(init, protocol=pickle.HIGHEST_PROTOCOL))
+            self.conn.send_bytes(pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:
             pass  # it died already: the handler sees it through its sentinel
 
@@ -176,13 +179,19 @@ class HostWorker:
             pass
 
     # ---------------------------------------------------------------- messages
-    def run_message(self, launch: Launch) -> tuple:
-        """The message running ``launch`` (the function is sent once per worker)."""
+    def run_message(self, launch: Launch, function: tuple[bytes, Any] | None = None) -> tuple:
+        """The message running ``launch`` (the function is sent once per worker).
+
+        ``function``: the function pickled and its :func:`by_value_sources`, when they were
+        made elsewhere (the launch's ``fn`` is then not used)."""
         kw = launch.pickled_kwargs()  # by value where they refer to __main__ (scheduler)
         fn = sources = None
         if launch.fid not in self.fids:
-            fn = launch.fn_pickle()
-            sources = by_value_sources(launch.fn)
+            if function is not None:
+                fn, sources = function
+            else:
+                fn = launch.fn_pickle()
+                sources = by_value_sources(launch.fn)
         # lines come live when shown (the parent adds the label) or when the job may be
         # stopped at its timeout (the parent keeps them: the worker's own copy dies with it)
         echo = "" if launch.echo_label is not None or launch.timeout else None

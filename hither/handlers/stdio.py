@@ -107,6 +107,8 @@ class StdioWorker:
         self._ingest_lock = threading.Lock()
         self._ingesting = 0  # outcomes whose result files are still to be moved in
         self.current: Launch | None = None  # the job sent last (a worker runs one at a time)
+        #: where live console lines go instead of this process's output (None: printed here)
+        self.on_echo: Callable[[str], None] | None = None
         self.live_console: list[ConsoleLine] = []  # its lines received live (timed jobs)
         for f in (self._stdout, self._stderr):
             os.set_blocking(f.fileno(), False)
@@ -189,6 +191,9 @@ class StdioWorker:
             return
         if launch.timeout:
             self.live_console.append((time.time(), text.rstrip("\n"), is_stderr))
+        if self.on_echo is not None:
+            self.on_echo(text)
+            return
         prefix = launch.stream_prefix()
         if prefix is not None:
             echo(prefix + text)
@@ -236,38 +241,24 @@ class StdioWorker:
         """Turn a ``done`` message into an Outcome (result files copied into the store)."""
         if stderr_lines is None:
             stderr_lines, self.head_console = self.head_console, []
-        console = [tuple(x) for x in msg.get("console") or []] + stderr_lines
-        console.sort(key=lambda x: x[0])
         info: dict[str, Any] = {"worker_pid": self.pid, "runtime": self.runtime.describe()}
         packages = _packages_of(self.hello)
         if packages is not None:
             info["runtime_packages"] = packages
-        start, end = msg.get("start"), msg.get("end")
         if msg.get("ok"):
             try:
-                manifest = self._ingest_job(launch.job_id, msg.get("result"))
-                value = values.decode(manifest, self.store)
+                msg = {**msg, "result": self._ingest_job(launch.job_id, msg.get("result"))}
             except Exception as e:  # noqa: BLE001
-                err = UnreadableResultError(f"the result of job {launch.label!r} could not be read "
-                                     f"back from the worker: {e}", remote_type=type(e).__name__,
-                                     job_label=launch.label)
-                return Outcome(False, error=err, console=console, start_time=start,
-                               end_time=end, info=info)
-            info["result_manifest"] = manifest
-            return Outcome(True, value=value, console=console, start_time=start,
-                           end_time=end, info=info)
-        self._drop_job_dir(launch.job_id)
-        error = msg.get("error") or {}
-        # the job's module was imported by its file name in the worker: a class defined
-        # there is looked up in the module the caller knows the function from
-        modules = {launch.code.module: launch.fn.__module__} if launch.code is not None \
-            else None
-        exc = rebuild_exception(str(error.get("type", "Exception")),
-                                str(error.get("message", "")), error.get("traceback"),
-                                job_label=launch.label, args=error.get("args"), modules=modules)
-        info["raised"] = bool(error.get("raised"))
-        return Outcome(False, error=exc, traceback_text=error.get("traceback"),
-                       console=console, start_time=start, end_time=end, info=info)
+                msg = {**msg, "ok": False, "bad_result": f"{type(e).__name__}: {e}"}
+        else:
+            self._drop_job_dir(launch.job_id)
+        return outcome_of(launch, msg, stderr_lines, info)
+
+    def ingest(self, job_id: str, manifest: Any) -> Any:
+        """``manifest`` of a ``done`` message with its result files moved into the store
+        (their ``out:`` refs replaced by store uris); the job's output folder is removed.
+        Raises :class:`BadResultRef` for a reference the worker may not use."""
+        return self._ingest_job(job_id, manifest)
 
     def _ingest_job(self, job_id: str, manifest: Any) -> Any:
         """``manifest`` with its ``out:`` refs replaced by the store uris of the files they
@@ -454,6 +445,44 @@ class StdioWorker:
                         deadline = time.monotonic() + launch.timeout
                     elif msg.get("op") == "done":
                         return self.outcome(launch, msg)
+
+
+def outcome_of(launch: Launch, msg: dict[str, Any], stderr_lines: list[ConsoleLine],
+               info: dict[str, Any]) -> Outcome:
+    """The Outcome of a ``done`` message whose result files are in ``launch.store`` already
+    (:meth:`StdioWorker.ingest`); ``bad_result`` says why they could not be taken."""
+    console: list[ConsoleLine] = [(x[0], x[1], x[2]) for x in msg.get("console") or []]
+    console += stderr_lines
+    console.sort(key=lambda x: x[0])
+    info = dict(info)
+    start, end = msg.get("start"), msg.get("end")
+    bad = msg.get("bad_result")
+    if msg.get("ok") or bad:
+        try:
+            if bad:
+                raise BadResultRef(bad)
+            manifest = msg.get("result")
+            value = values.decode(manifest, launch.store)
+        except Exception as e:  # noqa: BLE001
+            err = UnreadableResultError(f"the result of job {launch.label!r} could not be read "
+                                        f"back from the worker: {e}",
+                                        remote_type=type(e).__name__, job_label=launch.label)
+            return Outcome(False, error=err, console=console, start_time=start,
+                           end_time=end, info=info)
+        info["result_manifest"] = manifest
+        return Outcome(True, value=value, console=console, start_time=start,
+                       end_time=end, info=info)
+    raised = msg.get("error") or {}
+    # the job's module was imported by its file name in the worker: a class defined
+    # there is looked up in the module the caller knows the function from
+    modules = {launch.code.module: launch.fn.__module__} if launch.code is not None \
+        else None
+    exc = rebuild_exception(str(raised.get("type", "Exception")),
+                            str(raised.get("message", "")), raised.get("traceback"),
+                            job_label=launch.label, args=raised.get("args"), modules=modules)
+    info["raised"] = bool(raised.get("raised"))
+    return Outcome(False, error=exc, traceback_text=raised.get("traceback"), console=console,
+                   start_time=start, end_time=end, info=info)
 
 
 #: seconds a worker whose output ended is given to exit by itself (its exit status says why)

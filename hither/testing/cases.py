@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from typing import Any
 
@@ -84,23 +84,36 @@ class Case:
     :meth:`fresh` case); ``runtime`` is one of :data:`RUNTIMES`. ``slots`` is how many jobs
     the handler runs at once (the tests fill it to get a job queued). Use it as a context
     manager: leaving it shuts the handler down and checks that no worker is left.
+    ``roots`` gives the processes whose descendants (and containers) are the handler's
+    workers, when they are not this process's (e.g. the dask workers of a cluster started
+    elsewhere on this machine); it is called each time workers are counted.
+
+    A handler that runs jobs elsewhere (cluster tasks) names them with ``remote_workers``:
+    a function that returns an id for each such worker of this process alive now (e.g.
+    ``"slurm:1234_5"``); they count as the case's workers for the leftover checks. With
+    ``reuses_workers=False`` every job runs in a process of its own (no warm workers).
     """
 
     def __init__(self, make_handler: Callable[[], JobHandler], runtime: str = "host", *,
                  name: str | None = None, slots: int = 1,
                  settings: dict[str, Any] | None = None,
-                 numpy_version: str | None = None) -> None:
+                 numpy_version: str | None = None, reuses_workers: bool = True,
+                 roots: Callable[[], Iterable[int]] | None = None,
+                 remote_workers: Callable[[], Iterable[str]] | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; one of {RUNTIMES}")
         self.make_handler = make_handler
         self.runtime = runtime
         self.settings = runtime_settings(runtime) if settings is None else dict(settings)
         self.slots = slots
+        self.reuses_workers = reuses_workers
+        self.remote_workers = remote_workers
         self.numpy_version = numpy_version if numpy_version is not None else \
             runtime_numpy_version(runtime)
         self._handler: JobHandler | None = None
         self._inline: bool | None = None
         self.name = name or runtime
+        self.roots = roots
         self._before: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ what it is
@@ -109,7 +122,7 @@ class Case:
         """The handler under test (made on first use)."""
         if self._handler is None:
             if self._before is None:
-                self._before = worker_ids(self._engines())
+                self._before = self._ids()
             self._handler = self.make_handler()
             self._inline = self._handler.drives_in_caller
         return self._handler
@@ -155,22 +168,30 @@ class Case:
         start or stop while the fresh one is checked. The next use makes a new one."""
         self.close()
         case = Case(self.make_handler, self.runtime, name=self.name, slots=self.slots,
-                    settings=self.settings, numpy_version=self.numpy_version)
+                    roots=self.roots,
+                    settings=self.settings, numpy_version=self.numpy_version,
+                    reuses_workers=self.reuses_workers, remote_workers=self.remote_workers)
         with case:
             yield case
 
     def _engines(self) -> tuple[str, ...]:
         return (self.runtime,) if self.runtime in ("docker", "podman") else ()
 
+    def _ids(self) -> frozenset[str]:
+        ids = worker_ids(self._engines(), None if self.roots is None else tuple(self.roots()))
+        if self.remote_workers is not None:
+            ids |= frozenset(self.remote_workers())
+        return ids
+
     def workers(self) -> frozenset[str]:
         """Workers of this process started since the case's handler was made (containers
-        of its engine and processes; see :func:`worker_ids`)."""
-        return worker_ids(self._engines()) - (self._before or frozenset())
+        of its engine, processes, see :func:`worker_ids`, and ``remote_workers``)."""
+        return self._ids() - (self._before or frozenset())
 
     def assert_idle(self, timeout: float = 15) -> None:
         """Fail unless every worker started by this case stops within ``timeout`` seconds
         (after a job's worker was killed, while no job waits)."""
-        left = wait_gone(self._before or frozenset(), timeout, self._engines())
+        left = wait_gone(self._before or frozenset(), timeout, self._engines(), self._ids)
         assert not left, f"{self.name}: workers still alive: {describe(left)}"
 
     def settle(self, timeout: float = 30) -> None:
@@ -191,7 +212,7 @@ class Case:
         if handler is None:
             return
         handler.shutdown(wait=False, cancel=True)
-        left = wait_gone(self._before or frozenset(), 15, self._engines())
+        left = wait_gone(self._before or frozenset(), 15, self._engines(), self._ids)
         what = describe(left)
         if left:
             remove_workers(left)  # one failure must not spill into the next tests
@@ -323,12 +344,17 @@ def worker_processes(parent: int | None = None) -> list[tuple[int, str]]:
     return out
 
 
-def worker_ids(engines: tuple[str, ...] = ("docker", "podman")) -> frozenset[str]:
+def worker_ids(engines: tuple[str, ...] = ("docker", "podman"),
+               roots: Iterable[int] | None = None) -> frozenset[str]:
     """Every worker of this process now: ``container:<engine>:<id>`` (of ``engines``) and
-    ``pid:<pid>`` (:func:`worker_processes`)."""
-    ids = {f"container:{engine}:{c}" for engine, cs in leftovers(os.getpid(), engines).items()
-           for c in cs}
-    ids |= {f"pid:{pid}" for pid, _cmd in worker_processes()}
+    ``pid:<pid>`` (:func:`worker_processes`). ``roots``: the processes whose workers these
+    are instead of this one (a handler whose workers run under other processes of this
+    machine, such as the dask workers of a cluster started elsewhere)."""
+    ids: set[str] = set()
+    for root in (os.getpid(),) if roots is None else roots:
+        ids |= {f"container:{engine}:{c}" for engine, cs in leftovers(root, engines).items()
+                for c in cs}
+        ids |= {f"pid:{pid}" for pid, _cmd in worker_processes(root)}
     return frozenset(ids)
 
 
@@ -365,11 +391,13 @@ def describe(ids: frozenset[str]) -> str:
 
 
 def wait_gone(allowed: frozenset[str], timeout: float,
-              engines: tuple[str, ...] = ("docker", "podman")) -> frozenset[str]:
-    """Poll until every worker of this process is in ``allowed``; returns the others."""
+              engines: tuple[str, ...] = ("docker", "podman"),
+              ids: Callable[[], frozenset[str]] | None = None) -> frozenset[str]:
+    """Poll until every worker of this process (:func:`worker_ids`, or ``ids()``) is in
+    ``allowed``; returns the others."""
     deadline = time.monotonic() + timeout
     while True:
-        left = worker_ids(engines) - allowed
+        left = (ids() if ids is not None else worker_ids(engines)) - allowed
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)

@@ -220,6 +220,8 @@ def test_awkward_strings_survive(hc):
 
 
 def test_warm_workers_are_reused(hc):
+    if not hc.reuses_workers:
+        pytest.skip("each job runs in a process of its own (reuses_workers=False)")
     with hc.config():
         one_by_one = [ht_worker_token.run(i=i).result(timeout=WAIT) for i in range(10)]
         burst = [ht_worker_token.run(i=i) for i in range(10)]

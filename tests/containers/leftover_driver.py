@@ -18,10 +18,11 @@ from hither.testing.jobs import ht_add  # noqa: E402
 def main() -> None:
     store, engine = sys.argv[1], sys.argv[2]
     base = {"container": f"docker://{IMAGE}", "jhparams": {"container_engine": engine}}
-    with hi.Config(**base, job_handler=hi.ParallelJobHandler(1),
-                   job_cache=hi.JobCache(path=store)):
+    # the handlers are kept: a handler nobody refers to any more stops its workers
+    handlers = [hi.ParallelJobHandler(1), hi.ParallelJobHandler(1)]
+    with hi.Config(**base, job_handler=handlers[0], job_cache=hi.JobCache(path=store)):
         assert ht_add.run(x=1, y=2).result(timeout=120) == 3
-    with hi.Config(**base, job_handler=hi.ParallelJobHandler(1)):
+    with hi.Config(**base, job_handler=handlers[1]):
         assert ht_add.run(x=2, y=2).result(timeout=120) == 4
     print("READY", flush=True)
     time.sleep(600)

@@ -3,18 +3,6 @@
 :func:`start` gives a process handle (``pid``, ``sentinel``, ``poll()``) for a worker
 that serves the given socket; :class:`~hither.handlers.host.HostWorker` speaks to it.
 
-``"spawn"``
-    one fresh interpreter per worker (``sys.executable`` on ``_hostworker.py``).
-``"forkserver"`` (the default)
-    one fresh interpreter per parent process, the fork server, started on first use; it
-    has no threads and forks each worker from a clean state (hither and cloudpickle
-    already imported). It reaps its workers and reports each exit status through a pipe
-    that is also the worker's sentinel.
-``"fork"``
-    ``os.fork()`` of the calling process (hither 0.4.2's way): the worker is a copy of the
-    parent, ``__main__`` included. Unsafe when the parent has other threads (locks held by
-    them stay held in the child); opt-in only.
-
 Every process is started from one launcher thread (see :class:`_Launcher`).
 """
 

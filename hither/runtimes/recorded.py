@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RuntimeUnavailableError
-from .base import Runtime, WorkerSpec, kill_process_group
+from .base import Runtime, WorkerSpec
 from .venv import PythonEnv, VenvRuntime
 
 __all__ = ["HostWorkerRuntime", "LockedEnv", "recorded_runtime"]
@@ -47,17 +46,8 @@ class HostWorkerRuntime(VenvRuntime):
         env.update(spec.env)
         return env
 
-    def start_worker(self, spec: WorkerSpec) -> subprocess.Popen:
-        out = self.path_in_worker("/hither/out", spec)
-        return subprocess.Popen(self.worker_argv(spec), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=self.worker_env(spec),
-                                cwd=out if os.path.isdir(out) else None,
-                                start_new_session=True)
-
-    def stop_worker(self, proc: subprocess.Popen, spec: WorkerSpec) -> None:
-        kill_process_group(proc)
-
+    def prepare(self) -> None:
+        """Nothing to build: the workers run on this interpreter."""
 
 class LockedEnv(PythonEnv):
     """A :class:`PythonEnv` whose resolution is a recorded lock (nothing is re-resolved)."""

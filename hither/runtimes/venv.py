@@ -307,8 +307,12 @@ class VenvRuntime(Runtime):
         env.update(spec.env)
         return env
 
-    def start_worker(self, spec: WorkerSpec) -> subprocess.Popen:
+    def prepare(self) -> None:
+        """Make what the workers run on (the environment, built on first use)."""
         self.env.ensure()
+
+    def start_worker(self, spec: WorkerSpec) -> subprocess.Popen:
+        self.prepare()
         out = self.path_in_worker("/hither/out", spec)
         return subprocess.Popen(self.worker_argv(spec), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -14,7 +14,6 @@ import os
 import pickle
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ def replace_jobs(value: Any) -> Any:
     """``value`` with every job replaced by its result; container types are kept
     (an OrderedDict or a defaultdict stays one, a namedtuple stays one)."""
     if isinstance(value, Job):
-        return Future.result(value, 0)
+        return value._result_now()
     if isinstance(value, dict):
         if type(value) is dict:
             return {k: replace_jobs(v) for k, v in value.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import logging
 import os
 import string
 import sys
@@ -18,6 +19,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import CancelledError, Future
+from concurrent.futures._base import FINISHED, PENDING
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -116,6 +118,11 @@ class _Condition(threading.Condition):
         self.notify(len(self._queue) if self._queue is not None else 0)
 
 
+_LOG = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
+#: guards the making of a job's condition against its completion (see Job._condition)
+_LAZY = threading.Lock()
+
+
 class Job(Future):
     """A call of a hither function, created by ``f.run(...)``.
 
@@ -130,18 +137,28 @@ class Job(Future):
     ``concurrent.futures.CancelledError``.
     """
 
-    # slots: a large pipeline keeps many jobs alive, and a dict per job costs ~1 KB more
-    # (the Future base class still gives each job a __dict__ of its own fields)
+    # slots: a large pipeline keeps many jobs alive, and every object a job holds costs
+    # memory and time in each full collection of the cyclic GC. The Future base class's
+    # fields are slots here too (no __dict__ per job); its condition and waiter list are
+    # made when a thread first waits (see _condition), which a cache hit completed at
+    # .run() never needs.
     __slots__ = ("_fdef", "_kwargs", "_settings", "_handler", "_engine", "_job_id", "_label",
                  "_creator", "_created", "_state_lock", "_status", "_completing",
                  "_cancelled", "_hfuture", "_waiting", "_completion", "_keyinfo", "key",
-                 "result_hash", "cache_hit")
-    _done_callbacks: list[Any]  # Future's own (typeshed does not declare it)
+                 "result_hash", "cache_hit",
+                 # Future's own fields, as Future.__init__ sets them
+                 "_state", "_result", "_exception", "_done_callbacks", "_cond", "_waiter_list")
+    _done_callbacks: list[Any] | tuple[()]  # Future's own (typeshed does not declare it)
 
     def __init__(self, fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
                  handler: JobHandler, engine: Engine, *, upstream: int = 0) -> None:
-        super().__init__()
-        self._condition = _Condition()
+        # not Future.__init__: it makes a threading.Condition per job (see _condition)
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._done_callbacks = []
+        self._cond: threading.Condition | None = None
+        self._waiter_list: list[Any] | None = None
         self._fdef = fdef
         self._kwargs = kwargs
         self._settings = settings
@@ -169,12 +186,51 @@ class Job(Future):
         """True when the result came from the job cache."""
 
     # ------------------------------------------------------------ Future contract
+    @property
+    def _condition(self) -> threading.Condition:
+        """Future's condition, made on first use. It is made under ``_LAZY``, which a
+        completion also takes when no condition exists yet: a thread that makes the
+        condition and then finds the job not done is always notified."""
+        cond = self._cond
+        if cond is None:
+            with _LAZY:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = _Condition()
+        return cond
+
+    @_condition.setter
+    def _condition(self, cond: threading.Condition) -> None:
+        self._cond = cond
+
+    @property
+    def _waiters(self) -> list[Any]:
+        """Future's list of ``concurrent.futures.wait`` waiters, made on first use (always
+        under the condition, by the ``concurrent.futures`` functions)."""
+        waiters = self._waiter_list
+        if waiters is None:
+            with _LAZY:
+                waiters = self._waiter_list
+                if waiters is None:
+                    waiters = self._waiter_list = []
+        return waiters
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._waiter_list = waiters
+
+    def done(self) -> bool:
+        """True once the job completed (finished, failed or cancelled)."""
+        return self._state is FINISHED  # a job is never RUNNING or CANCELLED as a Future
+
     def result(self, timeout: float | None = None) -> Any:
         """The function's return value; waits up to ``timeout`` seconds (None: no limit).
 
         Raises the job's error, :class:`JobCancelledException` if it was cancelled, or
         ``TimeoutError`` when ``timeout`` passes first (the job goes on).
         """
+        if self._state is FINISHED and self._exception is None:
+            return self._result  # final: a finished future never changes again
         try:
             timeout = self._drive(timeout)
             return super().result(timeout)
@@ -197,6 +253,16 @@ class Job(Future):
         if self._cancelled:  # the Future contract: a cancelled future raises here
             raise self._as_cancelled(exc or CancelledError())
         return exc
+
+    def _finished_ok(self) -> bool:
+        """Completed with a result (not an error, not cancelled); engine side."""
+        return self._state is FINISHED and self._exception is None
+
+    def _result_now(self) -> Any:
+        """The result of a completed job, without waiting; raises its (raw) error."""
+        if self._state is FINISHED and self._exception is None:
+            return self._result
+        return Future.result(self, 0)
 
     def cancel(self) -> bool:
         """Cancel the job: a waiting or queued job never runs; a running job is stopped.
@@ -291,19 +357,45 @@ class Job(Future):
             self.cache_hit = cache_hit
             self._status = status
             self._cancelled = status is JobStatus.CANCELLED
-        if outcome.ok:
-            Future.set_result(self, outcome.value)
-        else:
+        err = None
+        if not outcome.ok:
             err = outcome.error
             if err is None:
                 err = JobError(f"job {self._label!r} failed", job_label=self._label)
             if outcome.traceback_text and err.__cause__ is None and remote:
                 err.__cause__ = RemoteTraceback(outcome.traceback_text)
-            Future.set_exception(self, err)
-        # the callbacks have run (a callback added from now on runs at once): let go of
-        # them, and of the downstream jobs and plans they hold
-        self._done_callbacks.clear()
+        # Future.set_result / set_exception, with the condition only when one was made
+        with _LAZY:
+            cond = self._cond
+            if cond is None:  # nobody waits, nor can start waiting before this is set
+                self._finish_future(outcome.value if err is None else None, err)
+        if cond is not None:
+            with cond:
+                self._finish_future(outcome.value if err is None else None, err)
+                cond.notify_all()
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _LOG.exception("exception calling callback for %r", self)
+        # the callbacks have run, and one added from now on runs at once: let go of them
+        # (and of the downstream jobs and plans they hold)
+        self._done_callbacks = ()
         return True
+
+    def _finish_future(self, value: Any, err: BaseException | None) -> None:
+        """Set the Future's final state (under its condition, or ``_LAZY`` without one)."""
+        if err is None:
+            self._result = value
+        else:
+            self._exception = err
+        self._state = FINISHED
+        if self._waiter_list:
+            for waiter in self._waiter_list:
+                if err is None:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
 
     # ------------------------------------------------------------ hither 0.4.2 names
     def wait(self, timeout: float | None = None) -> Any:

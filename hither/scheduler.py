@@ -162,7 +162,7 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
 
 def _finished(job: Job) -> bool:
     """True when ``job`` completed with a result (not an error, not cancelled)."""
-    return job.done() and not job.cancelled() and Future.exception(job, 0) is None
+    return job._finished_ok()
 
 
 _tracker: Any = None

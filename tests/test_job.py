@@ -269,3 +269,73 @@ def test_threads_waiting_on_a_job_are_all_woken(one_worker, tmp_path):
         t.join(30)
     assert not any(t.is_alive() for t in waiters)
     assert sorted(map(repr, got)) == sorted(map(repr, ["woken", None, "woken", 1]))
+
+
+def test_job_sets_every_field_future_init_sets():
+    """Job does not call Future.__init__ (its condition is made on first wait): a Python
+    whose Future gains a field must fail here, not at some later wait."""
+    from concurrent.futures import Future
+
+    assert set(vars(Future())) == {"_condition", "_state", "_result", "_exception",
+                                   "_waiters", "_done_callbacks"}
+    job = jf_add.run(x=1, y=2)
+    assert vars(job) == {}  # every field in a slot
+    assert job.result() == 3 and job.done() and not job.cancelled()
+
+
+@pytest.mark.timeout(120)
+def test_waiting_while_jobs_complete_never_misses_a_wakeup():
+    """The condition of a job is made by the first thread that waits, while a handler
+    thread may be completing the job: every waiter of every kind is woken."""
+    import concurrent.futures as cf
+    import threading
+
+    h = hi.ParallelJobHandler(2, start_method="spawn")
+    try:
+        with hi.Config(job_handler=h):
+            jobs = [jf_add.run(x=i, y=1) for i in range(300)]
+        got: list[object] = []
+        lock = threading.Lock()
+
+        def waiter(i: int, job: hi.Job) -> None:
+            kind = i % 4
+            if kind == 0:
+                value = job.result()
+            elif kind == 1:
+                value = None if job.exception() is None else "error"
+            elif kind == 2:
+                value = next(cf.as_completed([job])).result()
+            else:
+                value = len(cf.wait([job]).done)
+            with lock:
+                got.append((i, value))
+
+        threads = [threading.Thread(target=waiter, args=(i, j)) for i, j in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        want = {i: [i + 1, None, i + 1, 1][i % 4] for i in range(300)}
+        assert dict(got) == want
+    finally:
+        h.shutdown(wait=False, cancel=True)
+
+
+def test_done_callbacks_before_and_after_completion():
+    """Callbacks added before completion run once at completion, those added after run
+    at once; a failing callback is logged, the others still run."""
+    calls: list[str] = []
+    job = jf_add.run(x=1, y=1)  # inline: queued until waited
+    job.add_done_callback(lambda j: calls.append("before"))
+    job.add_done_callback(lambda j: 1 / 0)
+    job.add_done_callback(lambda j: calls.append("after failing one"))
+    assert job.result() == 2
+    assert calls == ["before", "after failing one"]
+    job.add_done_callback(lambda j: calls.append("late"))
+    assert calls[-1] == "late"
+    failing = jf_print_then_raise.run(message="x")
+    failing.add_done_callback(lambda j: calls.append(type(j.exception()).__name__))
+    with pytest.raises(Exception):
+        failing.result()
+    assert calls[-1] != "late" and failing.exception() is not None

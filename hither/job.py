@@ -118,6 +118,22 @@ class _Condition(threading.Condition):
         self.notify(len(self._queue) if self._queue is not None else 0)
 
 
+# A job's state lock guards a few fields for an instant and is never held with another
+# job's: jobs share a fixed set of locks (one lock object per job would be one more object
+# per job for the cyclic GC to visit, in a pipeline that keeps 100,000 jobs).
+_STATE_LOCKS = tuple(threading.Lock() for _ in range(64))
+_LOCK_MASK = len(_STATE_LOCKS) - 1
+_lock_turn = itertools.count()
+
+
+def _new_state_locks() -> None:
+    """A forked child gets fresh locks (one may have been held by another parent thread)."""
+    global _STATE_LOCKS
+    _STATE_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_state_locks)
 _LOG = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
 #: guards the making of a job's condition against its completion (see Job._condition)
 _LAZY = threading.Lock()
@@ -144,7 +160,8 @@ class Job(Future):
     # .run() never needs.
     __slots__ = ("_fdef", "_kwargs", "_settings", "_handler", "_engine", "_job_id", "_label",
                  "_creator", "_created", "_state_lock", "_status", "_completing",
-                 "_cancelled", "_hfuture", "_waiting", "_completion", "_keyinfo", "key",
+                 "_cancelled", "_hfuture", "_waiting", "_outcome", "_done_at", "_done_label",
+                 "_keyinfo", "key",
                  "result_hash", "cache_hit",
                  # Future's own fields, as Future.__init__ sets them
                  "_state", "_result", "_exception", "_done_callbacks", "_cond", "_waiter_list")
@@ -168,15 +185,17 @@ class Job(Future):
         self._label = fdef.name
         self._creator = threading.get_ident()
         self._created = time.time()
-        self._state_lock = threading.Lock()
+        self._state_lock = _STATE_LOCKS[next(_lock_turn) & _LOCK_MASK]
         self._status = JobStatus.PENDING
         self._completing = False
         self._cancelled = False
         self._hfuture: Future[Outcome] | None = None
         self._waiting = upstream  # upstream jobs not finished yet; -1 once one failed
-        # (label, outcome, status, cache hit) once complete: the runtime info dict is built
-        # when asked for, not kept for every job of a large pipeline
-        self._completion: tuple[str, Outcome, JobStatus, bool, float] | None = None
+        # the outcome, when and under which label it came, once complete: the runtime info
+        # dict is built when asked for, not kept for every job of a large pipeline
+        self._outcome: Outcome | None = None
+        self._done_at = 0.0
+        self._done_label = ""
         self._keyinfo: Any = None
         self.key: str | None = None
         """The cache key of the job (set once its inputs are known, when a cache is used)."""
@@ -352,7 +371,7 @@ class Job(Future):
             if result_hash is not None:
                 self.result_hash = result_hash
             self._waiting = -1
-            self._completion = (self._label, outcome, status, cache_hit, time.time())
+            self._outcome, self._done_at, self._done_label = outcome, time.time(), self._label
             self._hfuture = None  # the handler's future (and what it holds) can go now
             self.cache_hit = cache_hit
             self._status = status
@@ -519,17 +538,19 @@ class Job(Future):
         ``{"start_time", "end_time", "elapsed_sec", "cache_hit", "console_out": {"label",
         "lines": [{"timestamp", "text", "stderr"}]}, ...}``
         """
-        done = self._completion
-        if done is None:
+        outcome = self._outcome
+        if outcome is None:
             return None
-        return _runtime_info(*done)  # a new dict each time: the caller may change it
+        # a new dict each time: the caller may change it
+        return _runtime_info(self._done_label, outcome, self._status, self.cache_hit,
+                             self._done_at)
 
     def console_lines(self) -> list[dict[str, Any]]:
         """Captured console lines of the completed job (empty before it completes)."""
-        done = self._completion
-        if done is None:
+        outcome = self._outcome
+        if outcome is None:
             return []
-        return [{"timestamp": t, "text": text, "stderr": err} for t, text, err in done[1].console]
+        return [{"timestamp": t, "text": text, "stderr": err} for t, text, err in outcome.console]
 
     def print_console_out(self, file=None) -> None:
         """Print the job's captured console lines as ``<iso time>: <text>``."""

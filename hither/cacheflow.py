@@ -167,9 +167,14 @@ def lookup(keyinfo: KeyInfo, settings: Settings) -> Outcome | None:
         return None
 
 
+_OWN_MANIFEST = (int, float, str, bool)  # as the codec decodes them: unchanged
+
+
 def _outcome_of(rec: Hit, settings: Settings, store: Any) -> Outcome | None:
     if rec.ok:
-        out = Outcome(True, value=values.decode(rec.result, store))
+        m = rec.result  # a number, string, bool or None is its own manifest
+        out = Outcome(True, value=m if type(m) in _OWN_MANIFEST or m is None
+                      else values.decode(m, store))
     else:
         if not settings.cache_failing or settings.rerun_failing:
             return None

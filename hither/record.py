@@ -326,12 +326,22 @@ def _outcome_fields(d: dict[str, Any]) -> tuple[str, str | None, ErrorInfo | Non
         error = ErrorInfo.from_dict(d.get("error"))
     else:
         raise BadRecord(f"unknown status {status!r:.80}")
-    console = d.get("console") or []
+    console = d.get("console")
+    if not console:  # the common case: no output (as before, any false value is none)
+        return status, result_hash, error, ()
     if not isinstance(console, list) or not all(
             type(x) is list and len(x) == 3 and type(x[0]) in (int, float)
             and type(x[1]) is str and type(x[2]) is bool for x in console):
         raise BadRecord("malformed console")
     return status, result_hash, error, tuple((float(t), s, e) for t, s, e in console)
+
+
+def _time(t: Any) -> float | None:
+    if t is None or type(t) is float:
+        return t
+    if type(t) is int:
+        return float(t)
+    raise BadRecord("malformed times")
 
 
 _SUMMARY_FIELDS = ("format", "key", "status", "result", "result_hash", "error", "console")
@@ -380,9 +390,7 @@ class Hit:
         times = d.get("times")
         if not isinstance(times, list) or len(times) != len(_SUMMARY_TIMES):
             raise BadRecord("malformed times")
-        if not all(t is None or type(t) in (int, float) for t in times):
-            raise BadRecord("malformed times")
-        start, end, recorded = (None if t is None else float(t) for t in times)
+        start, end, recorded = (_time(t) for t in times)
         status, result_hash, error, console = _outcome_fields(d)
         return cls(key=key, status=status, result=d.get("result"), result_hash=result_hash,
                    error=error, console=console, start_time=start, end_time=end,

@@ -28,16 +28,18 @@ import atexit
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ._shared import is_group_shared, make_dirs, share_fd
-from ._statmemo import PersistentStatMemo, Signature, sig_text, signature
+from ._statmemo import PersistentStatMemo, Signature, sig_text
 from .errors import StoreWarning
 
 __all__ = ["INDEX_DB", "HitIndex"]
@@ -46,6 +48,26 @@ INDEX_DB = "index/stat.sqlite"
 """The index database, relative to the store root."""
 
 _KIND = "hit1"
+
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+# the decoder's C scanner (not in the type stubs): json.loads without its Python layers
+_scan: Callable[[str, int], tuple[Any, int]] = vars(json.JSONDecoder())["scan_once"]
+
+
+def _parse(payload: str) -> Any:
+    """``json.loads(payload)`` (None when it fails), without its Python wrapper for the
+    compact JSON this index writes: one scan from the first character to the last."""
+    try:
+        value, end = _scan(payload, 0)
+    except (StopIteration, ValueError, RecursionError):
+        end = -1
+    if end == len(payload):
+        return value
+    try:  # anything else (whitespace around, trailing data, not JSON) as json.loads says
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _checksum(key: str, payload: str) -> str:
@@ -83,20 +105,18 @@ class HitIndex:
         if shard is None:
             shard = self._load(path[: -len(os.path.basename(path))])
             self._shards[key[:2]] = shard
-        row = shard.get(os.fsencode(path))
+        row = shard.get(path.encode(_FS_ENCODING, _FS_ERRORS))  # == os.fsencode(path)
         if row is None:
             return None
         sig, _, value = row.partition(" ")
-        if sig != sig_text(signature(st)):
+        # == sig_text(signature(st)), spelled out: this runs for every cache hit
+        if sig != f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}":
             return None
         check, _, payload = value.partition(" ")
         if check != _checksum(key, payload):
             self._bad(key, "its checksum does not match")
             return None
-        try:
-            body = json.loads(payload)
-        except (ValueError, RecursionError):
-            body = None
+        body = _parse(payload)
         if not isinstance(body, dict):
             self._bad(key, "it is not a JSON object")
             return None

@@ -289,3 +289,20 @@ def test_a_damaged_index_entry_reads_the_record_with_a_warning(cache, log):
     assert second.cache_hit and second.result() == [1, "two"]
     assert [w for w in caught if "hit index entry" in str(w.message)]
     assert read_calls(log)["cf_echo"] == 1
+
+
+def test_plain_result_manifests_decode_as_the_codec_does(tmp_path):
+    """A hit whose manifest is a number, string, bool or None skips the codec: the value
+    must be the codec's, type included (True stays a bool, 1.0 a float)."""
+    from hither import values
+    from hither.cacheflow import _outcome_of
+    from hither.config import Settings
+    from hither.record import Hit
+
+    store = hi.JobCache(path=tmp_path).store
+    for value in (0, -5, 2**70, 1.5, float("inf"), "", "text", True, False, None):
+        manifest = values.encode(value, store)
+        hit = Hit(key="k" * 64, status="finished", result=manifest, result_hash="0" * 64)
+        got = _outcome_of(hit, Settings(), store).value
+        want = values.decode(manifest, store)
+        assert type(got) is type(want) and got == want

@@ -212,3 +212,42 @@ def test_a_large_blob_verified_once_is_trusted_by_new_processes_until_it_changes
         f.write(b"X")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert _blob_read_in_new_process(tmp_path, uri) == "corrupt"
+
+
+def test_summary_parse_equals_json_loads() -> None:
+    """The index parses a row's JSON with the decoder's scanner alone: it must give what
+    json.loads gives (None where json.loads fails), whatever the text."""
+    import json
+
+    from hither_store._hitindex import _parse
+
+    texts = ['{"a":1}', ' {"a":1}', '{"a":1} ', '{"a":1}x', '{"a":1}{}', "", "nope", "[1,2]",
+             '{"a":NaN}', '"x"', "1e400", '{"a":', '{"a":1', "{}", '{"k":"\\ud800"}',
+             "[" * 5000 + "]" * 5000, '{"a":[1,{"b":null}],"c":true}']
+    for text in texts:
+        try:
+            want = json.loads(text)
+        except (ValueError, RecursionError):
+            want = None
+        got = _parse(text)
+        assert json.dumps(got) == json.dumps(want), text[:40]
+
+
+def test_a_row_with_valid_checksum_but_extra_text_is_no_summary(tmp_path: Path) -> None:
+    """A row whose payload is JSON followed by more text (checksum made to match) is not
+    read as the JSON before it."""
+    import hashlib
+
+    store = LocalStore(tmp_path)
+    store.put_record("k-extra-text", {"v": 1}, summary={"v": 1})
+    store._index.flush()
+    db = sqlite3.connect(tmp_path / "index" / "stat.sqlite")
+    (sig, value), = db.execute("SELECT sig, value FROM statmemo_v2").fetchall()
+    payload = value.split(" ", 1)[1] + ' {"v":2}'
+    check = hashlib.sha256(f"k-extra-text\0{payload}".encode()).hexdigest()[:32]
+    with db:
+        db.execute("UPDATE statmemo_v2 SET value = ?", (f"{check} {payload}",))
+    db.close()
+    hits, err = hits_in_new_process(tmp_path, ["k-extra-text"])
+    assert hits == {"k-extra-text": None}
+    assert "hit index entry of record 'k-extra-text' ignored" in err

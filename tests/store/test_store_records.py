@@ -179,3 +179,74 @@ def test_iter_records_skips_damaged_ones(store: LocalStore) -> None:
     expected = {k: v for k, v in bodies.items() if k != "key-00000003"}
     assert got == expected
     assert list(got) == sorted(got)
+
+
+def _round_trips(body: dict) -> bool:
+    import json
+
+    from hither_store._records import _canonical_bytes
+
+    data = _canonical_bytes(body)
+    return _canonical_bytes(json.loads(data)) == data
+
+
+def test_str_keys_shortcut_agrees_with_the_round_trip() -> None:
+    """encode_record skips the JSON round trip when every key is a str: such a body must
+    always round-trip, and every body the shortcut sends to the round trip is checked."""
+    from collections import OrderedDict
+
+    from hither_store._records import _str_keys_only
+
+    nan = float("nan")
+    bodies = [
+        {}, {"a": 1}, {"a": [1, 2.5, nan, float("inf"), -0.0, 2**80, None, True]},
+        {"s": "\ud800 lone surrogate", "u": "é ✓ \x00 \"quoted\" \\"},
+        {"t": (1, (2, {"x": "y"})), "l": [[[]], {}]},
+        {"n": {"deep": [{"k": {"j": [1]}}]}},
+        {"a": {2: "x", 10: "y"}},          # int keys: sorted as numbers, then as text
+        {"a": [{1: "one"}]},               # a single int key round-trips, but is checked
+        {"a": OrderedDict([("b", 1)])},    # a dict subclass: checked
+        {"a": OrderedDict([(2, 1), (10, 2)])},
+        {"a": ({None: 1},)},
+        {True: 1},
+    ]
+    for body in bodies:
+        if _str_keys_only(body):
+            assert _round_trips(body), body
+    assert not _str_keys_only(bodies[6]) and not _round_trips(bodies[6])
+    assert not _str_keys_only(bodies[9]) and not _round_trips(bodies[9])
+    assert not _str_keys_only(bodies[8]) and _round_trips(bodies[8])
+
+
+def test_a_nested_body_that_would_not_read_back_is_refused(store: LocalStore) -> None:
+    """Keys that collide or reorder once they are JSON strings are refused at any depth,
+    inside lists, tuples and dict subclasses too."""
+    from collections import OrderedDict
+
+    for body in ({"a": {"b": [{2: "x", 10: "y"}]}},
+                 {"a": ({2: "x", 10: "y"},)},
+                 {"a": OrderedDict([(2, "x"), (10, "y")])}):
+        with pytest.raises(ValueError, match="round trip"):
+            store.put_record(KEY, body)  # type: ignore[arg-type]
+    assert not store.has_record(KEY)
+
+
+def test_every_str_keyed_body_round_trips() -> None:
+    """Property: whatever a body with str keys holds (numbers, any text, nesting), the
+    round trip that encode_record skips for it would have passed."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hither_store._records import _str_keys_only
+
+    leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    trees = st.recursive(leaves, lambda inner: st.lists(inner) | st.tuples(inner, inner)
+                         | st.dictionaries(st.text(), inner), max_leaves=30)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.text(), trees))
+    def check(body: dict) -> None:
+        assert _str_keys_only(body)
+        assert _round_trips(body)
+
+    check()

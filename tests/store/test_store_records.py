@@ -241,9 +241,9 @@ def test_every_str_keyed_body_round_trips() -> None:
 
     leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
     trees = st.recursive(leaves, lambda inner: st.lists(inner) | st.tuples(inner, inner)
-                         | st.dictionaries(st.text(), inner), max_leaves=30)
+                         | st.dictionaries(st.text(), inner), max_leaves=20)
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=100, deadline=None)
     @given(st.dictionaries(st.text(), trees))
     def check(body: dict) -> None:
         assert _str_keys_only(body)

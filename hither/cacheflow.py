@@ -332,6 +332,25 @@ def _runtime_facts(runtime: Any, identity: dict[str, Any], store: Any,
         return {}
 
 
+#: FunctionInfo per code identity object (cached by codeid, shared by a function's jobs)
+_INFOS: dict[int, tuple[CodeIdentity, str, str, FunctionInfo]] = {}
+
+
+def _function_info(fdef: FunctionDef, code: CodeIdentity) -> FunctionInfo:
+    """The record's function info: the same for every job of a function and code."""
+    known = _INFOS.get(id(code))
+    if known is not None and known[0] is code and known[1] == fdef.name \
+            and known[2] == fdef.version:
+        return known[3]
+    info = FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
+                        module=code.module, source=code.source, sources=dict(code.sources),
+                        external=dict(code.external), parts=dict(code.parts))
+    if len(_INFOS) > 256:
+        _INFOS.clear()
+    _INFOS[id(code)] = (code, fdef.name, fdef.version, info)  # holds code: its id stays
+    return info
+
+
 def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label: str,
                 handler: str, store: Any = None, runtime: Any = None) -> Provenance:
     from . import __version__
@@ -344,10 +363,7 @@ def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label:
     facts = _runtime_facts(runtime, keyinfo.runtime, store,
                            outcome.info.get("runtime_packages")) if store is not None else {}
     return Provenance(
-        function=FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
-                              module=code.module, source=code.source,
-                              sources=dict(code.sources), external=dict(code.external),
-                              parts=dict(code.parts)),
+        function=_function_info(fdef, code),
         code_bundle=bundle, code_entry=entry, packages=facts.get("packages"),
         runtime_lock=facts.get("lock"),
         runtime=keyinfo.runtime, key_parts=keyinfo.parts, label=label,

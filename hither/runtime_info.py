@@ -92,12 +92,17 @@ def _node(store: Any, text: str) -> dict[str, Any]:
     return {"~": "bytes", "ref": store.put_bytes(data), "size": len(data)}
 
 
+_HOST = {"kind": "host"}
+
+
 def runtime_facts(runtime: Any, identity: dict[str, Any], store: Any,
                   reported: str | None = None) -> dict[str, Any]:
     """``{"packages": <blob node>, "lock": <blob node>}`` (the keys that apply) for a
     runtime (None: the host) whose identity is ``identity``; stored in ``store`` once.
     ``reported`` is the package list the runtime's worker reported."""
-    cache_key = (str(store.root), json.dumps(identity, sort_keys=True))
+    # the host's identity (every job's, without a runtime) without encoding it per job
+    ident = "host" if identity == _HOST else json.dumps(identity, sort_keys=True)
+    cache_key = (str(store.root), ident)
     with _lock:
         found = _facts.get(cache_key)
     if found is not None:

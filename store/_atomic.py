@@ -105,12 +105,13 @@ def remove_quietly(path: str | Path) -> bool:
     return True
 
 
-def publish(tmp_path: Path, target: Path) -> None:
+def publish(tmp_path: Path, target: Path | str) -> None:
     """Atomically rename ``tmp_path`` onto ``target``, creating parent directories."""
     try:
         os.replace(tmp_path, target)
         return
     except FileNotFoundError:
+        target = Path(target)
         if not tmp_path.exists():
             raise StoreError(
                 f"temp file {tmp_path} vanished before it could be moved to {target} "
@@ -119,6 +120,7 @@ def publish(tmp_path: Path, target: Path) -> None:
         make_dirs(target.parent)
     except PermissionError:
         # Windows cannot replace a read-only file; elsewhere this re-raises below.
+        target = Path(target)
         if not target.exists():
             raise
         with contextlib.suppress(OSError):

@@ -383,12 +383,14 @@ class LocalStore:
             TypeError: ``record`` is not a dict or is not JSON-serializable.
         """
         self._writing("store a record")
-        path = self.record_path(key)
+        check_key(key)
+        # a plain string path, as in get_record: this runs for every job recorded
+        path = f"{self._records_root}/{key[:2]}/{key}{_RECORD_SUFFIX}"
         data = encode_record(key, record)
         with TempFile(self._layout.tmp_dir, "record", self.fsync) as tmp:
             tmp.file.write(data)
+            ours = os.fstat(tmp.file.fileno()) if summary is not None else None
             tmp.finish()
-            ours = os.stat(tmp.path) if summary is not None else None
             publish(tmp.path, path)
         if ours is not None and summary is not None:
             try:
@@ -396,7 +398,7 @@ class LocalStore:
             except OSError:
                 return
             if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):  # not another writer's
-                self._index.put(key, str(path), signature(st), summary)
+                self._index.put(key, path, signature(st), summary)
 
     def get_hit(self, key: str) -> dict[str, Any] | None:
         """The summary stored with the record of ``key`` (see :meth:`put_record`), while

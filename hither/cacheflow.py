@@ -15,7 +15,6 @@ manifest, the console output and the provenance of the run.
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import hashlib
 import platform
@@ -270,13 +269,14 @@ def _input_entries(keyinfo: KeyInfo, inputs: InputSource, store: Any) -> dict[st
     kind, given = inputs()
     out: dict[str, InputEntry] = {}
     for name, meta in keyinfo.inputs.items():
-        entry = InputEntry(digest=meta["digest"], desc=meta.get("desc", ""),
-                           job=meta.get("job"), jobs=tuple(meta.get("jobs") or ()))
-        if entry.job is None and name in given:
+        job = meta.get("job")
+        value: Any = _NOT_ENCODED
+        if job is None and name in given:
             value = given[name] if kind == "manifest" else _encoded(given[name], store, name)
-            if value is not _NOT_ENCODED:
-                entry = dataclasses.replace(entry, value=value)
-        out[name] = entry
+        jobs = tuple(meta.get("jobs") or ())
+        out[name] = InputEntry(meta["digest"], meta.get("desc", ""), job, jobs) \
+            if value is _NOT_ENCODED else \
+            InputEntry(meta["digest"], meta.get("desc", ""), job, jobs, value)
     return out
 
 

@@ -160,7 +160,7 @@ class Job(Future):
     # .run() never needs.
     __slots__ = ("_fdef", "_kwargs", "_settings", "_handler", "_engine", "_job_id", "_label",
                  "_creator", "_created", "_state_lock", "_status", "_completing",
-                 "_cancelled", "_hfuture", "_waiting", "_outcome", "_done_at", "_done_label",
+                 "_cancelled", "_hfuture", "_waiting", "_done",
                  "_keyinfo", "key",
                  "result_hash", "cache_hit",
                  # Future's own fields, as Future.__init__ sets them
@@ -191,11 +191,11 @@ class Job(Future):
         self._cancelled = False
         self._hfuture: Future[Outcome] | None = None
         self._waiting = upstream  # upstream jobs not finished yet; -1 once one failed
-        # the outcome, when and under which label it came, once complete: the runtime info
-        # dict is built when asked for, not kept for every job of a large pipeline
-        self._outcome: Outcome | None = None
-        self._done_at = 0.0
-        self._done_label = ""
+        # what the runtime info needs, once complete (the dict is built when asked for):
+        # tuples of numbers and strings (the info dict as its items), which the cyclic GC
+        # stops tracking, where an Outcome and its console list would be two more objects per
+        # job to visit in every full collection of a 100,000-job pipeline
+        self._done: _Done | None = None
         self._keyinfo: Any = None
         self.key: str | None = None
         """The cache key of the job (set once its inputs are known, when a cache is used)."""
@@ -371,7 +371,10 @@ class Job(Future):
             if result_hash is not None:
                 self.result_hash = result_hash
             self._waiting = -1
-            self._outcome, self._done_at, self._done_label = outcome, time.time(), self._label
+            self._done = (self._label, outcome.start_time, outcome.end_time,
+                          tuple(outcome.console), tuple(outcome.info.items()),
+                          outcome.traceback_text,
+                          time.time())
             self._hfuture = None  # the handler's future (and what it holds) can go now
             self.cache_hit = cache_hit
             self._status = status
@@ -538,19 +541,17 @@ class Job(Future):
         ``{"start_time", "end_time", "elapsed_sec", "cache_hit", "console_out": {"label",
         "lines": [{"timestamp", "text", "stderr"}]}, ...}``
         """
-        outcome = self._outcome
-        if outcome is None:
+        done = self._done
+        if done is None:
             return None
-        # a new dict each time: the caller may change it
-        return _runtime_info(self._done_label, outcome, self._status, self.cache_hit,
-                             self._done_at)
+        return _runtime_info(done, self._status, self.cache_hit)  # a new dict each time
 
     def console_lines(self) -> list[dict[str, Any]]:
         """Captured console lines of the completed job (empty before it completes)."""
-        outcome = self._outcome
-        if outcome is None:
+        done = self._done
+        if done is None:
             return []
-        return [{"timestamp": t, "text": text, "stderr": err} for t, text, err in outcome.console]
+        return [{"timestamp": t, "text": text, "stderr": err} for t, text, err in done[3]]
 
     def print_console_out(self, file=None) -> None:
         """Print the job's captured console lines as ``<iso time>: <text>``."""
@@ -569,9 +570,13 @@ class Job(Future):
         return job_html(self)
 
 
-def _runtime_info(label: str, outcome: Outcome, status: JobStatus,
-                  cache_hit: bool, completed_at: float) -> dict[str, Any]:
-    start, end = outcome.start_time, outcome.end_time
+#: (label, start time, end time, console lines, info items, traceback text, completed at)
+_Done = tuple[str, float | None, float | None, tuple[Any, ...], tuple[tuple[str, Any], ...],
+              str | None, float]
+
+
+def _runtime_info(done: _Done, status: JobStatus, cache_hit: bool) -> dict[str, Any]:
+    label, start, end, console, extra, traceback_text, completed_at = done
     if start is None:
         start = end = completed_at
     info: dict[str, Any] = {
@@ -581,11 +586,11 @@ def _runtime_info(label: str, outcome: Outcome, status: JobStatus,
         "cache_hit": cache_hit,
         "status": status.value,
         "console_out": {"label": label, "lines": [
-            {"timestamp": t, "text": text, "stderr": err} for t, text, err in outcome.console]},
+            {"timestamp": t, "text": text, "stderr": err} for t, text, err in console]},
     }
-    info.update(outcome.info)
-    if outcome.traceback_text:
-        info["traceback"] = outcome.traceback_text
+    info.update(extra)
+    if traceback_text:
+        info["traceback"] = traceback_text
     return info
 
 

@@ -336,6 +336,6 @@ def test_done_callbacks_before_and_after_completion():
     assert calls[-1] == "late"
     failing = jf_print_then_raise.run(message="x")
     failing.add_done_callback(lambda j: calls.append(type(j.exception()).__name__))
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="x"):
         failing.result()
-    assert calls[-1] != "late" and failing.exception() is not None
+    assert calls[-1] == "ValueError" and isinstance(failing.exception(), ValueError)

@@ -234,10 +234,9 @@ def test_a_nested_body_that_would_not_read_back_is_refused(store: LocalStore) ->
 def test_every_str_keyed_body_round_trips() -> None:
     """Property: whatever a body with str keys holds (numbers, any text, nesting), the
     round trip that encode_record skips for it would have passed."""
+    from hither_store._records import _str_keys_only
     from hypothesis import given, settings
     from hypothesis import strategies as st
-
-    from hither_store._records import _str_keys_only
 
     leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
     trees = st.recursive(leaves, lambda inner: st.lists(inner) | st.tuples(inner, inner)

@@ -16,6 +16,7 @@ from ..errors import JobTimeoutError, WorkerCrashedError
 from ..launch import ConsoleLine, Launch, Outcome
 from ..progress import echo
 from . import _loop
+from ._batching import BatchPolicy, take_batch
 from .base import JobHandler, completed_future, in_io_thread
 from .host import START_METHODS, HostWorker, decode_outcome, default_start_method, describe_exit
 from .stdio import StdioWorker, pool_key
@@ -25,7 +26,8 @@ Settle = Outcome | Callable[[], Outcome]
 
 
 class _Task:
-    __slots__ = ("launch", "future", "head_at", "started", "cancel_why", "slot", "console")
+    __slots__ = ("launch", "future", "head_at", "started", "cancel_why", "slot", "console",
+                 "batched", "wire")
 
     def __init__(self, launch: Launch, future: Future[Outcome]) -> None:
         self.launch = launch
@@ -35,12 +37,14 @@ class _Task:
         self.started: float | None = None  # monotonic time its function started (timeouts)
         self.cancel_why: str | None = None
         self.slot: _Slot | None = None
+        self.batched = False  # sent as part of a batch (its function's jobs are fast)
+        self.wire = 0  # its share of the bytes sent to the worker (not known read yet)
 
 
 class _Slot:
     """A worker of the pool: a host process (key None) or a runtime worker."""
 
-    __slots__ = ("key", "host", "stdio", "inflight", "pid", "limit")
+    __slots__ = ("key", "host", "stdio", "inflight", "pid", "limit", "unbatched", "unread")
 
     def __init__(self, key: Hashable, host: HostWorker | None = None,
                  stdio: StdioWorker | None = None, limit: int = 1) -> None:
@@ -50,6 +54,8 @@ class _Slot:
         self.inflight: deque[_Task] = deque()
         self.pid = host.pid if host is not None else stdio.pid  # type: ignore[union-attr]
         self.limit = limit if host is not None else StdioWorker.max_inflight
+        self.unbatched = 0  # jobs in flight that were not sent as batched
+        self.unread = 0  # bytes sent for the jobs in flight (at most what it has not read)
 
     def fds(self) -> tuple[int, ...]:
         if self.host is not None:
@@ -95,10 +101,15 @@ class ParallelJobHandler(JobHandler):
     its ``job_timeout`` (counted from the moment its function starts) or cancelled while
     running has its worker (and everything the job started, container included) killed and
     replaced.
+
+    Tiny jobs are batched (``batch=True``, the default): once a function's jobs are seen
+    to be fast, a host worker is sent many of them in one message, about ``batch_target``
+    seconds of work (see :mod:`hither.handlers._batching`); they still run, complete,
+    fail and cancel one by one. ``batch=False`` sends every job on its own.
     """
 
     def __init__(self, num_workers: int | None = None, *, start_method: str | None = None,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, batch: bool = True, batch_target: float = 0.005) -> None:
         super().__init__()
         if num_workers is None:
             num_workers = os.cpu_count() or 1
@@ -113,6 +124,7 @@ class ParallelJobHandler(JobHandler):
         # small messages are written straight into the pipe: a bounded number sent ahead
         # keeps them within its buffer (see host.HostWorker.send)
         self.prefetch = min(max(1, int(prefetch)), 8)
+        self._policy = BatchPolicy(bool(batch), target=batch_target)
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._pending: dict[Hashable, deque[_Task]] = {}
@@ -133,10 +145,14 @@ class ParallelJobHandler(JobHandler):
         done: list[tuple[_Task, Settle]] = []
         with self._lock:
             self._tasks[launch.job_id] = task
-            self._pending.setdefault(key, deque()).append(task)
+            q = self._pending.setdefault(key, deque())
+            q.append(task)
             if key is not None:
                 self._runtimes[key] = (launch.runtime, launch.store)
             self._shared.start(self)
+            if len(q) > 1:  # others wait already: the loop sends them together
+                self._shared.wake()
+                return task.future
             mine = [s for s in self._slots if s.key == key]
             room = len(self._slots) + sum(self._starting.values()) < self.num_workers
             s = min(mine, key=_load, default=None)
@@ -204,31 +220,63 @@ class ParallelJobHandler(JobHandler):
 
     # ---------------------------------------------------------------- dispatch (lock held)
     def _fill(self, slot: _Slot, done: list, limit: int | None = None) -> None:
+        """Send ``slot`` what it may take of its pool's queue (at most ``limit`` jobs)."""
         q = self._pending.get(slot.key)
-        cap = slot.limit if limit is None else min(slot.limit, len(slot.inflight) + limit)
-        while q and len(slot.inflight) < cap:
-            task = q.popleft()
-            try:
-                if slot.host is not None:
-                    msg = slot.host.run_message(task.launch)
-                    sent = slot.host.send(msg)
-                else:
+        if not q:
+            return
+        if slot.host is None:
+            cap = slot.limit if limit is None else min(slot.limit, len(slot.inflight) + limit)
+            while q and len(slot.inflight) < cap:
+                task = q.popleft()
+                try:
                     assert slot.stdio is not None
                     sent = slot.stdio.send_run(task.launch)
+                except Exception as e:  # noqa: BLE001 - surfaces on the job, never in the loop
+                    self._finish(task, _unsendable(e), done)
+                    continue
+                if not sent:
+                    q.appendleft(task)
+                    return
+                self._sent(slot, task)
+            return
+        if limit is None:  # a fair share of the queue for each worker of the pool
+            workers = self._starting.get(slot.key, 0) + sum(s.key == slot.key
+                                                            for s in self._slots)
+            limit = -(-len(q) // max(1, workers))
+        batch = take_batch(self._policy, q, slot, limit, self.prefetch)
+        msgs, tasks = [], []
+        for task in batch:
+            try:
+                msg = slot.host.run_message(task.launch)
             except Exception as e:  # noqa: BLE001 - surfaces on the job, never in the loop
-                self._finish(task, Outcome(False, error=e, traceback_text=(
-                    "the job's function or arguments could not be sent to a worker: "
-                    f"{type(e).__name__}: {e}")), done)
+                self._finish(task, _unsendable(e), done)
                 continue
-            if not sent:
-                q.appendleft(task)
-                return
-            if slot.host is not None:
-                slot.host.sent(msg)
-            task.slot = slot
-            slot.inflight.append(task)
-            if len(slot.inflight) == 1:
-                self._start(task)
+            slot.host.sent(msg)  # its function is not sent again in this batch
+            msgs.append(msg)
+            tasks.append(task)
+        if not msgs:
+            return
+        size = slot.host.send(msgs[0] if len(msgs) == 1 else ("batch", msgs), slot.unread)
+        if not size:
+            q.extendleft(reversed(tasks))
+            return
+        for task in tasks:
+            task.wire = size // len(tasks)
+            self._sent(slot, task)
+
+    def _sent(self, slot: _Slot, task: _Task) -> None:
+        task.slot = slot
+        slot.inflight.append(task)
+        slot.unread += task.wire
+        slot.unbatched += not task.batched
+        if len(slot.inflight) == 1:
+            self._start(task)
+
+    def _pop_head(self, slot: _Slot) -> _Task:
+        task = slot.inflight.popleft()
+        slot.unread -= task.wire
+        slot.unbatched -= not task.batched
+        return task
 
     def _start(self, task: _Task) -> None:
         task.head_at = time.monotonic()
@@ -425,12 +473,11 @@ class ParallelJobHandler(JobHandler):
         with self._lock:
             waiting = any(self._pending.values())
             spawns = self._plan_spawns() if waiting else []
-            for depth in range(1, (self.prefetch if waiting else 0) + 1):  # idle first
-                for slot in sorted(self._slots, key=_load):
-                    if depth > 1 and self._starting.get(slot.key):
-                        continue  # a new worker of this pool is coming: keep it for it
-                    if len(slot.inflight) < depth:
-                        self._fill(slot, done, limit=depth - len(slot.inflight))
+            for slot in sorted(self._slots, key=_load) if waiting else ():  # idle first
+                if not self._starting.get(slot.key):
+                    self._fill(slot, done)
+                elif not slot.inflight:  # a new worker of this pool is coming: keep the
+                    self._fill(slot, done, limit=1)  # rest for it
             timeout = self._next_deadline()
         self._complete(done)
         for key in spawns:
@@ -454,20 +501,17 @@ class ParallelJobHandler(JobHandler):
         self._complete(done)
 
     def _on_event(self, kind: str, slot: _Slot, done: list) -> None:
-        if kind == "msg":  # one message per event: the selector reports the rest
-            try:
-                self._on_message(slot, slot.host.recv(), done)  # type: ignore[union-attr]
-            except (EOFError, OSError):
-                pass
-        elif kind == "exit":
+        if kind == "msg" or kind == "exit":
             host = slot.host
             assert host is not None
-            try:
-                while host.conn.poll():  # answers sent before it died
-                    self._on_message(slot, host.recv(), done)
+            try:  # at its exit: the answers it sent before it died
+                answers = host.read_available(more=kind == "exit")
             except (EOFError, OSError):
-                pass
-            self._on_worker_exit(slot, done)
+                answers = []
+            for answer in answers:
+                self._on_message(slot, answer, done)
+            if kind == "exit":
+                self._on_worker_exit(slot, done)
         elif kind == "out":
             sw = slot.stdio
             assert sw is not None
@@ -507,6 +551,7 @@ class ParallelJobHandler(JobHandler):
             if not t or head.started is None or now < head.started + t:
                 continue
             started = time.time() - (now - head.started)
+            self._policy.slow(head.launch.fid, t)
             if slot.stdio is not None:
                 outcome = slot.stdio.timeout_outcome(head.launch, started)
             else:
@@ -539,7 +584,7 @@ class ParallelJobHandler(JobHandler):
         if kind == "started":  # the function starts: its job_timeout counts from now
             slot.inflight[0].started = time.monotonic()
             return
-        task = slot.inflight.popleft()
+        task = self._pop_head(slot)
         if slot.inflight:
             self._start(slot.inflight[0])
         outcome: Settle
@@ -547,13 +592,15 @@ class ParallelJobHandler(JobHandler):
             outcome = self._cancelled_outcome(task.launch)
         elif slot.host is not None:
             _, _, ok, payload, lines, start, end = msg
+            if type(start) is float and type(end) is float:  # the worker's clock
+                self._policy.record(task.launch.fid, end - start)
             outcome = partial(decode_outcome, task.launch, ok, payload, lines, start, end,
                               slot.pid)
         else:
             assert slot.stdio is not None
             outcome = slot.stdio.deferred_outcome(task.launch, msg)
         self._finish(task, outcome, done)
-        self._fill(slot, done, limit=1)  # the loop tops the others up, idle workers first
+        # the loop sends more on its next turn, to idle workers first
 
     def _on_worker_exit(self, slot: _Slot, done: list) -> None:
         if not slot.inflight:
@@ -561,6 +608,7 @@ class ParallelJobHandler(JobHandler):
             self._stop_slot(slot, graceful=False)
             return
         head = slot.inflight[0]
+        self._policy.slow(head.launch.fid)
         outcome: Settle
         if slot.host is not None:
             slot.host.join(1)
@@ -585,6 +633,11 @@ def _reap(host: HostWorker, timeout: float) -> None:
     if host.is_alive():
         host.kill()
         host.join(2)
+
+
+def _unsendable(e: Exception) -> Outcome:
+    return Outcome(False, error=e, traceback_text=(
+        f"the job's function or arguments could not be sent to a worker: {type(e).__name__}: {e}"))
 
 
 def _settle(done: list[tuple[_Task, Settle]]) -> None:

@@ -51,20 +51,25 @@ class Shared:
         self.stop = False
         self.thread: threading.Thread | None = None
         self._closed = False
+        self._woken = False
         self._close_lock = threading.Lock()
 
     def wake(self) -> None:
         """Make the loop's wait return."""
+        if self._woken:  # a byte is waiting already: the loop's next turn sees the change
+            return
         with self._close_lock:  # never write into a descriptor number reused since
             if self._closed:
                 return
+            self._woken = True
             try:
                 os.write(self.wake_w, b"x")
             except OSError:
                 pass
 
     def drain_wake(self) -> None:
-        """Read the wake-up bytes (in the loop)."""
+        """Read the wake-up bytes (in the loop, before its next turn looks at the state)."""
+        self._woken = False
         try:
             while os.read(self.wake_r, 4096):
                 pass

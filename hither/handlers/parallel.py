@@ -10,9 +10,12 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import PENDING
 from functools import partial
+from typing import Any
 
 from ..errors import JobTimeoutError, WorkerCrashedError
+from ..job import _Condition
 from ..launch import ConsoleLine, Launch, Outcome
 from ..progress import echo
 from . import _loop
@@ -125,6 +128,7 @@ class ParallelJobHandler(JobHandler):
         # keeps them within its buffer (see host.HostWorker.send)
         self.prefetch = min(max(1, int(prefetch)), 8)
         self._policy = BatchPolicy(bool(batch), target=batch_target)
+        self._sends = [0, 0]  # messages that carried jobs to host workers, jobs they carried
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._pending: dict[Hashable, deque[_Task]] = {}
@@ -140,7 +144,7 @@ class ParallelJobHandler(JobHandler):
     def submit(self, launch: Launch) -> Future[Outcome]:
         if self._closed:
             return completed_future(self._closed_outcome(launch))
-        task = _Task(launch, Future())
+        task = _Task(launch, _Future())
         key = _pool_key(launch)
         done: list[tuple[_Task, Settle]] = []
         with self._lock:
@@ -150,7 +154,8 @@ class ParallelJobHandler(JobHandler):
             if key is not None:
                 self._runtimes[key] = (launch.runtime, launch.store)
             self._shared.start(self)
-            if len(q) > 1:  # others wait already: the loop sends them together
+            if len(q) > 1 or self._policy.enabled and any(s.inflight for s in self._slots):
+                # the loop sends the jobs waiting together, once it gets its turn
                 self._shared.wake()
                 return task.future
             mine = [s for s in self._slots if s.key == key]
@@ -211,6 +216,14 @@ class ParallelJobHandler(JobHandler):
         with self._lock:
             return [s.pid for s in self._slots]
 
+    @property
+    def batching(self) -> dict[str, object]:
+        """Whether tiny jobs are batched, the batch target (seconds of work per worker),
+        and how many messages carried how many jobs to host workers so far."""
+        with self._lock:
+            return {"enabled": self._policy.enabled, "target": self._policy.target,
+                    "messages": self._sends[0], "jobs": self._sends[1]}
+
     def __repr__(self) -> str:
         return (f"<ParallelJobHandler num_workers={self.num_workers} "
                 f"start_method={self.start_method!r}{' closed' if self._closed else ''}>")
@@ -260,6 +273,8 @@ class ParallelJobHandler(JobHandler):
         if not size:
             q.extendleft(reversed(tasks))
             return
+        self._sends[0] += 1
+        self._sends[1] += len(tasks)
         for task in tasks:
             task.wire = size // len(tasks)
             self._sent(slot, task)
@@ -633,6 +648,21 @@ def _reap(host: HostWorker, timeout: float) -> None:
     if host.is_alive():
         host.kill()
         host.join(2)
+
+
+class _Future(Future):
+    """A Future with the lighter condition jobs use (one is made per job: a
+    ``threading.Condition`` costs a tiny job's driver several percent)."""
+
+    _done_callbacks: list[Any]  # Future's own (typeshed does not declare it)
+
+    def __init__(self) -> None:  # noqa: D107 - Future.__init__'s fields, but the condition
+        self._condition = _Condition()
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
 
 
 def _unsendable(e: Exception) -> Outcome:

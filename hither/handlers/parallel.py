@@ -257,6 +257,18 @@ class ParallelJobHandler(JobHandler):
                                                             for s in self._slots)
             limit = -(-len(q) // max(1, workers))
         batch = take_batch(self._policy, q, slot, limit, self.prefetch)
+        if not self._policy.enabled:  # one message per job, as before batching
+            for i, task in enumerate(batch):
+                if not self._send(slot, [task], done):
+                    q.extendleft(reversed(batch[i + 1:]))
+                    return
+        elif batch:
+            self._send(slot, batch, done)
+
+    def _send(self, slot: _Slot, batch: list[_Task], done: list) -> bool:
+        """Send jobs to a host worker in one message; False (and the jobs back at the
+        front of the queue) when the worker is gone."""
+        assert slot.host is not None
         msgs, tasks = [], []
         for task in batch:
             try:
@@ -268,16 +280,17 @@ class ParallelJobHandler(JobHandler):
             msgs.append(msg)
             tasks.append(task)
         if not msgs:
-            return
+            return True
         size = slot.host.send(msgs[0] if len(msgs) == 1 else ("batch", msgs), slot.unread)
         if not size:
-            q.extendleft(reversed(tasks))
-            return
+            self._pending[slot.key].extendleft(reversed(tasks))
+            return False
         self._sends[0] += 1
         self._sends[1] += len(tasks)
         for task in tasks:
             task.wire = size // len(tasks)
             self._sent(slot, task)
+        return True
 
     def _sent(self, slot: _Slot, task: _Task) -> None:
         task.slot = slot

@@ -262,10 +262,7 @@ class ParallelJobHandler(JobHandler):
     def _complete(self, done: list[tuple[Task, Settle]]) -> None:
         """Complete futures from the loop: on an I/O thread (they run callbacks)."""
         if done:
-            try:
-                self._shared.io.submit(settle, done)
-            except RuntimeError:  # the I/O threads are gone (shutdown): settle here
-                settle(done)
+            self._shared.later(done, settle)
 
     def _cancel_all(self, why: str) -> None:
         done: list[tuple[Task, Settle]] = []

@@ -226,8 +226,8 @@ class ParallelJobHandler(JobHandler):
             return False
         self._sends[0] += 1
         self._sends[1] += len(tasks)
-        for task in tasks:
-            task.wire = size // len(tasks)
+        for task in tasks:  # a message takes ~1 KB of the socket's buffer besides its bytes
+            task.wire = (size + 1024) // len(tasks)
             self._sent(slot, task)
         return True
 

@@ -62,6 +62,9 @@ from .stdio import _packages_of as packages_of
 
 #: seconds a warm worker process may stay idle on a dask worker before it is stopped
 IDLE_TIMEOUT = float(os.environ.get("HITHER_DASK_IDLE_TIMEOUT", "600"))
+#: seconds a job runs before the client is told that it started (a shorter job says only
+#: that it ended: one message less per tiny job through the scheduler)
+ANNOUNCE_AFTER = 0.05
 
 
 # ---------------------------------------------------------------------------- the task
@@ -278,7 +281,6 @@ class HitherPlugin(_PluginBase):
                 f"{spec.xfer} ({e}): the job cache's store must be on a filesystem that the "
                 "client and every dask worker share, under the same path (see "
                 "docs/clusters.md)", ))
-        self._event("started", spec.key, self.address, self.nthreads)
         try:
             if spec.runtime is None:
                 reply: Reply = self._run_host(spec)
@@ -301,6 +303,14 @@ class HitherPlugin(_PluginBase):
             "ended (killed, out of memory, or its node was lost). hither does not run a job "
             "a second time after its worker died; run it again if it should be.",
             job_label=spec.label), info={"dask_worker": self.address, "rerun_refused": True})
+
+    def _announce(self, spec: Spec, due: float | None) -> float | None:
+        """Tell the client that the job runs, once it has run ``ANNOUNCE_AFTER`` seconds
+        (``due``); the new due time (None: told)."""
+        if due is None or time.monotonic() < due:
+            return due
+        self._event("started", spec.key, self.address, self.nthreads)
+        return None
 
     def _event(self, *msg: Any) -> None:
         try:
@@ -401,15 +411,19 @@ class HitherPlugin(_PluginBase):
         lines: list[ConsoleLine] = []  # streamed lines of a timed job (kept at a timeout)
         started: float | None = None
         deadline: float | None = None
+        announce: float | None = time.monotonic() + ANNOUNCE_AFTER
         while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                ready, _, _ = select.select([conn_fd, sentinel], [], [], wait)
+                ready, _, _ = select.select([conn_fd, sentinel], [], [],
+                                            _wait(deadline, announce))
             except (OSError, ValueError):
                 ready = [sentinel]
-            if not ready:  # the job_timeout passed
-                host.kill()
-                return self._timeout(spec, lines, started, slot.pid), False
+            if not ready:
+                if deadline is not None and time.monotonic() >= deadline:
+                    host.kill()  # the job_timeout passed
+                    return self._timeout(spec, lines, started, slot.pid), False
+                announce = self._announce(spec, announce)
+                continue
             if conn_fd not in ready:
                 return self._host_ended(spec, slot, lines, started), False
             try:
@@ -517,16 +531,19 @@ class HitherPlugin(_PluginBase):
             return self._runtime_crash(spec, slot, launch), False
         out_fd, err_fd = sw.fds()
         deadline: float | None = None
+        announce: float | None = time.monotonic() + ANNOUNCE_AFTER
         while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                ready, _, _ = select.select([out_fd, err_fd], [], [], wait)
+                ready, _, _ = select.select([out_fd, err_fd], [], [], _wait(deadline, announce))
             except (OSError, ValueError):  # closed under us: stopped from outside
                 return self._runtime_crash(spec, slot, launch), False
             if not ready:
-                out = sw.timeout_outcome(launch, started)
-                out.info["dask_worker"] = self.address
-                return out, False
+                if deadline is not None and time.monotonic() >= deadline:
+                    out = sw.timeout_outcome(launch, started)
+                    out.info["dask_worker"] = self.address
+                    return out, False
+                announce = self._announce(spec, announce)
+                continue
             if err_fd in ready:
                 try:
                     sw.read_stderr()
@@ -606,6 +623,12 @@ def _rough_size(reply: Reply) -> int:
             getattr(reply, "value", None) is not None:
         size += 1 << 40  # not estimated: measured by pickling
     return size
+
+
+def _wait(deadline: float | None, announce: float | None) -> float | None:
+    """Seconds until the first of two monotonic times (None: no limit)."""
+    due = [t for t in (deadline, announce) if t is not None]
+    return max(0.0, min(due) - time.monotonic()) if due else None
 
 
 def _stopped(spec: Spec, why: str) -> Outcome:

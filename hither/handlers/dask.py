@@ -150,6 +150,9 @@ class DaskJobHandler(JobHandler):
         self._nthreads: dict[str, int] = {}
         self._recent: str | None = None
         self._stopped = False
+        # submissions: jobs made ready meanwhile go to dask together, in one graph update
+        self._pending: list[tuple[_Task, W.Spec, dict[str, float], list[str] | None]] = []
+        self._wake = threading.Condition(self._lock)
         try:
             plugin = self._remote.HitherPlugin(self.name, __version__, self.name, os.getcwd(),
                                     list(sys.path))
@@ -167,6 +170,9 @@ class DaskJobHandler(JobHandler):
                                                                   client),
                                            name="hither-dask", daemon=True)
         self._collector.start()
+        self._submitter = threading.Thread(target=_submit_loop, args=(weakref.ref(self),),
+                                           name="hither-dask-submit", daemon=True)
+        self._submitter.start()
         # before dask's own exit handlers (registered earlier, run later) close the client
         self._at_exit = _exit_hook(weakref.ref(self))
         atexit.register(self._at_exit)
@@ -184,23 +190,14 @@ class DaskJobHandler(JobHandler):
             spec = self._spec(task)
         except Exception as e:  # noqa: BLE001 - the job fails, the pipeline goes on
             return completed_future(Outcome(False, error=e))
+        kind = getattr(launch.runtime, "kind", None)
+        resources = self.container_resources if kind in _CONTAINER_KINDS else self.resources
         with self._lock:
             self._tasks[launch.job_id] = task
             self._by_key[key] = task
             self._unstarted += 1
-            hint = self._hint()
-        kind = getattr(launch.runtime, "kind", None)
-        resources = self.container_resources if kind in _CONTAINER_KINDS else self.resources
-        try:
-            fut = self.client.submit(self._remote.run_job, self.name, spec, key=key, pure=False,
-                                     retries=0, resources=resources or None,
-                                     workers=hint, allow_other_workers=bool(hint))
-        except Exception as e:  # noqa: BLE001 - e.g. the scheduler is gone
-            self._drop(task)
-            self._settle(task, Outcome(False, error=e))
-            return task.future
-        task.dask = fut
-        self._ac.add(fut)
+            self._pending.append((task, spec, resources, self._hint()))
+            self._wake.notify()
         return task.future
 
     def cancel(self, job_id: str) -> bool:
@@ -282,6 +279,32 @@ class DaskJobHandler(JobHandler):
         return W.Spec(**common, runtime=launch.runtime, identity=launch.runtime.identity(),
                       store=launch.store, code=launch.code, args_manifest=manifest,
                       args_in_file=in_file)
+
+    def _submit_batch(self, batch: list[tuple[_Task, W.Spec, dict[str, float],
+                                               list[str] | None]]) -> None:
+        """Send ``batch`` to dask: one graph update per kind of placement (submitter)."""
+        groups: dict[tuple[Any, ...], list[tuple[_Task, W.Spec]]] = {}
+        for task, spec, resources, hint in batch:
+            if task.cancel_why is not None:  # withdrawn before it went out: it never will
+                self._drop(task)
+                continue
+            where = (tuple(sorted(resources.items())), tuple(hint or ()))
+            groups.setdefault(where, []).append((task, spec))
+        for (resources, hint), items in groups.items():
+            try:
+                futs = self.client.map(
+                    self._remote.run_job, [self.name] * len(items), [sp for _, sp in items],
+                    key=[t.key for t, _ in items], pure=False, retries=0,
+                    resources=dict(resources) or None, workers=list(hint) or None,
+                    allow_other_workers=bool(hint))
+            except Exception as e:  # noqa: BLE001 - e.g. the scheduler is gone
+                for task, _ in items:
+                    self._drop(task)
+                    self._settle(task, Outcome(False, error=e))
+                continue
+            for (task, _), fut in zip(items, futs, strict=True):
+                task.dask = fut
+            self._ac.update(futs)
 
     def _send_function(self, launch: Launch, xfer: str) -> None:
         """Write the function (once per transfer folder) for the workers to load."""
@@ -469,6 +492,7 @@ class DaskJobHandler(JobHandler):
                 return
             self._stopped = True
             self._idle.notify_all()
+            self._wake.notify_all()
         atexit.unregister(self._at_exit)
         client = self.client
         for call in (lambda: client.unsubscribe_topic(self.name),
@@ -478,6 +502,7 @@ class DaskJobHandler(JobHandler):
                 call()  # the plugin's teardown stops its worker processes
             except Exception:  # noqa: BLE001 - a closed client or a gone cluster
                 pass
+        self._submitter.join(5)
         self._collector.join(5)
         self._io.shutdown(wait=False)
         for path in self._xfer.values():
@@ -514,6 +539,25 @@ def _reply_outcome(launch: Launch, reply: Any) -> Outcome:
         "hither reply", job_label=launch.label))
 
 
+def _submit_loop(ref: Any) -> None:
+    """The submitter thread: hands the jobs submitted since its last round to dask at once
+    (one graph update instead of one per job; jobs are never held back to fill a batch)."""
+    while True:
+        handler = ref()
+        if handler is None:
+            return
+        with handler._wake:
+            if not handler._pending and not handler._stopped:
+                handler._wake.wait(0.5)
+            batch, handler._pending = handler._pending, []
+            stopped = handler._stopped
+        if batch:
+            handler._submit_batch(batch)
+        elif stopped:
+            return
+        del handler, batch
+
+
 def _collect(ref: Any, ac: Any, client: Any) -> None:
     """The collector thread: fetches the results of the dask futures completed since its
     last round in one call (one request per job would cost more than the job), and hands
@@ -540,11 +584,22 @@ def _collect(ref: Any, ac: Any, client: Any) -> None:
         # dask worker's memory (and a worker holding data cannot be retired)
         done_now = _results(client, batch)
         del batch
-        for key, status, result in done_now:
+        half = (len(done_now) + 1) // 2  # one share per I/O thread, not one call per job
+        for share in (done_now[:half], done_now[half:]):
+            if not share:
+                continue
             try:
-                io.submit(done, key, status, result)
+                io.submit(_settle_all, done, share)
             except RuntimeError:  # the handler stopped: settle here
-                done(key, status, result)
+                _settle_all(done, share)
+
+
+def _settle_all(done: Any, share: list[tuple[str, str, Any]]) -> None:
+    for key, status, result in share:
+        try:
+            done(key, status, result)
+        except Exception:  # noqa: BLE001 - the others are settled all the same
+            traceback.print_exc()
 
 
 def _results(client: Any, futures: list[Any]) -> list[tuple[str, str, Any]]:

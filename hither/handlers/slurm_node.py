@@ -192,6 +192,7 @@ def run_array_task(layout: sf.Layout, batch: str, index: int) -> int:
         out = Outcome(False, error=e, traceback_text=_format_exception(e))
         sf.write_outcome(layout, job_id, outcome_data(out))
         return 0
+    sf.write_deadline(layout.batch(batch), index, os.environ.get("SLURM_JOB_END_TIME"))
     outcome = run_here(launch)
     finish(layout, spec, launch, outcome)
     return 0

@@ -27,8 +27,7 @@ _names = itertools.count(1)
 #: seconds Slurm may refuse arrays for a submit limit, while none of the handler's own
 #: tasks are out, before their jobs fail
 SUBMIT_PATIENCE = 600.0
-#: seconds before its deadline that a task gone without an outcome counts as timed out
-DEADLINE_SLACK = 5.0
+
 
 
 class ArrayMode:
@@ -255,8 +254,8 @@ class ArrayMode:
             if h.layout.outcome(task.launch.job_id).exists():
                 continue  # collected next turn
             st = task.ended[1]
-            if st.state == "GONE" and self._past_deadline(task):
-                # the queue does not say how a task ended; its time limit had passed
+            if st.state == "GONE" and self._timed_out(task):
+                # the queue does not say how a task ended; its node does
                 timed_out = self._state_outcome(task, ss.TaskState("TIMEOUT"))
                 if timed_out is not None:
                     h._ended(task, timed_out)
@@ -270,14 +269,12 @@ class ArrayMode:
             changed = True
         return changed
 
-    def _past_deadline(self, task: Task) -> bool:
-        """Whether the time limit of the task's Slurm task had passed (the deadline its node
-        wrote as it started; a few seconds' slack for the clocks of node and driver)."""
+    def _timed_out(self, task: Task) -> bool:
+        """Whether the node noted that Slurm stopped the task at its time limit."""
         if task.batch is None or task.slurm is None:
             return False
         index = task.slurm.partition("_")[2]
-        deadline = sf.read_deadline(task.batch, int(index)) if index.isdigit() else None
-        return deadline is not None and time.time() >= deadline - DEADLINE_SLACK
+        return index.isdigit() and sf.timed_out(task.batch, int(index))
 
     def _state_outcome(self, task: Task, st: ss.TaskState) -> Outcome | None:
         h = self.h

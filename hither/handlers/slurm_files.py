@@ -9,9 +9,9 @@ The working folder (mode 0700, on a filesystem the nodes share) holds, per handl
     <batch>/specs.txt       an array batch: task i runs the job named on line i
     <batch>/script.sh       its sbatch script; Slurm's log files beside it
     <batch>/limit           the time limit (seconds) the batch's tasks were given
-    <batch>/<i>.deadline    written by task i as it starts: when Slurm will stop it (epoch
-                            seconds), so that a task gone from ``squeue`` without an
-                            outcome past that time is known to have timed out
+    <batch>/<i>.timeout     written by task i when Slurm stops it at its time limit
+                            (SIGTERM at or past its deadline): ``squeue`` does not say why
+                            a task ended
     <batch>/p<rank>/inbox/  a pilot batch: the jobs given to worker <rank>, one empty file
                             ``<seq>.<job id>`` each, removed by the worker as it starts them
     <batch>/p<rank>/ready   written by worker <rank> when it serves (its host and pid)
@@ -180,24 +180,27 @@ def write_limit(folder: Path, seconds: float) -> None:
     touch(folder / "limit", f"{seconds:.0f}\n")
 
 
-def write_deadline(folder: Path, index: int, end_time: str | None = None) -> None:
-    """Note when Slurm will stop task ``index`` of the batch in ``folder`` (node, as the task
-    starts): ``end_time`` (Slurm's ``SLURM_JOB_END_TIME`` where it sets it), else now plus
-    the batch's limit; nothing when neither is known."""
+def deadline(folder: Path, end_time: str | None = None) -> float | None:
+    """When Slurm stops a task of the batch in ``folder`` that starts now (node): its
+    ``end_time`` (Slurm's ``SLURM_JOB_END_TIME``, where Slurm sets it), else now plus the
+    batch's limit; None when neither is known."""
     import time
 
-    deadline = _number(end_time)
-    if deadline is None:
-        limit = _number(_read_small(folder / "limit"))
-        if limit is None:
-            return
-        deadline = time.time() + limit
-    touch(folder / f"{index}.deadline", f"{deadline:.3f}\n")
+    end = _number(end_time)
+    if end is not None:
+        return end
+    limit = _number(_read_small(folder / "limit"))
+    return None if limit is None else time.time() + limit
 
 
-def read_deadline(folder: Path, index: int) -> float | None:
-    """When Slurm stops task ``index`` of the batch in ``folder`` (None: not known)."""
-    return _number(_read_small(folder / f"{index}.deadline"))
+def mark_timed_out(folder: Path, index: int) -> None:
+    """Note that task ``index`` of the batch in ``folder`` was stopped at its time limit."""
+    touch(folder / f"{index}.timeout")
+
+
+def timed_out(folder: Path, index: int) -> bool:
+    """Whether task ``index`` of the batch in ``folder`` was stopped at its time limit."""
+    return os.path.lexists(folder / f"{index}.timeout")
 
 
 def _read_small(path: Path) -> str | None:

@@ -10,6 +10,7 @@ handler's own LocalCluster, dask resources for containers.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ import urllib.request
 import pytest
 
 import hither as hi
+from hither.handlers import _dask_jobs as J
 from hither.handlers import _dask_worker as W
 from hither.launch import Outcome
 from tests.components import require
@@ -167,16 +169,22 @@ def test_values_travel_through_the_store(jh, store):
 
 
 def test_small_values_travel_with_the_task_and_large_replies_are_spilled(tmp_path):
-    """The worker side: a reply over the limit is written to <key>.out."""
+    """The worker side: a reply over the limit is written to <key>.out; a small answer
+    (or the note of a spilled one) also goes with the task's "done" event."""
+
     spec = W.Spec(key="hither-x-" + "0" * 32, job_id="j", label="x", fid="f",
                   xfer=str(tmp_path), inline_limit=1000)
     plugin = W.HitherPlugin("p", "0", "t", str(tmp_path), [])
+    plugin.worker = worker = _FakeDaskWorker()
     small = W.HostReply(True, b"x" * 10, [], 0.0, 1.0, 1, "w")
     big = W.HostReply(True, b"x" * 5000, [], 0.0, 1.0, 1, "w")
-    assert plugin._spill(spec, small) is small
-    spilled = plugin._spill(spec, big)
+    assert plugin._answer(spec, small) is small
+    spilled = plugin._answer(spec, big)
     assert isinstance(spilled, W.Spilled)
     assert os.path.getsize(tmp_path / spilled.name) > 5000
+    assert [m[0] for _t, m in worker.events] == ["done", "done"]
+    assert pickle.loads(worker.events[0][1][2]) == small
+    assert pickle.loads(worker.events[1][1][2]) == spilled
 
 
 def test_warm_host_workers_are_reused_per_dask_worker(jh):
@@ -489,7 +497,6 @@ class _FakeDaskWorker:
 
 
 def _host_spec(tmp_path, fn, **kwargs) -> W.Spec:
-    import pickle
     import uuid
 
     from hither.handlers.host import by_value_sources
@@ -509,7 +516,7 @@ def test_idle_worker_processes_are_stopped_after_a_while(tmp_path, monkeypatch):
     try:
         reply = plugin.run(_host_spec(tmp_path, dj_pid, i=1))
         assert isinstance(reply, W.HostReply) and reply.ok, reply
-        assert worker.events[0][1][0] == "started"
+        assert [m[0] for _t, m in worker.events] == ["done"]  # too short to say "started"
         assert plugin.pids() == [reply.pid] and pid_alive(reply.pid)
         assert wait_until(lambda: not pid_alive(reply.pid), 10)
         assert plugin.pids() == []
@@ -534,3 +541,39 @@ def test_a_claimed_job_is_not_run_again(tmp_path):
         assert isinstance(plugin.run(cancelled).error, hi.JobCancelledException)
     finally:
         plugin.close()
+
+
+def test_a_job_says_it_started_only_once_it_ran_a_while(tmp_path):
+    """Tiny jobs answer with one event; a job running longer than ANNOUNCE_AFTER says it
+    started first (its process is listed by then: a cancel can find it)."""
+    plugin = W.HitherPlugin("p", hi.__version__, "t", os.getcwd(), sys.path)
+    worker = _FakeDaskWorker()
+    plugin.setup(worker)
+    try:
+        spec = _host_spec(tmp_path, dj_count_then_sleep, path=str(tmp_path / "n"),
+                          seconds=J.ANNOUNCE_AFTER * 4)
+        reply = plugin.run(spec)
+        assert isinstance(reply, W.HostReply) and reply.ok, reply
+        kinds = [m[0] for _t, m in worker.events]
+        assert kinds == ["started", "done"]
+        assert worker.events[0][1][1] == spec.key
+    finally:
+        plugin.close()
+
+
+def test_an_unreadable_answer_fails_its_job_only():
+    """An answer that came with an event and cannot be read is an UnreadableResultError
+    for that job (then _outcome makes it the job's error), never an exception."""
+    from hither.handlers import _dask_client as D
+
+    class _Done:  # a finished dask future as the collector sees it
+        status = "finished"
+        key = "hither-x-" + "1" * 32
+
+    task = D.Task.__new__(D.Task)
+    task.reply = b"\x80\x05not a pickle"
+    [(key, status, result)] = D.results(None, [_Done()], {_Done.key: task})
+    assert (key, status) == (_Done.key, "finished") and isinstance(result, D.FromEvent)
+    status, error = result.load("x")
+    assert status == "error" and isinstance(error, hi.UnreadableResultError)
+    assert D.FromEvent(pickle.dumps(Outcome(True))).load("x")[0] == "finished"

@@ -28,7 +28,7 @@ if [[ -f "$CI_ENV_FILE" ]]; then
     HITHER_CI_DIR="$D"  # this run's, whatever the file says
 fi
 RUNTIME_ENV=""
-for v in HITHER_APPTAINER HITHER_PODMAN_SOCKET CONTAINERS_CONF CONTAINERS_STORAGE_CONF PATH; do
+for v in HITHER_APPTAINER HITHER_PODMAN_SOCKET CONTAINERS_CONF CONTAINERS_STORAGE_CONF; do
     RUNTIME_ENV+=" $v=${!v:-}"
 done
 ENV_ID="$("$CI_PYTHON" -c 'import sys; from importlib.metadata import version; print(sys.executable, version("distributed"))') $CI_REPO$RUNTIME_ENV"

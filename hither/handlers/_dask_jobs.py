@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 #: that it ended: one message less per tiny job through the scheduler)
 ANNOUNCE_AFTER = 0.05
 
+
 class Slot:
     """A warm worker process of the plugin: a host worker (key None) or a runtime worker."""
 
@@ -77,10 +78,12 @@ class Slot:
             self.stdio.stop(graceful=graceful)
 
 
-
-
 # ------------------------------------------------------------------ host jobs
+
+
 def host_init(plugin: HitherPlugin) -> dict[str, Any]:
+    """How a new host worker starts: in the client's folder, with the client's sys.path
+    entries that exist here."""
     import sys
 
     cwd = plugin.cwd if os.path.isdir(plugin.cwd) else os.getcwd()
@@ -88,7 +91,9 @@ def host_init(plugin: HitherPlugin) -> dict[str, Any]:
                              and (p == "" or os.path.exists(p))]
     return {"cwd": cwd, "sys_path": path}
 
+
 def load_function(plugin: HitherPlugin, spec: Spec) -> tuple[bytes, Any]:
+    """The job's function as the client wrote it to the transfer folder (read once)."""
     fkey = (spec.xfer, spec.fid)
     found = plugin._functions.get(fkey)
     if found is None:
@@ -98,7 +103,9 @@ def load_function(plugin: HitherPlugin, spec: Spec) -> tuple[bytes, Any]:
         plugin._functions[fkey] = found
     return found
 
+
 def run_host(plugin: HitherPlugin, spec: Spec) -> Reply:
+    """Run a host job on a warm host worker of the plugin."""
     slot = plugin._take(None, lambda: Slot(None, host=HostWorker(
         "spawn", init=host_init(plugin))))
     host = slot.host
@@ -124,7 +131,9 @@ def run_host(plugin: HitherPlugin, spec: Spec) -> Reply:
         plugin._unregister(spec.key)
         plugin._give_back(slot, healthy)
 
+
 def wait_host(plugin: HitherPlugin, spec: Spec, slot: Slot) -> tuple[Reply, bool]:
+    """The host job's answer, and whether its worker may be kept."""
     host = slot.host
     assert host is not None
     conn_fd, sentinel = host.fds()
@@ -167,8 +176,10 @@ def wait_host(plugin: HitherPlugin, spec: Spec, slot: Slot) -> tuple[Reply, bool
             return HostReply(ok, payload, out_lines, start, end, slot.pid,
                              plugin.address), True
 
+
 def host_ended(plugin: HitherPlugin, spec: Spec, slot: Slot, lines: list[ConsoleLine],
-                started: float | None) -> Outcome:
+               started: float | None) -> Outcome:
+    """The outcome of a host job whose worker ended: stopped from outside, or a crash."""
     host = slot.host
     assert host is not None
     if slot.stop_why is not None:
@@ -182,9 +193,10 @@ def host_ended(plugin: HitherPlugin, spec: Spec, slot: Slot, lines: list[Console
         end_time=time.time(),
         info={"worker_pid": slot.pid, "exit_code": code, "dask_worker": plugin.address})
 
+
 def timeout_outcome(plugin: HitherPlugin, spec: Spec, lines: list[ConsoleLine],
-                    started: float | None,
-             pid: int) -> Outcome:
+                    started: float | None, pid: int) -> Outcome:
+    """The outcome of a host job stopped at its ``job_timeout``."""
     return Outcome(False, error=JobTimeoutError(
         f"job {spec.label!r} ran longer than its job_timeout of {spec.timeout} s; its "
         f"worker process on dask worker {plugin.address} was killed and replaced. Raise "
@@ -192,8 +204,12 @@ def timeout_outcome(plugin: HitherPlugin, spec: Spec, lines: list[ConsoleLine],
         console=lines, start_time=started, end_time=time.time(),
         info={"worker_pid": pid, "dask_worker": plugin.address})
 
+
 # ------------------------------------------------------------------ runtime jobs
+
+
 def run_runtime(plugin: HitherPlugin, spec: Spec) -> Reply:
+    """Run a container or environment job on a warm runtime worker of the plugin."""
     manifest = spec.args_manifest
     if spec.args_in_file:
         manifest = pickle.loads(read_file(os.path.join(spec.xfer, spec.key + ".in")))
@@ -223,6 +239,7 @@ def run_runtime(plugin: HitherPlugin, spec: Spec) -> Reply:
         plugin._unregister(spec.key)
         plugin._give_back(slot, healthy)
 
+
 def check_identity(plugin: HitherPlugin, key: Any, spec: Spec) -> str | None:
     """Whether this machine's image (or environment) is the one the job was keyed with."""
     if key in plugin._checked:
@@ -242,8 +259,10 @@ def check_identity(plugin: HitherPlugin, key: Any, spec: Spec) -> str | None:
     plugin._checked[key] = problem
     return problem
 
+
 def wait_runtime(plugin: HitherPlugin, spec: Spec, slot: Slot, launch: Launch
                  ) -> tuple[Reply, bool]:
+    """The runtime job's answer, and whether its worker may be kept."""
     sw = slot.stdio
     assert sw is not None
     started = time.time()
@@ -291,8 +310,10 @@ def wait_runtime(plugin: HitherPlugin, spec: Spec, slot: Slot, launch: Launch
             elif msg.get("op") == "done":
                 return runtime_done(plugin, spec, sw, launch, msg), True
 
+
 def runtime_done(plugin: HitherPlugin, spec: Spec, sw: StdioWorker, launch: Launch,
-                  msg: dict[str, Any]) -> Reply:
+                 msg: dict[str, Any]) -> Reply:
+    """The reply of a runtime job that ended, its result refs moved into the store."""
     stderr, sw.head_console = sw.head_console, []
     info = {"worker_pid": sw.pid, "runtime": sw.runtime.describe(),
             "dask_worker": plugin.address}
@@ -309,7 +330,9 @@ def runtime_done(plugin: HitherPlugin, spec: Spec, sw: StdioWorker, launch: Laun
         sw.ingest(launch.job_id, None)  # drops the job's output folder
     return RuntimeReply(msg, stderr, info)
 
+
 def runtime_crash(plugin: HitherPlugin, spec: Spec, slot: Slot, launch: Launch) -> Outcome:
+    """The outcome of a runtime job whose worker ended: stopped from outside, or a crash."""
     sw = slot.stdio
     assert sw is not None
     if slot.stop_why is not None:
@@ -317,7 +340,6 @@ def runtime_crash(plugin: HitherPlugin, spec: Spec, slot: Slot, launch: Launch) 
     out = sw.crash_outcome(launch)
     out.info["dask_worker"] = plugin.address
     return out
-
 
 
 def _wait(deadline: float | None, announce: float | None) -> float | None:

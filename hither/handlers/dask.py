@@ -350,8 +350,10 @@ class DaskJobHandler(JobHandler):
                         except (InvalidStateError, RuntimeError):
                             pass
             elif kind == "done":
-                if isinstance(msg[2], bytes):
-                    task.reply = msg[2]  # read when dask says the task finished
+                if isinstance(msg[2], bytes) and task.reply is None:
+                    # read when dask says the task finished; the first answer is the run's
+                    # (a task dask ran again after its worker died only refuses to run)
+                    task.reply = msg[2]
                 self._replies += 1
                 if self._replies % _TRIM_EVERY == 0:  # the scheduler keeps every event
                     self._background(self.client.run_on_scheduler, self._remote.forget_events,

@@ -152,6 +152,30 @@ def test_only_misses_are_submitted_each_with_its_own_key(jh, store, monkeypatch)
     assert len(set(keys)) == 4 and all(k.startswith("hither-dj_add-") for k in keys)
 
 
+def test_replies_come_with_events_and_the_scheduler_forgets_them(jh, monkeypatch):
+    """Each job's small reply comes with its "done" event (nothing to fetch); the
+    scheduler's log of the handler's events is trimmed as they come, not kept whole."""
+    from hither.handlers import _dask_client
+    from hither.handlers import dask as dask_module
+
+    monkeypatch.setattr(dask_module, "_TRIM_EVERY", 4)
+    how: list[str] = []
+    real = _dask_client.results
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        how.extend(type(r).__name__ for _k, _s, r in out)
+        return out
+
+    monkeypatch.setattr(_dask_client, "results", spy)
+    with hi.Config(job_handler=jh):
+        assert [j.result(timeout=WAIT) for j in [dj_add.run(x=i) for i in range(12)]] == \
+            list(range(12))
+    assert how == ["FromEvent"] * 12
+    assert wait_until(lambda: len(jh.client.get_events(jh.name)) < 8, WAIT), \
+        len(jh.client.get_events(jh.name))
+
+
 def test_values_travel_through_the_store(jh, store):
     """Arguments and results over inline_limit go through the transfer folder in the job
     cache's store, not with the task; the folder is left empty."""

@@ -10,6 +10,9 @@ than ``inline_limit`` bytes are written to a private transfer folder in the job 
 store (the exchange store without a cache), and container and environment jobs read and
 write their values as store blobs. The client and every dask worker must therefore see the
 store under the same path: one machine, or a shared filesystem (see docs/clusters.md).
+A small reply (or the note that it was spilled) also comes back with the task's "done"
+event, ahead of dask's own completion notice, so that nothing needs to be fetched; it is
+read exactly as a fetched reply would be.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ contract in every runtime (the host interpreter, Docker, Podman, Apptainer, a uv
 environment): results come back exactly, exceptions keep their type, console output is
 captured with its stderr flag, cancel, timeout and crashes end the job with the same
 errors, jobs are ``concurrent.futures`` futures. The tests live in
-:mod:`hither.testing.contract`; the jobs they run in :mod:`hither.testing.jobs`.
+:mod:`hither.testing.contract` (continued in ``contract_control``, helpers in ``checks``);
+the jobs they run in :mod:`hither.testing.jobs`.
 
 To run the contract over a handler, define a fixture ``hc`` that yields a
 :class:`~hither.testing.cases.Case` and import the tests into a test module::

@@ -7,7 +7,8 @@ in a warm worker process of hither's own, kept by :class:`HitherPlugin` (a
 (:class:`~hither.handlers.host.HostWorker`, ``spawn``), container and environment jobs in a
 runtime worker (:class:`~hither.handlers.stdio.StdioWorker`). The plugin keeps them warm
 between jobs, stops the one running a job that is cancelled, enforces ``job_timeout``, and
-tears everything down with the dask worker (or when the handler unregisters it).
+tears everything down with the dask worker (or when the handler unregisters it). How a job
+runs on one of them is in :mod:`hither.handlers._dask_jobs`.
 
 The dask task (:func:`run_job`) and the client exchange only small messages; values cross
 through the store's folder shared with the client (see :mod:`hither.handlers.dask`):

@@ -5,6 +5,9 @@
 # Both run on $CI_PYTHON, so the workers import the hither installed there: install the
 # checkout first (`pip install -e ".[test]"`, done here if dask is missing). A cluster started
 # by another interpreter is restarted.
+# The workers get the environment of .ci/env.sh as written by the setup steps before this one
+# (HITHER_APPTAINER, the Podman socket, PATH...), so that their jobs reach the same runtimes
+# as the tests; a cluster started with other values of those variables is restarted.
 # Writes to .ci/env.sh: HITHER_TEST_DASK_SCHEDULER_FILE.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -19,7 +22,16 @@ ensure_test_extra distributed || die "dask[distributed] could not be installed"
 "$CI_PYTHON" -c 'import hither' >/dev/null 2>&1 \
     || warn "$CI_PYTHON cannot import hither: the dask workers will not run hither jobs (pip install -e . first)"
 mkdir -p "$K"
-ENV_ID="$("$CI_PYTHON" -c 'import sys; from importlib.metadata import version; print(sys.executable, version("distributed"))') $CI_REPO"
+if [[ -f "$CI_ENV_FILE" ]]; then
+    # shellcheck disable=SC1090
+    source "$CI_ENV_FILE"
+    HITHER_CI_DIR="$D"  # this run's, whatever the file says
+fi
+RUNTIME_ENV=""
+for v in HITHER_APPTAINER HITHER_PODMAN_SOCKET CONTAINERS_CONF CONTAINERS_STORAGE_CONF; do
+    RUNTIME_ENV+=" $v=${!v:-}"
+done
+ENV_ID="$("$CI_PYTHON" -c 'import sys; from importlib.metadata import version; print(sys.executable, version("distributed"))') $CI_REPO$RUNTIME_ENV"
 
 # ready N: the scheduler in $SF answers within 5 s and has N workers within 30 s.
 ready() {

@@ -98,8 +98,8 @@ def bench_submitit(n: int, repeats: int, workdir: str) -> C.Row:
                      n=n, warmup=0)
 
 
-def main() -> None:
-    args = C.parse_args(__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    args = C.parse_args(__doc__.splitlines()[0], argv)
     if shutil.which("sinfo") is None:
         print("no Slurm here (sinfo): nothing to measure")
         return

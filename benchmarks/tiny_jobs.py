@@ -1,14 +1,17 @@
 """Per-job overhead: N jobs of ``x + 1`` on 2 worker processes.
 
 hither ``ParallelJobHandler(2)`` (one ``.run()`` per task, then wait all; default start
-method forkserver, plus spawn and fork) vs ``concurrent.futures.ProcessPoolExecutor(2)``
+method forkserver, plus spawn and fork; tiny jobs batched per worker message by default,
+plus the forkserver pool with ``batch=False``) vs ``concurrent.futures.ProcessPoolExecutor(2)``
 (one ``submit`` per task), joblib ``Parallel(n_jobs=2)`` (loky; auto batching and
 ``batch_size=1``) and dask.distributed ``LocalCluster(n_workers=2, threads_per_worker=1,
 processes=True)`` with one ``client.submit`` per task. Pools are warmed up by one untimed
 batch first; per-job time = best wall time / N. The process pools are timed at least 15
 times (5 with --quick), dask ``--repeats`` times.
 
-Targets: hither <= 1.5x ProcessPoolExecutor's per-job time; dask >= 5x hither's.
+Targets: hither (batched, the default) <= 0.5x ProcessPoolExecutor's per-job time;
+hither with ``batch=False`` <= 1.5x; dask >= 5x hither's. The batched rows also say how
+many jobs each message to a worker carried (warm-up included).
 
     python benchmarks/tiny_jobs.py [--quick] [--repeats N]
 """
@@ -24,11 +27,12 @@ def check(results, n: int) -> None:
         raise RuntimeError("wrong results")
 
 
-def bench_hither(n: int, repeats: int, start_method: str | None) -> C.Row:
+def bench_hither(n: int, repeats: int, start_method: str | None,
+                 batch: bool = True) -> C.Row:
     import hither as hi
 
-    jh = hi.ParallelJobHandler(2, start_method=start_method)
-    name = f"hither ParallelJobHandler(2, {jh.start_method})"
+    jh = hi.ParallelJobHandler(2, start_method=start_method, batch=batch)
+    name = f"hither ParallelJobHandler(2, {jh.start_method}{'' if batch else ', batch=False'})"
 
     def once() -> float:
         with hi.Config(job_handler=jh):
@@ -40,7 +44,12 @@ def bench_hither(n: int, repeats: int, start_method: str | None) -> C.Row:
         return elapsed
 
     try:
-        return C.measure(name, once, repeats=repeats, n=n)
+        row = C.measure(name, once, repeats=repeats, n=n)
+        b = jh.batching
+        if b["enabled"] and b["messages"]:
+            row.note = (f"batched: {b['jobs'] / b['messages']:.1f} jobs per message "
+                        f"({b['jobs']} in {b['messages']})")
+        return row
     finally:
         jh.shutdown()
 
@@ -121,6 +130,7 @@ def main() -> None:
         bench_hither(n, cheap, None),
         bench_hither(n, cheap, "spawn"),
         bench_hither(n, cheap, "fork"),
+        bench_hither(n, cheap, None, batch=False),
         bench_ppe(n, cheap),
         bench_joblib(n, cheap, "auto"),
         bench_joblib(n, cheap, 1),
@@ -129,11 +139,14 @@ def main() -> None:
     C.print_table(f"{n} tiny jobs, 2 workers (times are wall time for all {n}; "
                   "'vs hither' = tool time / hither forkserver time)", rows)
     h = rows[0] if rows[0].ok else None
+    unbatched = rows[3] if rows[3].ok else None
     ppe = next((r for r in rows if r.tool.startswith("ProcessPool") and r.ok), None)
     dask = next((r for r in rows if r.tool.startswith("dask") and r.ok), None)
     C.print_targets([
-        C.Target("hither per-job / ProcessPoolExecutor per-job",
-                 h.per_job / ppe.per_job if h and ppe else None, 1.5, "x"),
+        C.Target("hither per-job (batched) / ProcessPoolExecutor per-job",
+                 h.per_job / ppe.per_job if h and ppe else None, 0.5, "x"),
+        C.Target("hither per-job (batch=False) / ProcessPoolExecutor per-job",
+                 unbatched.per_job / ppe.per_job if unbatched and ppe else None, 1.5, "x"),
         C.Target("dask per-job / hither per-job",
                  dask.per_job / h.per_job if h and dask else None, 5.0, "x", at_least=True),
     ])

@@ -14,6 +14,8 @@ parent -> worker
         sources: ({file name: source lines}, {code_key(code): file name}) of a function
         sent by value (a script's or a notebook's): its code objects get their file names
         back and the lines go into ``linecache``, so that tracebacks show them
+    ("batch", [run message, ...])   several jobs in one message (tiny jobs batched by
+                           the parent): queued as if sent one by one
     ("skip", job_id)       drop a job sent ahead that has not started yet
     ("stop",)              exit after the current job
 worker -> parent
@@ -38,6 +40,7 @@ import pickle
 import signal
 import sys
 import time
+from collections import deque
 
 # ---------------------------------------------------------------------------- console capture
 
@@ -352,29 +355,37 @@ def serve_connection(conn, init):
     sel = selectors.DefaultSelector()  # one poll set for the life of the worker
     sel.register(conn.fileno(), selectors.EVENT_READ)
     functions = {}
-    queue = []
+    queue = deque()
     skipped = set()
     send_bytes = conn.send_bytes
     echo = _EchoPipe(send_bytes)
+
+    def receive():
+        msg = pickle.loads(conn.recv_bytes())
+        kind = msg[0]
+        if kind == "batch":
+            queue.extend(msg[1])
+        elif kind == "skip":  # seen at once, even when the job is deep in the queue
+            skipped.add(msg[1])
+        else:
+            queue.append(msg)
+
     try:
         while True:
-            if not queue:
-                queue.append(pickle.loads(conn.recv_bytes()))
+            while not queue:
+                receive()
             while sel.select(0):  # what was sent ahead, so a "skip" is seen in time
-                queue.append(pickle.loads(conn.recv_bytes()))
-            msg = queue.pop(0)
+                receive()
+            msg = queue.popleft()
             kind = msg[0]
             if kind == "stop":
                 return
-            if kind == "skip":
-                skipped.add(msg[1])
-                continue
             (_, job_id, fid, fn_bytes, kwargs_bytes, label, prefix, extra_path, timed,
              sources) = msg
             if fn_bytes is not None and fid not in functions:
                 functions[fid] = _Unloaded(fn_bytes, sources)  # kept even if skipped
                 _register_sources(sources)
-            if job_id in skipped or any(m[0] == "skip" and m[1] == job_id for m in queue):
+            if job_id in skipped:
                 skipped.discard(job_id)
                 send_bytes(pickle.dumps(("skipped", job_id)))
                 continue

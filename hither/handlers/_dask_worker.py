@@ -7,7 +7,8 @@ in a warm worker process of hither's own, kept by :class:`HitherPlugin` (a
 (:class:`~hither.handlers.host.HostWorker`, ``spawn``), container and environment jobs in a
 runtime worker (:class:`~hither.handlers.stdio.StdioWorker`). The plugin keeps them warm
 between jobs, stops the one running a job that is cancelled, enforces ``job_timeout``, and
-tears everything down with the dask worker (or when the handler unregisters it).
+tears everything down with the dask worker (or when the handler unregisters it). How a job
+runs on one of them is in :mod:`hither.handlers._dask_jobs`.
 
 The dask task (:func:`run_job`) and the client exchange only small messages; values cross
 through the store's folder shared with the client (see :mod:`hither.handlers.dask`):
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import threading
 import time
 from collections import OrderedDict
@@ -38,30 +38,26 @@ from distributed import WorkerPlugin as _PluginBase
 
 from ..errors import (
     JobCancelledException,
-    JobTimeoutError,
     RuntimeUnavailableError,
     WorkerCrashedError,
 )
-from ..launch import ConsoleLine, Launch, Outcome
+from ..launch import Outcome
+from ._dask_jobs import Slot, run_host, run_runtime
 from ._dask_wire import (
-    FID_RE,
-    HostReply,
     Reply,
-    RuntimeReply,
     Spec,
     Spilled,
     claim,
     claim_path,
     read_claim,
-    read_file,
     write_new,
 )
-from .host import HostWorker, describe_exit
-from .stdio import BadResultRef, StdioWorker, pool_key
-from .stdio import _packages_of as packages_of
 
 #: seconds a warm worker process may stay idle on a dask worker before it is stopped
 IDLE_TIMEOUT = float(os.environ.get("HITHER_DASK_IDLE_TIMEOUT", "600"))
+#: bytes up to which an answer also travels with its "done" event (the scheduler keeps a
+#: log of events: the client trims it)
+EVENT_LIMIT = 4096
 
 
 # ---------------------------------------------------------------------------- the task
@@ -112,51 +108,6 @@ def forget_events(topic: str, dask_scheduler: Any = None) -> None:
 
 
 # ---------------------------------------------------------------------------- the plugin
-class _Slot:
-    """A warm worker process of the plugin: a host worker (key None) or a runtime worker."""
-
-    __slots__ = ("key", "host", "stdio", "stop_why", "lock")
-
-    def __init__(self, key: Any, host: HostWorker | None = None,
-                 stdio: StdioWorker | None = None) -> None:
-        self.key = key
-        self.host = host
-        self.stdio = stdio
-        self.stop_why: str | None = None  # set when the job is stopped from outside
-        self.lock = threading.Lock()
-
-    @property
-    def pid(self) -> int:
-        if self.host is not None:
-            return self.host.pid
-        assert self.stdio is not None
-        return self.stdio.pid
-
-    def alive(self) -> bool:
-        if self.host is not None:
-            return self.host.is_alive()
-        return self.stdio is not None and self.stdio.alive()
-
-    def kill(self) -> None:
-        """Stop the process now (and what its job started: its process group, container)."""
-        if self.host is not None:
-            self.host.kill()
-        elif self.stdio is not None:
-            self.stdio.interrupt()
-
-    def close(self, graceful: bool = False) -> None:
-        """Stop and release the worker (a runtime worker's container is removed)."""
-        if self.host is not None:
-            if graceful and self.host.is_alive():
-                self.host.send(("stop",))
-                self.host.join(2)
-            self.host.kill()
-            self.host.close()
-            self.host.join(2)
-        elif self.stdio is not None:
-            self.stdio.stop(graceful=graceful)
-
-
 class HitherPlugin(_PluginBase):
     """The warm worker processes of one :class:`~hither.handlers.dask.DaskJobHandler` on
     one dask worker (installed with ``client.register_plugin``; see the module docstring).
@@ -180,8 +131,8 @@ class HitherPlugin(_PluginBase):
         self.address = str(worker.address)
         self.nthreads = int(getattr(getattr(worker, "state", None), "nthreads", 1) or 1)
         self._lock = threading.Lock()
-        self._idle: OrderedDict[int, _Slot] = OrderedDict()  # id -> slot, oldest first
-        self._busy: dict[str, _Slot] = {}  # task key -> the slot running it
+        self._idle: OrderedDict[int, Slot] = OrderedDict()  # id -> slot, oldest first
+        self._busy: dict[str, Slot] = {}  # task key -> the slot running it
         self._kills: dict[str, str] = {}  # kills that came before their job started
         self._functions: dict[tuple[str, str], tuple[bytes, Any]] = {}
         self._checked: dict[Any, str | None] = {}  # runtime pool -> identity problem
@@ -278,15 +229,14 @@ class HitherPlugin(_PluginBase):
                 f"{spec.xfer} ({e}): the job cache's store must be on a filesystem that the "
                 "client and every dask worker share, under the same path (see "
                 "docs/clusters.md)", ))
-        self._event("started", spec.key, self.address, self.nthreads)
         try:
             if spec.runtime is None:
-                reply: Reply = self._run_host(spec)
+                reply: Reply = run_host(self, spec)
             else:
-                reply = self._run_runtime(spec)
+                reply = run_runtime(self, spec)
         except Exception as e:  # noqa: BLE001 - the job fails with it, never the task
             reply = Outcome(False, error=e, info={"dask_worker": self.address})
-        return self._spill(spec, reply)
+        return self._answer(spec, reply)
 
     def _claimed(self, spec: Spec, text: str) -> Outcome:
         """The answer of a task whose job was claimed before: withdrawn, or run already by
@@ -302,13 +252,21 @@ class HitherPlugin(_PluginBase):
             "a second time after its worker died; run it again if it should be.",
             job_label=spec.label), info={"dask_worker": self.address, "rerun_refused": True})
 
+    def _announce(self, spec: Spec, due: float | None) -> float | None:
+        """Tell the client that the job runs, once it has run ``ANNOUNCE_AFTER`` seconds
+        (``due``); the new due time (None: told)."""
+        if due is None or time.monotonic() < due:
+            return due
+        self._event("started", spec.key, self.address, self.nthreads)
+        return None
+
     def _event(self, *msg: Any) -> None:
         try:
             self.worker.log_event(self.topic, list(msg))
         except Exception:  # noqa: BLE001 - events are advisory
             pass
 
-    def _take(self, key: Any, start: Any) -> _Slot:
+    def _take(self, key: Any, start: Any) -> Slot:
         """A warm worker of pool ``key`` (None: host), or a new one from ``start()``."""
         with self._lock:
             if self._closed:
@@ -330,7 +288,7 @@ class HitherPlugin(_PluginBase):
             slot.close()
         return start()
 
-    def _give_back(self, slot: _Slot, healthy: bool) -> None:
+    def _give_back(self, slot: Slot, healthy: bool) -> None:
         with self._lock:
             if healthy and not self._closed and slot.stop_why is None:
                 self._idle[id(slot)] = slot
@@ -338,7 +296,7 @@ class HitherPlugin(_PluginBase):
                 return
         slot.close()
 
-    def _register(self, key: str, slot: _Slot) -> None:
+    def _register(self, key: str, slot: Slot) -> None:
         with self._lock:
             self._busy[key] = slot
             why = self._kills.pop(key, None)
@@ -349,276 +307,21 @@ class HitherPlugin(_PluginBase):
         with self._lock:
             self._busy.pop(key, None)
 
-    # ------------------------------------------------------------------ host jobs
-    def _host_init(self) -> dict[str, Any]:
-        import sys
-
-        cwd = self.cwd if os.path.isdir(self.cwd) else os.getcwd()
-        path = list(sys.path) + [p for p in self.sys_path if p not in sys.path
-                                 and (p == "" or os.path.exists(p))]
-        return {"cwd": cwd, "sys_path": path}
-
-    def _function(self, spec: Spec) -> tuple[bytes, Any]:
-        fkey = (spec.xfer, spec.fid)
-        found = self._functions.get(fkey)
-        if found is None:
-            if FID_RE.fullmatch(spec.fid) is None:
-                raise ValueError(f"not a function id: {spec.fid!r}")
-            found = pickle.loads(read_file(os.path.join(spec.xfer, "fn-" + spec.fid)))
-            self._functions[fkey] = found
-        return found
-
-    def _run_host(self, spec: Spec) -> Reply:
-        slot = self._take(None, lambda: _Slot(None, host=HostWorker(
-            "spawn", init=self._host_init())))
-        host = slot.host
-        assert host is not None
-        healthy = False
-        self._register(spec.key, slot)
-        try:
-            kwargs = spec.kwargs
-            if kwargs is None:
-                kwargs = read_file(os.path.join(spec.xfer, spec.key + ".in"))
-            launch = Launch(job_id=spec.job_id, label=spec.label, fid=spec.fid, fn=_no_fn,
-                            fn_pickle=_no_fn_pickle, kwargs_pickle=kwargs,
-                            echo_label=_no_label if spec.echo else None,
-                            sys_path=spec.sys_path, timeout=spec.timeout)
-            function = self._function(spec) if spec.fid not in host.fids else None
-            msg = host.run_message(launch, function)
-            if slot.stop_why is not None or not host.send(msg):
-                return self._host_ended(spec, slot, [], None)
-            host.sent(msg)
-            reply, healthy = self._wait_host(spec, slot)
-            return reply
-        finally:
-            self._unregister(spec.key)
-            self._give_back(slot, healthy)
-
-    def _wait_host(self, spec: Spec, slot: _Slot) -> tuple[Reply, bool]:
-        host = slot.host
-        assert host is not None
-        conn_fd, sentinel = host.fds()
-        lines: list[ConsoleLine] = []  # streamed lines of a timed job (kept at a timeout)
-        started: float | None = None
-        deadline: float | None = None
-        while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                ready, _, _ = select.select([conn_fd, sentinel], [], [], wait)
-            except (OSError, ValueError):
-                ready = [sentinel]
-            if not ready:  # the job_timeout passed
-                host.kill()
-                return self._timeout(spec, lines, started, slot.pid), False
-            if conn_fd not in ready:
-                return self._host_ended(spec, slot, lines, started), False
-            try:
-                msg = host.recv()
-            except (EOFError, OSError):
-                return self._host_ended(spec, slot, lines, started), False
-            kind = msg[0]
-            if kind == "echo":
-                text = msg[1]
-                err = bool(msg[2]) if len(msg) > 2 else False
-                if spec.timeout:
-                    lines.append((time.time(), text.rstrip("\n"), err))
-                if spec.echo:
-                    self._event("echo", spec.key, text)
-            elif kind == "started":
-                started = time.time()
-                if spec.timeout:
-                    deadline = time.monotonic() + spec.timeout
-            elif kind == "done" and msg[1] == spec.job_id:
-                _, _, ok, payload, out_lines, start, end = msg
-                return HostReply(ok, payload, out_lines, start, end, slot.pid,
-                                 self.address), True
-
-    def _host_ended(self, spec: Spec, slot: _Slot, lines: list[ConsoleLine],
-                    started: float | None) -> Outcome:
-        host = slot.host
-        assert host is not None
-        if slot.stop_why is not None:
-            return _stopped(spec, slot.stop_why)
-        host.join(1)
-        code = host.exitcode
-        return Outcome(False, error=WorkerCrashedError(
-            f"the worker process (pid {slot.pid}) running job {spec.label!r} on dask worker "
-            f"{self.address} died: {describe_exit(code)}. The worker was replaced; other "
-            "jobs go on.", job_label=spec.label), console=lines, start_time=started,
-            end_time=time.time(),
-            info={"worker_pid": slot.pid, "exit_code": code, "dask_worker": self.address})
-
-    def _timeout(self, spec: Spec, lines: list[ConsoleLine], started: float | None,
-                 pid: int) -> Outcome:
-        return Outcome(False, error=JobTimeoutError(
-            f"job {spec.label!r} ran longer than its job_timeout of {spec.timeout} s; its "
-            f"worker process on dask worker {self.address} was killed and replaced. Raise "
-            "job_timeout in hi.Config if the job needs more time.", job_label=spec.label),
-            console=lines, start_time=started, end_time=time.time(),
-            info={"worker_pid": pid, "dask_worker": self.address})
-
-    # ------------------------------------------------------------------ runtime jobs
-    def _run_runtime(self, spec: Spec) -> Reply:
-        manifest = spec.args_manifest
-        if spec.args_in_file:
-            manifest = pickle.loads(read_file(os.path.join(spec.xfer, spec.key + ".in")))
-        launch = Launch(job_id=spec.job_id, label=spec.label, fid=spec.fid, fn=_no_fn,
-                        fn_pickle=_no_fn_pickle, args_manifest=manifest,
-                        timeout=spec.timeout, echo_label=_no_label if spec.echo else None,
-                        runtime=spec.runtime, code=spec.code, store=spec.store)
-        key = pool_key(launch)
-        problem = self._check_identity(key, spec)
-        if problem is not None:
-            return Outcome(False, error=RuntimeUnavailableError(problem),
-                           info={"dask_worker": self.address})
-        slot = self._take(key, lambda: _Slot(key, stdio=StdioWorker(spec.runtime, spec.store)))
-        sw = slot.stdio
-        assert sw is not None
-        if spec.echo:
-            sw.on_echo = lambda text: self._event("echo", spec.key, text)
-        else:
-            sw.on_echo = None
-        healthy = False
-        self._register(spec.key, slot)
-        try:
-            reply, healthy = self._wait_runtime(spec, slot, launch)
-            return reply
-        finally:
-            sw.on_echo = None
-            self._unregister(spec.key)
-            self._give_back(slot, healthy)
-
-    def _check_identity(self, key: Any, spec: Spec) -> str | None:
-        """Whether this machine's image (or environment) is the one the job was keyed with."""
-        if key in self._checked:
-            return self._checked[key]
-        problem = None
-        if spec.identity is not None:
-            try:
-                here = spec.runtime.identity()
-            except Exception as e:  # noqa: BLE001 - said on the job
-                return (f"{spec.runtime.describe()} cannot be used on dask worker "
-                        f"{self.address}: {e}")
-            if here != spec.identity:
-                problem = (f"{spec.runtime.describe()} on dask worker {self.address} is not "
-                           f"the one the job was keyed with ({here} here, "
-                           f"{spec.identity} on the client): every machine of the cluster "
-                           "must have the same images (see docs/clusters.md)")
-        self._checked[key] = problem
-        return problem
-
-    def _wait_runtime(self, spec: Spec, slot: _Slot, launch: Launch) -> tuple[Reply, bool]:
-        sw = slot.stdio
-        assert sw is not None
-        started = time.time()
-        if slot.stop_why is not None:
-            return _stopped(spec, slot.stop_why), False
-        if not sw.send_run(launch):
-            return self._runtime_crash(spec, slot, launch), False
-        out_fd, err_fd = sw.fds()
-        deadline: float | None = None
-        while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                ready, _, _ = select.select([out_fd, err_fd], [], [], wait)
-            except (OSError, ValueError):  # closed under us: stopped from outside
-                return self._runtime_crash(spec, slot, launch), False
-            if not ready:
-                out = sw.timeout_outcome(launch, started)
-                out.info["dask_worker"] = self.address
-                return out, False
-            if err_fd in ready:
-                try:
-                    sw.read_stderr()
-                except (OSError, ValueError):
-                    pass
-            if out_fd not in ready:
-                continue
-            try:
-                msgs = sw.read_stdout()
-            except (EOFError, OSError, ValueError):
-                try:
-                    sw.read_stderr()
-                except (OSError, ValueError):
-                    pass
-                return self._runtime_crash(spec, slot, launch), False
-            for msg in msgs:
-                if msg.get("id") != spec.job_id:
-                    continue
-                if msg.get("op") == "started":
-                    started = time.time()
-                    if spec.timeout:
-                        deadline = time.monotonic() + spec.timeout
-                elif msg.get("op") == "done":
-                    return self._runtime_done(spec, sw, launch, msg), True
-
-    def _runtime_done(self, spec: Spec, sw: StdioWorker, launch: Launch,
-                      msg: dict[str, Any]) -> Reply:
-        stderr, sw.head_console = sw.head_console, []
-        info = {"worker_pid": sw.pid, "runtime": sw.runtime.describe(),
-                "dask_worker": self.address}
-        packages = packages_of(sw.hello)
-        if packages is not None:
-            info["runtime_packages"] = packages
-        msg = dict(msg)
-        if msg.get("ok"):
-            try:
-                msg["result"] = sw.ingest(launch.job_id, msg.get("result"))
-            except (BadResultRef, OSError, ValueError) as e:
-                msg = {**msg, "ok": False, "bad_result": str(e)}
-        else:
-            sw.ingest(launch.job_id, None)  # drops the job's output folder
-        return RuntimeReply(msg, stderr, info)
-
-    def _runtime_crash(self, spec: Spec, slot: _Slot, launch: Launch) -> Outcome:
-        sw = slot.stdio
-        assert sw is not None
-        if slot.stop_why is not None:
-            return _stopped(spec, slot.stop_why)
-        out = sw.crash_outcome(launch)
-        out.info["dask_worker"] = self.address
-        return out
-
     # ------------------------------------------------------------------ the answer
-    def _spill(self, spec: Spec, reply: Reply) -> Reply:
-        """A reply larger than ``inline_limit`` goes back through the transfer folder."""
-        if _rough_size(reply) < spec.inline_limit // 2:
-            return reply
+    def _answer(self, spec: Spec, reply: Reply) -> Reply:
+        """The task's result: ``reply``, or :class:`Spilled` when it is larger than
+        ``inline_limit`` (it goes back through the transfer folder). A small answer also
+        goes with a "done" event, which reaches the client before dask says the task
+        finished: the client then has nothing to fetch."""
         try:
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # noqa: BLE001 - dask will say why it cannot send it either
             return reply
-        if len(data) <= spec.inline_limit:
-            return reply
-        name = spec.key + ".out"
-        write_new(os.path.join(spec.xfer, name), data)
-        return Spilled(name)
-
-
-def _rough_size(reply: Reply) -> int:
-    """About how many bytes ``reply`` pickles to (the console and the payload)."""
-    size = sum(len(x[1]) + 16 for x in getattr(reply, "lines", None) or
-               getattr(reply, "console", None) or getattr(reply, "stderr", None) or ())
-    payload = getattr(reply, "payload", None)
-    if isinstance(payload, (bytes, bytearray)):
-        size += len(payload)
-    elif payload is not None or isinstance(reply, (RuntimeReply, Spilled)) or \
-            getattr(reply, "value", None) is not None:
-        size += 1 << 40  # not estimated: measured by pickling
-    return size
-
-
-def _stopped(spec: Spec, why: str) -> Outcome:
-    return Outcome(False, error=JobCancelledException(f"job {spec.label!r} {why}"))
-
-
-def _no_fn(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never called
-    raise RuntimeError("the function of a job run through dask is not loaded on the dask worker")
-
-
-def _no_fn_pickle() -> bytes:  # pragma: no cover - the function comes with the task
-    raise RuntimeError("the function of a job run through dask comes from the client")
-
-
-def _no_label() -> str:
-    return ""
+        if len(data) > spec.inline_limit:
+            name = spec.key + ".out"
+            write_new(os.path.join(spec.xfer, name), data)
+            reply = Spilled(name)
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) <= EVENT_LIMIT:
+            self._event("done", spec.key, data)
+        return reply

@@ -51,20 +51,47 @@ class Shared:
         self.stop = False
         self.thread: threading.Thread | None = None
         self._closed = False
+        self._woken = False
+        self._later: list[Any] | None = None
+        self._later_lock = threading.Lock()
         self._close_lock = threading.Lock()
 
     def wake(self) -> None:
         """Make the loop's wait return."""
+        if self._woken:  # a byte is waiting already: the loop's next turn sees the change
+            return
         with self._close_lock:  # never write into a descriptor number reused since
             if self._closed:
                 return
+            self._woken = True
             try:
                 os.write(self.wake_w, b"x")
             except OSError:
                 pass
 
+    def later(self, items: list[Any], run: Callable[[list[Any]], None]) -> None:
+        """Call ``run(items)`` on an I/O thread. Items handed over while an earlier call
+        still waits for its thread join that call: one task per burst of answers, not one
+        per turn of the loop."""
+        with self._later_lock:
+            if self._later is not None:
+                self._later.extend(items)
+                return
+            self._later = list(items)
+        try:
+            self.io.submit(self._run_later, run)
+        except RuntimeError:  # the I/O threads are gone (shutdown): run here
+            self._run_later(run)
+
+    def _run_later(self, run: Callable[[list[Any]], None]) -> None:
+        with self._later_lock:
+            items, self._later = self._later, None
+        if items:
+            run(items)
+
     def drain_wake(self) -> None:
-        """Read the wake-up bytes (in the loop)."""
+        """Read the wake-up bytes (in the loop, before its next turn looks at the state)."""
+        self._woken = False
         try:
             while os.read(self.wake_r, 4096):
                 pass

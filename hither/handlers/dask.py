@@ -10,6 +10,9 @@ than ``inline_limit`` bytes are written to a private transfer folder in the job 
 store (the exchange store without a cache), and container and environment jobs read and
 write their values as store blobs. The client and every dask worker must therefore see the
 store under the same path: one machine, or a shared filesystem (see docs/clusters.md).
+A small reply (or the note that it was spilled) also comes back with the task's "done"
+event, ahead of dask's own completion notice, so that nothing needs to be fetched; it is
+read exactly as a fetched reply would be.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import re
 import shutil
 import sys
 import threading
-import time
 import traceback
 import uuid
 import weakref
@@ -33,12 +35,15 @@ from ..errors import HitherError, UnreadableResultError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from ..progress import echo
 from . import _dask_wire as W
+from ._dask_client import FromEvent, Task, collect, exit_hook, reply_outcome, submit_loop
 from .base import JobHandler, completed_future, in_io_thread, mark_io_thread
 
 _INSTALL = ("hi.DaskJobHandler needs dask.distributed, which is not installed: "
             "pip install 'hither[dask]' (the same version on the client and every worker)")
 _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.]+")
 _CONTAINER_KINDS = ("docker", "podman", "apptainer")
+#: answers received with events between two trims of the scheduler's event log
+_TRIM_EVERY = 2048
 
 
 def _distributed() -> Any:
@@ -47,21 +52,6 @@ def _distributed() -> Any:
     except ImportError as e:
         raise ImportError(_INSTALL) from e
     return distributed
-
-
-class _Task:
-    __slots__ = ("launch", "future", "key", "xfer", "dask", "worker", "cancel_why",
-                 "files")
-
-    def __init__(self, launch: Launch, key: str, xfer: str) -> None:
-        self.launch = launch
-        self.future: Future[Outcome] = Future()
-        self.key = key
-        self.xfer = xfer
-        self.dask: Any = None  # the dask future
-        self.worker: str | None = None  # the dask worker running it (from its event)
-        self.cancel_why: str | None = None
-        self.files = False  # it wrote an argument file
 
 
 class DaskJobHandler(JobHandler):
@@ -139,8 +129,8 @@ class DaskJobHandler(JobHandler):
 
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._tasks: dict[str, _Task] = {}  # job id -> task not settled yet
-        self._by_key: dict[str, _Task] = {}  # dask key -> task whose dask future is out
+        self._tasks: dict[str, Task] = {}  # job id -> task not settled yet
+        self._by_key: dict[str, Task] = {}  # dask key -> task whose dask future is out
         self._xfer: dict[Any, Path] = {}  # store -> transfer folder
         self._functions: set[tuple[str, str]] = set()
         # placement: jobs follow the dask worker that ran the last one while it is free, so
@@ -150,6 +140,10 @@ class DaskJobHandler(JobHandler):
         self._nthreads: dict[str, int] = {}
         self._recent: str | None = None
         self._stopped = False
+        self._replies = 0
+        # submissions: jobs made ready meanwhile go to dask together, in one graph update
+        self._pending: list[tuple[Task, W.Spec, dict[str, float], list[str] | None]] = []
+        self._wake = threading.Condition(self._lock)
         try:
             plugin = self._remote.HitherPlugin(self.name, __version__, self.name, os.getcwd(),
                                     list(sys.path))
@@ -163,12 +157,15 @@ class DaskJobHandler(JobHandler):
                                             raise_errors=False)
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hither-dask-io",
                                       initializer=mark_io_thread)
-        self._collector = threading.Thread(target=_collect, args=(weakref.ref(self), self._ac,
+        self._collector = threading.Thread(target=collect, args=(weakref.ref(self), self._ac,
                                                                   client),
                                            name="hither-dask", daemon=True)
         self._collector.start()
+        self._submitter = threading.Thread(target=submit_loop, args=(weakref.ref(self),),
+                                           name="hither-dask-submit", daemon=True)
+        self._submitter.start()
         # before dask's own exit handlers (registered earlier, run later) close the client
-        self._at_exit = _exit_hook(weakref.ref(self))
+        self._at_exit = exit_hook(weakref.ref(self))
         atexit.register(self._at_exit)
         if self.container_resources:
             self._check_resources(self.container_resources)
@@ -180,27 +177,18 @@ class DaskJobHandler(JobHandler):
         key = f"hither-{_LABEL_CHARS.sub('_', launch.label)[:40]}-{uuid.uuid4().hex}"
         try:
             xfer = self._xfer_dir(launch.store)
-            task = _Task(launch, key, str(xfer))
+            task = Task(launch, key, str(xfer))
             spec = self._spec(task)
         except Exception as e:  # noqa: BLE001 - the job fails, the pipeline goes on
             return completed_future(Outcome(False, error=e))
+        kind = getattr(launch.runtime, "kind", None)
+        resources = self.container_resources if kind in _CONTAINER_KINDS else self.resources
         with self._lock:
             self._tasks[launch.job_id] = task
             self._by_key[key] = task
             self._unstarted += 1
-            hint = self._hint()
-        kind = getattr(launch.runtime, "kind", None)
-        resources = self.container_resources if kind in _CONTAINER_KINDS else self.resources
-        try:
-            fut = self.client.submit(self._remote.run_job, self.name, spec, key=key, pure=False,
-                                     retries=0, resources=resources or None,
-                                     workers=hint, allow_other_workers=bool(hint))
-        except Exception as e:  # noqa: BLE001 - e.g. the scheduler is gone
-            self._drop(task)
-            self._settle(task, Outcome(False, error=e))
-            return task.future
-        task.dask = fut
-        self._ac.add(fut)
+            self._pending.append((task, spec, resources, self._hint()))
+            self._wake.notify()
         return task.future
 
     def cancel(self, job_id: str) -> bool:
@@ -259,7 +247,7 @@ class DaskJobHandler(JobHandler):
                 found = self._xfer[store] = store.work_dir("dask")
             return found
 
-    def _spec(self, task: _Task) -> W.Spec:
+    def _spec(self, task: Task) -> W.Spec:
         launch = task.launch
         common: dict[str, Any] = {
             "key": task.key, "job_id": launch.job_id, "label": launch.label,
@@ -282,6 +270,32 @@ class DaskJobHandler(JobHandler):
         return W.Spec(**common, runtime=launch.runtime, identity=launch.runtime.identity(),
                       store=launch.store, code=launch.code, args_manifest=manifest,
                       args_in_file=in_file)
+
+    def _submit_batch(self, batch: list[tuple[Task, W.Spec, dict[str, float],
+                                               list[str] | None]]) -> None:
+        """Send ``batch`` to dask: one graph update per kind of placement (submitter)."""
+        groups: dict[tuple[Any, ...], list[tuple[Task, W.Spec]]] = {}
+        for task, spec, resources, hint in batch:
+            if task.cancel_why is not None:  # withdrawn before it went out: it never will
+                self._drop(task)
+                continue
+            where = (tuple(sorted(resources.items())), tuple(hint or ()))
+            groups.setdefault(where, []).append((task, spec))
+        for (resources, hint), items in groups.items():
+            try:
+                futs = self.client.map(
+                    self._remote.run_job, [self.name] * len(items), [sp for _, sp in items],
+                    key=[t.key for t, _ in items], pure=False, retries=0,
+                    resources=dict(resources) or None, workers=list(hint) or None,
+                    allow_other_workers=bool(hint))
+            except Exception as e:  # noqa: BLE001 - e.g. the scheduler is gone
+                for task, _ in items:
+                    self._drop(task)
+                    self._settle(task, Outcome(False, error=e))
+                continue
+            for (task, _), fut in zip(items, futs, strict=True):
+                task.dask = fut
+            self._ac.update(futs)
 
     def _send_function(self, launch: Launch, xfer: str) -> None:
         """Write the function (once per transfer folder) for the workers to load."""
@@ -338,6 +352,15 @@ class DaskJobHandler(JobHandler):
                             task.future.set_running_or_notify_cancel()
                         except (InvalidStateError, RuntimeError):
                             pass
+            elif kind == "done":
+                if isinstance(msg[2], bytes) and task.reply is None:
+                    # read when dask says the task finished; the first answer is the run's
+                    # (a task dask ran again after its worker died only refuses to run)
+                    task.reply = msg[2]
+                self._replies += 1
+                if self._replies % _TRIM_EVERY == 0:  # the scheduler keeps every event
+                    self._background(self.client.run_on_scheduler, self._remote.forget_events,
+                                     self.name)
             elif kind == "echo":
                 prefix = task.launch.stream_prefix()
                 if prefix is not None:
@@ -353,6 +376,8 @@ class DaskJobHandler(JobHandler):
         if task is None:
             return
         task.dask = None  # its result may be released on the dask worker
+        if isinstance(result, FromEvent):
+            status, result = result.load(task.launch.label)
         try:
             if not task.future.done():
                 self._settle(task, self._outcome(task, status, result))
@@ -362,7 +387,7 @@ class DaskJobHandler(JobHandler):
             if status in ("finished", "error"):
                 self._remove_files(task, spilled=isinstance(result, W.Spilled))
 
-    def _outcome(self, task: _Task, status: str, result: Any) -> Outcome:
+    def _outcome(self, task: Task, status: str, result: Any) -> Outcome:
         launch = task.launch
         if status == "finished":
             reply = result
@@ -374,7 +399,7 @@ class DaskJobHandler(JobHandler):
                     return Outcome(False, error=UnreadableResultError(
                         f"the answer of job {launch.label!r} could not be read back from the "
                         f"store: {type(e).__name__}: {e}", job_label=launch.label))
-            return _reply_outcome(launch, reply)
+            return reply_outcome(launch, reply)
         if status == "error":
             exc = result[1] if isinstance(result, tuple) and len(result) > 1 else result
             if type(exc).__name__ == "KilledWorker":
@@ -388,7 +413,7 @@ class DaskJobHandler(JobHandler):
             f"dask dropped job {launch.label!r} ({status}: {result}): the scheduler or the "
             "connection to it was lost.", job_label=launch.label))
 
-    def _settle(self, task: _Task, outcome: Outcome) -> None:
+    def _settle(self, task: Task, outcome: Outcome) -> None:
         with self._lock:
             if self._tasks.pop(task.launch.job_id, None) is None:
                 return  # settled already (cancelled)
@@ -407,12 +432,12 @@ class DaskJobHandler(JobHandler):
         except InvalidStateError:
             pass
 
-    def _drop(self, task: _Task) -> None:
+    def _drop(self, task: Task) -> None:
         with self._lock:
             self._by_key.pop(task.key, None)
         self._remove_files(task)
 
-    def _remove_files(self, task: _Task, spilled: bool = True) -> None:
+    def _remove_files(self, task: Task, spilled: bool = True) -> None:
         names = [task.key + ".claim"]
         if spilled:
             names.append(task.key + ".out")
@@ -425,7 +450,7 @@ class DaskJobHandler(JobHandler):
                 pass
 
     # ---------------------------------------------------------------- cancel and stop
-    def _withdraw(self, task: _Task) -> None:
+    def _withdraw(self, task: Task) -> None:
         """Make sure a cancelled job never runs, or stop it where it runs."""
         why = task.cancel_why or "was cancelled"
         path = W.claim_path(task.xfer, task.key)
@@ -469,6 +494,7 @@ class DaskJobHandler(JobHandler):
                 return
             self._stopped = True
             self._idle.notify_all()
+            self._wake.notify_all()
         atexit.unregister(self._at_exit)
         client = self.client
         for call in (lambda: client.unsubscribe_topic(self.name),
@@ -478,6 +504,7 @@ class DaskJobHandler(JobHandler):
                 call()  # the plugin's teardown stops its worker processes
             except Exception:  # noqa: BLE001 - a closed client or a gone cluster
                 pass
+        self._submitter.join(5)
         self._collector.join(5)
         self._io.shutdown(wait=False)
         for path in self._xfer.values():
@@ -494,94 +521,3 @@ class DaskJobHandler(JobHandler):
             pass
 
 
-def _reply_outcome(launch: Launch, reply: Any) -> Outcome:
-    """The Outcome of a job from its task's reply."""
-    if isinstance(reply, Outcome):
-        return reply
-    if isinstance(reply, W.HostReply):
-        from .host import decode_outcome
-
-        out = decode_outcome(launch, reply.ok, reply.payload, reply.lines, reply.start,
-                             reply.end, reply.pid)
-        out.info["dask_worker"] = reply.worker
-        return out
-    if isinstance(reply, W.RuntimeReply):
-        from .stdio import outcome_of
-
-        return outcome_of(launch, reply.msg, reply.stderr, reply.info)
-    return Outcome(False, error=UnreadableResultError(
-        f"job {launch.label!r}: its dask task answered with a {type(reply).__name__}, not a "
-        "hither reply", job_label=launch.label))
-
-
-def _collect(ref: Any, ac: Any, client: Any) -> None:
-    """The collector thread: fetches the results of the dask futures completed since its
-    last round in one call (one request per job would cost more than the job), and hands
-    them to its handler's I/O threads."""
-    mark_io_thread()
-    ready = ac.thread_condition  # notified by as_completed as each future completes
-    while True:
-        handler = ref()
-        if handler is None or handler._stopped:
-            return
-        io = handler._io
-        done = handler._done
-        del handler
-        with ready:
-            if not ac.has_ready():
-                ready.wait(0.5)
-        try:
-            batch = ac.next_batch(block=False)
-        except Exception:  # noqa: BLE001 - keep collecting
-            traceback.print_exc()
-            time.sleep(0.1)
-            continue
-        # only keys and results are kept: a dask future kept alive keeps its result in a
-        # dask worker's memory (and a worker holding data cannot be retired)
-        done_now = _results(client, batch)
-        del batch
-        for key, status, result in done_now:
-            try:
-                io.submit(done, key, status, result)
-            except RuntimeError:  # the handler stopped: settle here
-                done(key, status, result)
-
-
-def _results(client: Any, futures: list[Any]) -> list[tuple[str, str, Any]]:
-    """(key, status, result or exception) of completed dask futures."""
-    finished = [f for f in futures if f.status == "finished"]
-    fetched: dict[str, Any] = {}
-    if len(finished) > 1:
-        try:
-            fetched = dict(zip([f.key for f in finished], client.gather(finished),
-                               strict=True))
-        except Exception:  # noqa: BLE001 - one by one below (a result was lost meanwhile)
-            fetched = {}
-    out = []
-    for fut in futures:
-        status = fut.status
-        try:
-            if fut.key in fetched:
-                status, result = "finished", fetched[fut.key]
-            elif status == "finished":
-                result = fut.result(timeout=60)
-            elif status == "error":
-                result = fut.exception(timeout=60)
-            else:
-                result = None
-        except Exception as e:  # noqa: BLE001 - e.g. its worker died meanwhile
-            status, result = "error", e
-        out.append((fut.key, status, result))
-    return out
-
-
-def _exit_hook(ref: Any) -> Any:
-    def at_exit() -> None:
-        handler = ref()
-        if handler is not None:
-            try:
-                handler.shutdown(wait=False, cancel=True)
-            except Exception:  # noqa: BLE001 - best effort at interpreter exit
-                pass
-
-    return at_exit

@@ -29,6 +29,7 @@ import pickle
 import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -48,6 +49,10 @@ __all__ = ["START_METHODS", "HostWorker", "by_value_sources", "decode_outcome",
 #: messages up to this size are written directly: with the jobs sent ahead (prefetch) they fit
 #: in a socket's buffer, so the write cannot block
 _DIRECT_SEND = 4 * 1024
+#: at most this many bytes not yet read by a worker are written directly (batches of jobs)
+_DIRECT_BUDGET = 64 * 1024
+_HEAD = struct.Struct("!i")
+_READ_CHUNK = 256 * 1024
 
 # ---------------------------------------------------------------------------- the worker
 class HostWorker:
@@ -74,8 +79,14 @@ class HostWorker:
             raise
         finally:
             theirs.close()
+        try:  # how much may wait unread in the socket: a batch is written directly within it
+            sndbuf = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except OSError:
+            sndbuf = 0
+        self.direct_budget = max(_DIRECT_SEND, min(_DIRECT_BUDGET, sndbuf // 4))
         self.conn = Connection(ours.detach())
         self._conn_fd = self.conn.fileno()
+        self._inbuf = bytearray()
         self.pid: int = self._proc.pid
         self.sentinel: int = self._proc.sentinel
         self._ended = False
@@ -203,31 +214,35 @@ class HostWorker:
         if msg[0] == "run" and msg[3] is not None:
             self.fids.add(msg[2])
 
-    def send(self, msg: tuple) -> bool:
-        """Send a message without ever blocking the caller for long; False when the
-        worker is gone.
+    def send(self, msg: tuple, unread: int | None = None) -> int:
+        """Send a message without ever blocking the caller for long; returns its size in
+        bytes, 0 when the worker is gone.
 
         A small message fits in the socket's buffer next to what was sent ahead, so it is
         written here. A large one goes through a sender thread: the worker reads only
         between jobs, and a parent blocked writing to a busy worker could not read the
         result that worker is trying to send (a deadlock with large values both ways).
+        ``unread``: at most how many bytes sent earlier the worker may not have read yet
+        (the messages of its jobs not answered); then a message is written directly while
+        both fit in :attr:`direct_budget` (a batch of small jobs).
         """
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        if self._outbox is None and len(data) <= _DIRECT_SEND:
+        limit = _DIRECT_SEND if unread is None else self.direct_budget - unread
+        if self._outbox is None and len(data) <= limit:
             try:
                 self.conn.send_bytes(data)
-                return True
+                return len(data)
             except (OSError, ValueError):
-                return False
+                return 0
         if not self.is_alive():
-            return False
+            return 0
         with self._outbox_lock:
             if self._outbox is None:
                 self._outbox = deque()
                 threading.Thread(target=self._drain_outbox, name="hither-sender",
                                  daemon=True).start()
             self._outbox.append(data)
-        return True
+        return len(data)
 
     def _drain_outbox(self) -> None:
         while True:
@@ -246,6 +261,58 @@ class HostWorker:
     def recv(self) -> tuple:
         """Read one message (raises EOFError/OSError when the worker is gone)."""
         return pickle.loads(self.conn.recv_bytes())
+
+    def read_available(self, more: bool = False) -> list[tuple]:
+        """The messages that have arrived, read without blocking (call it when the
+        connection is readable: it reads once; or with ``more``, until nothing is left,
+        for a worker that has ended). A message not complete yet stays buffered for the
+        next call. Raises EOFError when the worker closed its end and nothing is left."""
+        fd = self._conn_fd
+        buf = self._inbuf
+        while True:
+            try:
+                chunk = os.read(fd, min(max(_READ_CHUNK, self._missing()), 1 << 24))
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                if not buf:
+                    raise EOFError("the worker closed its connection")
+                break
+            if chunk:
+                buf += chunk
+            if not more or not chunk or not select.select([fd], [], [], 0)[0]:
+                break
+        msgs = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= 4:
+            (size,) = _HEAD.unpack_from(buf, pos)
+            start = pos + 4
+            if size == -1:
+                if n - start < 8:
+                    break
+                (size,) = struct.unpack_from("!Q", buf, start)
+                start += 8
+            if n - start < size:
+                break
+            msgs.append(pickle.loads(memoryview(buf)[start:start + size]))
+            pos = start + size
+        if pos:
+            del buf[:pos]
+        return msgs
+
+    def _missing(self) -> int:
+        """Bytes still to come of a large message partly read (read in one go)."""
+        buf = self._inbuf
+        if len(buf) < 4:
+            return 0
+        (size,) = _HEAD.unpack_from(buf, 0)
+        if size == -1:
+            if len(buf) < 12:
+                return 0
+            (size,) = struct.unpack_from("!Q", buf, 4)
+            return size + 12 - len(buf)
+        return size + 4 - len(buf)
 
 
 def by_value_sources(fn: Callable[..., Any]) -> tuple[dict, dict] | None:

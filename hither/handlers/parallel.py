@@ -8,72 +8,20 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable
-from concurrent.futures import Future, InvalidStateError
+from collections.abc import Hashable
+from concurrent.futures import Future
 from functools import partial
+from typing import Any
 
 from ..errors import JobTimeoutError, WorkerCrashedError
-from ..launch import ConsoleLine, Launch, Outcome
+from ..launch import Launch, Outcome
 from ..progress import echo
-from . import _loop
+from . import _loop, _pool
+from ._batching import BatchPolicy, take_batch
+from ._pool import Settle, Slot, Task, load, settle
 from .base import JobHandler, completed_future, in_io_thread
 from .host import START_METHODS, HostWorker, decode_outcome, default_start_method, describe_exit
-from .stdio import StdioWorker, pool_key
-
-#: an outcome, or a call that makes it (run on an I/O thread, not in the loop)
-Settle = Outcome | Callable[[], Outcome]
-
-
-class _Task:
-    __slots__ = ("launch", "future", "head_at", "started", "cancel_why", "slot", "console")
-
-    def __init__(self, launch: Launch, future: Future[Outcome]) -> None:
-        self.launch = launch
-        self.future = future
-        self.console: list[ConsoleLine] = []  # lines received live (kept at a timeout)
-        self.head_at: float | None = None  # monotonic time it became its worker's head
-        self.started: float | None = None  # monotonic time its function started (timeouts)
-        self.cancel_why: str | None = None
-        self.slot: _Slot | None = None
-
-
-class _Slot:
-    """A worker of the pool: a host process (key None) or a runtime worker."""
-
-    __slots__ = ("key", "host", "stdio", "inflight", "pid", "limit")
-
-    def __init__(self, key: Hashable, host: HostWorker | None = None,
-                 stdio: StdioWorker | None = None, limit: int = 1) -> None:
-        self.key = key
-        self.host = host
-        self.stdio = stdio
-        self.inflight: deque[_Task] = deque()
-        self.pid = host.pid if host is not None else stdio.pid  # type: ignore[union-attr]
-        self.limit = limit if host is not None else StdioWorker.max_inflight
-
-    def fds(self) -> tuple[int, ...]:
-        if self.host is not None:
-            return self.host.fds()
-        assert self.stdio is not None
-        return self.stdio.fds()
-
-
-def _load(s: _Slot) -> int:
-    return len(s.inflight)
-
-
-def _pool_key(launch: Launch) -> Hashable:
-    return None if launch.runtime is None else pool_key(launch)
-
-
-def _kill_now(slot: _Slot) -> None:
-    """Stop a worker at once (the handler is gone or being reset)."""
-    if slot.host is not None:
-        slot.host.kill()
-        slot.host.close()
-        _reap(slot.host, 2)
-    elif slot.stdio is not None:
-        slot.stdio.stop()
+from .stdio import StdioWorker
 
 
 class ParallelJobHandler(JobHandler):
@@ -95,10 +43,15 @@ class ParallelJobHandler(JobHandler):
     its ``job_timeout`` (counted from the moment its function starts) or cancelled while
     running has its worker (and everything the job started, container included) killed and
     replaced.
+
+    Tiny jobs are batched (``batch=True``, the default): once a function's jobs are seen
+    to be fast, a host worker is sent many of them in one message, about ``batch_target``
+    seconds of work (see :mod:`hither.handlers._batching`); they still run, complete,
+    fail and cancel one by one. ``batch=False`` sends every job on its own.
     """
 
     def __init__(self, num_workers: int | None = None, *, start_method: str | None = None,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, batch: bool = True, batch_target: float = 0.005) -> None:
         super().__init__()
         if num_workers is None:
             num_workers = os.cpu_count() or 1
@@ -113,44 +66,51 @@ class ParallelJobHandler(JobHandler):
         # small messages are written straight into the pipe: a bounded number sent ahead
         # keeps them within its buffer (see host.HostWorker.send)
         self.prefetch = min(max(1, int(prefetch)), 8)
+        self._policy = BatchPolicy(bool(batch), target=batch_target)
+        self._sends = [0, 0]  # messages that carried jobs to host workers, jobs they carried
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
-        self._pending: dict[Hashable, deque[_Task]] = {}
+        self._pending: dict[Hashable, deque[Task]] = {}
         self._runtimes: dict[Hashable, tuple] = {}
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, Task] = {}
         self._starting: dict[Hashable, int] = {}
         self._shared = _loop.Shared()
-        self._slots: list[_Slot] = self._shared.slots
-        self._finalizer = weakref.finalize(self, _loop.abandon, self._shared, _kill_now)
+        self._slots: list[Slot] = self._shared.slots
+        self._finalizer = weakref.finalize(self, _loop.abandon, self._shared, _pool.kill_now)
         self._finalizer.atexit = False  # at exit, the handlers are shut down in order
 
     # ---------------------------------------------------------------- public interface
     def submit(self, launch: Launch) -> Future[Outcome]:
         if self._closed:
             return completed_future(self._closed_outcome(launch))
-        task = _Task(launch, Future())
-        key = _pool_key(launch)
-        done: list[tuple[_Task, Settle]] = []
+        task = Task(launch, _pool.LeanFuture())
+        key = _pool.launch_pool(launch)
+        done: list[tuple[Task, Settle]] = []
         with self._lock:
             self._tasks[launch.job_id] = task
-            self._pending.setdefault(key, deque()).append(task)
+            q = self._pending.setdefault(key, deque())
+            q.append(task)
             if key is not None:
                 self._runtimes[key] = (launch.runtime, launch.store)
             self._shared.start(self)
+            if len(q) > 1 or self._policy.enabled and any(s.inflight for s in self._slots):
+                # the loop sends the jobs waiting together, once it gets its turn
+                self._shared.wake()
+                return task.future
             mine = [s for s in self._slots if s.key == key]
             room = len(self._slots) + sum(self._starting.values()) < self.num_workers
-            s = min(mine, key=_load, default=None)
+            s = min(mine, key=load, default=None)
             if s is not None and (not s.inflight or (not room and not self._starting.get(key))):
                 self._fill(s, done, limit=1)
                 if launch.timeout:
                     self._shared.wake()  # the loop must watch its deadline
             else:
                 self._shared.wake()  # the loop starts a worker
-        _settle(done)
+        settle(done)
         return task.future
 
     def cancel(self, job_id: str) -> bool:
-        done: list[tuple[_Task, Settle]] = []
+        done: list[tuple[Task, Settle]] = []
         with self._lock:
             task = self._tasks.get(job_id)
             if task is None or task.future.done() or task.cancel_why is not None:
@@ -158,7 +118,7 @@ class ParallelJobHandler(JobHandler):
             task.cancel_why = "was cancelled"
             slot = task.slot
             if slot is None:  # still waiting here: just drop it
-                self._pending[_pool_key(task.launch)].remove(task)
+                self._pending[_pool.launch_pool(task.launch)].remove(task)
                 self._finish(task, self._cancelled_outcome(task.launch), done)
             elif slot.inflight and slot.inflight[0] is task:  # running: stop its worker
                 self._kill_slot(slot, done, head_outcome=self._cancelled_outcome(task.launch))
@@ -166,7 +126,7 @@ class ParallelJobHandler(JobHandler):
                 assert slot.host is not None
                 slot.host.send(("skip", job_id))
                 self._finish(task, self._cancelled_outcome(task.launch), done)
-        _settle(done)
+        settle(done)
         return True
 
     def reset(self) -> None:
@@ -177,7 +137,7 @@ class ParallelJobHandler(JobHandler):
             for slot in slots:
                 self._drop_slot(slot)
         for slot in slots:
-            _kill_now(slot)
+            _pool.kill_now(slot)
 
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         self._closed = True
@@ -195,6 +155,14 @@ class ParallelJobHandler(JobHandler):
         with self._lock:
             return [s.pid for s in self._slots]
 
+    @property
+    def batching(self) -> dict[str, Any]:
+        """Whether tiny jobs are batched, the batch target (seconds of work per worker),
+        and how many messages carried how many jobs to host workers so far."""
+        with self._lock:
+            return {"enabled": self._policy.enabled, "target": self._policy.target,
+                    "messages": self._sends[0], "jobs": self._sends[1]}
+
     def __repr__(self) -> str:
         return (f"<ParallelJobHandler num_workers={self.num_workers} "
                 f"start_method={self.start_method!r}{' closed' if self._closed else ''}>")
@@ -203,57 +171,101 @@ class ParallelJobHandler(JobHandler):
         return threading.current_thread() is self._shared.thread
 
     # ---------------------------------------------------------------- dispatch (lock held)
-    def _fill(self, slot: _Slot, done: list, limit: int | None = None) -> None:
+    def _fill(self, slot: Slot, done: list, limit: int | None = None) -> None:
+        """Send ``slot`` what it may take of its pool's queue (at most ``limit`` jobs)."""
         q = self._pending.get(slot.key)
-        cap = slot.limit if limit is None else min(slot.limit, len(slot.inflight) + limit)
-        while q and len(slot.inflight) < cap:
-            task = q.popleft()
-            try:
-                if slot.host is not None:
-                    msg = slot.host.run_message(task.launch)
-                    sent = slot.host.send(msg)
-                else:
+        if not q:
+            return
+        if slot.host is None:
+            cap = slot.limit if limit is None else min(slot.limit, len(slot.inflight) + limit)
+            while q and len(slot.inflight) < cap:
+                task = q.popleft()
+                try:
                     assert slot.stdio is not None
                     sent = slot.stdio.send_run(task.launch)
-            except Exception as e:  # noqa: BLE001 - surfaces on the job, never in the loop
-                self._finish(task, Outcome(False, error=e, traceback_text=(
-                    "the job's function or arguments could not be sent to a worker: "
-                    f"{type(e).__name__}: {e}")), done)
-                continue
-            if not sent:
-                q.appendleft(task)
-                return
-            if slot.host is not None:
-                slot.host.sent(msg)
-            task.slot = slot
-            slot.inflight.append(task)
-            if len(slot.inflight) == 1:
-                self._start(task)
+                except Exception as e:  # noqa: BLE001 - surfaces on the job, never in the loop
+                    self._finish(task, _pool.unsendable(e), done)
+                    continue
+                if not sent:
+                    q.appendleft(task)
+                    return
+                self._sent(slot, task)
+            return
+        if limit is None:  # a fair share of the queue for each worker of the pool
+            workers = self._starting.get(slot.key, 0) + sum(s.key == slot.key
+                                                            for s in self._slots)
+            limit = -(-len(q) // max(1, workers))
+        batch = take_batch(self._policy, q, slot, limit, self.prefetch)
+        if not self._policy.enabled:  # one message per job, as before batching
+            for i, task in enumerate(batch):
+                if not self._send(slot, [task], done):
+                    q.extendleft(reversed(batch[i + 1:]))
+                    return
+        elif batch:
+            self._send(slot, batch, done)
 
-    def _start(self, task: _Task) -> None:
+    def _send(self, slot: Slot, batch: list[Task], done: list) -> bool:
+        """Send jobs to a host worker in one message; False (and the jobs back at the
+        front of the queue) when the worker is gone."""
+        assert slot.host is not None
+        msgs, tasks = [], []
+        for task in batch:
+            try:
+                msg = slot.host.run_message(task.launch)
+            except Exception as e:  # noqa: BLE001 - surfaces on the job, never in the loop
+                self._finish(task, _pool.unsendable(e), done)
+                continue
+            slot.host.sent(msg)  # its function is not sent again in this batch
+            msgs.append(msg)
+            tasks.append(task)
+        if not msgs:
+            return True
+        size = slot.host.send(msgs[0] if len(msgs) == 1 else ("batch", msgs), slot.unread)
+        if not size:
+            self._pending[slot.key].extendleft(reversed(tasks))
+            return False
+        self._sends[0] += 1
+        self._sends[1] += len(tasks)
+        for task in tasks:  # a message takes ~1 KB of the socket's buffer besides its bytes
+            task.wire = (size + 1024) // len(tasks)
+            self._sent(slot, task)
+        return True
+
+    def _sent(self, slot: Slot, task: Task) -> None:
+        task.slot = slot
+        slot.inflight.append(task)
+        slot.unread += task.wire
+        slot.unbatched += not task.batched
+        if len(slot.inflight) == 1:
+            self._start(task)
+
+    def _pop_head(self, slot: Slot) -> Task:
+        task = slot.inflight.popleft()
+        slot.unread -= task.wire
+        slot.unbatched -= not task.batched
+        return task
+
+    def _start(self, task: Task) -> None:
         task.head_at = time.monotonic()
         if not task.launch.timeout:
             task.started = task.head_at
         if not task.future.done():  # a job cancelled while sent ahead is already complete
             task.future.set_running_or_notify_cancel()
 
-    def _finish(self, task: _Task, outcome: Settle, done: list) -> None:
+    def _finish(self, task: Task, outcome: Settle, done: list) -> None:
         if self._tasks.pop(task.launch.job_id, None) is None:
             return  # already finished (e.g. cancelled while sent ahead)
         done.append((task, outcome))
         if not self._tasks:
             self._idle.notify_all()
 
-    def _complete(self, done: list[tuple[_Task, Settle]]) -> None:
+    def _complete(self, done: list[tuple[Task, Settle]]) -> None:
         """Complete futures from the loop: on an I/O thread (they run callbacks)."""
         if done:
-            try:
-                self._shared.io.submit(_settle, done)
-            except RuntimeError:  # the I/O threads are gone (shutdown): settle here
-                _settle(done)
+            self._shared.later(done, settle)
 
     def _cancel_all(self, why: str) -> None:
-        done: list[tuple[_Task, Settle]] = []
+        done: list[tuple[Task, Settle]] = []
         with self._lock:
             for task in list(self._tasks.values()):
                 task.cancel_why = why
@@ -262,7 +274,7 @@ class ParallelJobHandler(JobHandler):
             for slot in list(self._slots):
                 if slot.inflight:
                     self._kill_slot(slot, done, head_outcome=None)
-        _settle(done)
+        settle(done)
 
     # ---------------------------------------------------------------- workers
     def _plan_spawns(self) -> list[Hashable]:
@@ -293,23 +305,23 @@ class ParallelJobHandler(JobHandler):
         """Start a worker for pool ``key`` (on an I/O thread: a container takes a while)."""
         try:
             if key is None:
-                slot = _Slot(None, host=HostWorker(self.start_method), limit=self.prefetch)
+                slot = Slot(None, host=HostWorker(self.start_method), limit=self.prefetch)
             else:
                 runtime, store = self._runtimes[key]
-                slot = _Slot(key, stdio=StdioWorker(runtime, store))
+                slot = Slot(key, stdio=StdioWorker(runtime, store))
         except Exception as e:  # noqa: BLE001 - e.g. a missing image: fail its jobs
-            done: list[tuple[_Task, Settle]] = []
+            done: list[tuple[Task, Settle]] = []
             with self._lock:
                 self._starting[key] -= 1
                 for task in self._pending.pop(key, deque()):
                     self._finish(task, Outcome(False, error=e), done)
-            _settle(done)
+            settle(done)
             return
         sel = self._shared.sel
         with self._lock:
             self._starting[key] -= 1
             if self._shared.stop or self._closed and not self._tasks:
-                _kill_now(slot)
+                _pool.kill_now(slot)
                 return
             try:
                 if slot.host is not None:
@@ -321,16 +333,16 @@ class ParallelJobHandler(JobHandler):
                     sel.register(out, selectors.EVENT_READ, ("out", slot))
                     sel.register(err, selectors.EVENT_READ, ("err", slot))
             except (ValueError, OSError, KeyError):  # the loop has ended meanwhile
-                _kill_now(slot)
+                _pool.kill_now(slot)
                 return
             self._slots.append(slot)
         self._shared.wake()
 
-    def _retire(self, slot: _Slot) -> None:
+    def _retire(self, slot: Slot) -> None:
         self._drop_slot(slot)
         self._stop_slot(slot, graceful=True)
 
-    def _kill_slot(self, slot: _Slot, done: list, head_outcome: Settle | None) -> None:
+    def _kill_slot(self, slot: Slot, done: list, head_outcome: Settle | None) -> None:
         """Kill ``slot``'s worker; its head ends with ``head_outcome`` and the jobs sent
         ahead go back to the front of their queue."""
         self._drop_slot(slot)
@@ -349,7 +361,7 @@ class ParallelJobHandler(JobHandler):
             slot.inflight.clear()
         self._shared.wake()
 
-    def _drop_slot(self, slot: _Slot) -> None:
+    def _drop_slot(self, slot: Slot) -> None:
         if slot not in self._slots:
             return
         self._slots.remove(slot)
@@ -359,7 +371,7 @@ class ParallelJobHandler(JobHandler):
             except (KeyError, ValueError, OSError):
                 pass
 
-    def _stop_slot(self, slot: _Slot, graceful: bool) -> None:
+    def _stop_slot(self, slot: Slot, graceful: bool) -> None:
         """Stop a worker dropped from the pool: a host process at once; a runtime worker
         (its container) on an I/O thread."""
         if slot.host is not None:
@@ -368,7 +380,7 @@ class ParallelJobHandler(JobHandler):
             else:
                 slot.host.kill()
             slot.host.close()
-            threading.Thread(target=_reap, args=(slot.host, 5), daemon=True).start()
+            threading.Thread(target=_pool.reap, args=(slot.host, 5), daemon=True).start()
             return
         assert slot.stdio is not None
         if not graceful:
@@ -399,7 +411,7 @@ class ParallelJobHandler(JobHandler):
         deadline = time.monotonic() + (2.0 if graceful else 0.5)
         for slot in slots:
             if slot.host is not None:
-                _reap(slot.host, max(0.0, deadline - time.monotonic()))
+                _pool.reap(slot.host, max(0.0, deadline - time.monotonic()))
         thread = self._shared.thread
         if thread is None:
             self._shared.close()
@@ -410,7 +422,7 @@ class ParallelJobHandler(JobHandler):
 
     # ---------------------------------------------------------------- the event loop
     def _fail_all(self, error: BaseException) -> None:
-        done: list[tuple[_Task, Settle]] = []
+        done: list[tuple[Task, Settle]] = []
         with self._lock:
             for task in list(self._tasks.values()):
                 self._finish(task, Outcome(False, error=error), done)
@@ -421,16 +433,15 @@ class ParallelJobHandler(JobHandler):
         self._complete(done)
 
     def _prepare(self) -> float | None:
-        done: list[tuple[_Task, Settle]] = []
+        done: list[tuple[Task, Settle]] = []
         with self._lock:
             waiting = any(self._pending.values())
             spawns = self._plan_spawns() if waiting else []
-            for depth in range(1, (self.prefetch if waiting else 0) + 1):  # idle first
-                for slot in sorted(self._slots, key=_load):
-                    if depth > 1 and self._starting.get(slot.key):
-                        continue  # a new worker of this pool is coming: keep it for it
-                    if len(slot.inflight) < depth:
-                        self._fill(slot, done, limit=depth - len(slot.inflight))
+            for slot in sorted(self._slots, key=load) if waiting else ():  # idle first
+                if not self._starting.get(slot.key):
+                    self._fill(slot, done)
+                elif not slot.inflight:  # a new worker of this pool is coming: keep the
+                    self._fill(slot, done, limit=1)  # rest for it
             timeout = self._next_deadline()
         self._complete(done)
         for key in spawns:
@@ -441,7 +452,7 @@ class ParallelJobHandler(JobHandler):
         return timeout
 
     def _handle(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
-        done: list[tuple[_Task, Settle]] = []
+        done: list[tuple[Task, Settle]] = []
         with self._lock:
             for key, _mask in events:
                 if key.data is None:
@@ -453,21 +464,18 @@ class ParallelJobHandler(JobHandler):
             self._check_deadlines(done)
         self._complete(done)
 
-    def _on_event(self, kind: str, slot: _Slot, done: list) -> None:
-        if kind == "msg":  # one message per event: the selector reports the rest
-            try:
-                self._on_message(slot, slot.host.recv(), done)  # type: ignore[union-attr]
-            except (EOFError, OSError):
-                pass
-        elif kind == "exit":
+    def _on_event(self, kind: str, slot: Slot, done: list) -> None:
+        if kind == "msg" or kind == "exit":
             host = slot.host
             assert host is not None
-            try:
-                while host.conn.poll():  # answers sent before it died
-                    self._on_message(slot, host.recv(), done)
+            try:  # at its exit: the answers it sent before it died
+                answers = host.read_available(more=kind == "exit")
             except (EOFError, OSError):
-                pass
-            self._on_worker_exit(slot, done)
+                answers = []
+            for answer in answers:
+                self._on_message(slot, answer, done)
+            if kind == "exit":
+                self._on_worker_exit(slot, done)
         elif kind == "out":
             sw = slot.stdio
             assert sw is not None
@@ -507,6 +515,7 @@ class ParallelJobHandler(JobHandler):
             if not t or head.started is None or now < head.started + t:
                 continue
             started = time.time() - (now - head.started)
+            self._policy.slow(head.launch.fid, t)
             if slot.stdio is not None:
                 outcome = slot.stdio.timeout_outcome(head.launch, started)
             else:
@@ -518,7 +527,7 @@ class ParallelJobHandler(JobHandler):
                     info={"worker_pid": slot.pid})
             self._kill_slot(slot, done, head_outcome=outcome)
 
-    def _on_message(self, slot: _Slot, msg, done: list) -> None:
+    def _on_message(self, slot: Slot, msg, done: list) -> None:
         if slot.host is not None:
             kind = msg[0]
             if kind == "echo":  # a live console line (show_console, or a timed job)
@@ -539,7 +548,7 @@ class ParallelJobHandler(JobHandler):
         if kind == "started":  # the function starts: its job_timeout counts from now
             slot.inflight[0].started = time.monotonic()
             return
-        task = slot.inflight.popleft()
+        task = self._pop_head(slot)
         if slot.inflight:
             self._start(slot.inflight[0])
         outcome: Settle
@@ -547,20 +556,23 @@ class ParallelJobHandler(JobHandler):
             outcome = self._cancelled_outcome(task.launch)
         elif slot.host is not None:
             _, _, ok, payload, lines, start, end = msg
+            if type(start) is float and type(end) is float:  # the worker's clock
+                self._policy.record(task.launch.fid, end - start)
             outcome = partial(decode_outcome, task.launch, ok, payload, lines, start, end,
                               slot.pid)
         else:
             assert slot.stdio is not None
             outcome = slot.stdio.deferred_outcome(task.launch, msg)
         self._finish(task, outcome, done)
-        self._fill(slot, done, limit=1)  # the loop tops the others up, idle workers first
+        # the loop sends more on its next turn, to idle workers first
 
-    def _on_worker_exit(self, slot: _Slot, done: list) -> None:
+    def _on_worker_exit(self, slot: Slot, done: list) -> None:
         if not slot.inflight:
             self._drop_slot(slot)
             self._stop_slot(slot, graceful=False)
             return
         head = slot.inflight[0]
+        self._policy.slow(head.launch.fid)
         outcome: Settle
         if slot.host is not None:
             slot.host.join(1)
@@ -577,27 +589,3 @@ class ParallelJobHandler(JobHandler):
             outcome = partial(slot.stdio.crash_outcome, head.launch)  # type: ignore[union-attr]
         self._kill_slot(slot, done, head_outcome=outcome)
 
-
-def _reap(host: HostWorker, timeout: float) -> None:
-    """Wait for a stopped (closed) host worker; its last descriptor is released once its
-    end is seen."""
-    host.join(timeout)
-    if host.is_alive():
-        host.kill()
-        host.join(2)
-
-
-def _settle(done: list[tuple[_Task, Settle]]) -> None:
-    """Make each outcome (decoding a result may take a while) and complete its future."""
-    for task, item in done:
-        if callable(item):
-            try:
-                outcome = item()
-            except Exception as e:  # noqa: BLE001 - a result that cannot be read fails the job
-                outcome = Outcome(False, error=e)
-        else:
-            outcome = item
-        try:
-            task.future.set_result(outcome)
-        except InvalidStateError:
-            pass

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import JobCancelledException, JobTimeoutError, WorkerCrashedError
 from ..launch import Outcome
+from . import slurm_files as sf
 from . import slurm_script as ss
 from .host import describe_exit
 from .slurm_task import Task, mark_running
@@ -26,6 +27,7 @@ _names = itertools.count(1)
 #: seconds Slurm may refuse arrays for a submit limit, while none of the handler's own
 #: tasks are out, before their jobs fail
 SUBMIT_PATIENCE = 600.0
+
 
 
 class ArrayMode:
@@ -143,6 +145,8 @@ class ArrayMode:
         if not h.time_limit_per_batch and all(timeouts):
             # a backstop: a job is stopped at its job_timeout by its own process
             opts = dataclasses.replace(opts, time_limit=max(t for t in timeouts if t) + 60)
+        if opts.time_limit:
+            sf.write_limit(folder, 60 * ss.time_minutes(opts.time_limit))
         script = folder / "script.sh"
         script.write_text(ss.array_script(opts, name, len(todo), parallel))
         try:
@@ -164,6 +168,7 @@ class ArrayMode:
         with h._lock:
             for i, task in enumerate(todo):
                 task.slurm = ss.task_id(job, i)
+                task.batch = folder
                 if h._tasks.get(task.launch.job_id) is not task:
                     cancelled.append(task.slurm)  # cancelled while being submitted
                 else:
@@ -249,6 +254,13 @@ class ArrayMode:
             if h.layout.outcome(task.launch.job_id).exists():
                 continue  # collected next turn
             st = task.ended[1]
+            if st.state == "GONE" and self._timed_out(task):
+                # the queue does not say how a task ended; its node does
+                timed_out = self._state_outcome(task, ss.TaskState("TIMEOUT"))
+                if timed_out is not None:
+                    h._ended(task, timed_out)
+                    changed = True
+                    continue
             h._ended(task, Outcome(False, error=WorkerCrashedError(
                 f"the Slurm task {task.slurm} running job {task.launch.label!r} ended "
                 f"({st.state}) without an outcome: the process running the job died. "
@@ -256,6 +268,13 @@ class ArrayMode:
                 job_label=task.launch.label)))
             changed = True
         return changed
+
+    def _timed_out(self, task: Task) -> bool:
+        """Whether the node noted that Slurm stopped the task at its time limit."""
+        if task.batch is None or task.slurm is None:
+            return False
+        index = task.slurm.partition("_")[2]
+        return index.isdigit() and sf.timed_out(task.batch, int(index))
 
     def _state_outcome(self, task: Task, st: ss.TaskState) -> Outcome | None:
         h = self.h

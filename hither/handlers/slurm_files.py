@@ -8,6 +8,10 @@ The working folder (mode 0700, on a filesystem the nodes share) holds, per handl
     cancel/<job id>         asks the node running the job to stop it
     <batch>/specs.txt       an array batch: task i runs the job named on line i
     <batch>/script.sh       its sbatch script; Slurm's log files beside it
+    <batch>/limit           the time limit (seconds) the batch's tasks were given
+    <batch>/<i>.timeout     written by task i when Slurm stops it at its time limit
+                            (SIGTERM at or past its deadline): ``squeue`` does not say why
+                            a task ended
     <batch>/p<rank>/inbox/  a pilot batch: the jobs given to worker <rank>, one empty file
                             ``<seq>.<job id>`` each, removed by the worker as it starts them
     <batch>/p<rank>/ready   written by worker <rank> when it serves (its host and pid)
@@ -169,6 +173,54 @@ def read_outcome(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("format") != OUTCOME_FORMAT:
         return None
     return data
+
+
+def write_limit(folder: Path, seconds: float) -> None:
+    """Note the time limit of the batch in ``folder`` (driver)."""
+    touch(folder / "limit", f"{seconds:.0f}\n")
+
+
+def deadline(folder: Path, end_time: str | None = None) -> float | None:
+    """When Slurm stops a task of the batch in ``folder`` that starts now (node): its
+    ``end_time`` (Slurm's ``SLURM_JOB_END_TIME``, where Slurm sets it), else now plus the
+    batch's limit; None when neither is known."""
+    import time
+
+    end = _number(end_time)
+    if end is not None:
+        return end
+    limit = _number(_read_small(folder / "limit"))
+    return None if limit is None else time.time() + limit
+
+
+def mark_timed_out(folder: Path, index: int) -> None:
+    """Note that task ``index`` of the batch in ``folder`` was stopped at its time limit."""
+    touch(folder / f"{index}.timeout")
+
+
+def timed_out(folder: Path, index: int) -> bool:
+    """Whether task ``index`` of the batch in ``folder`` was stopped at its time limit."""
+    return os.path.lexists(folder / f"{index}.timeout")
+
+
+def _read_small(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) |
+                     getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        return f.read(64).decode("ascii", "replace")
+
+
+def _number(text: str | None) -> float | None:
+    import math
+
+    try:
+        value = float((text or "").strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def remove_quietly(path: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import signal
 import socket
 import sys
 import time
@@ -38,6 +39,8 @@ from . import slurm_files as sf
 
 #: seconds a pilot worker waits for a job before it ends
 IDLE_EXIT = 30.0
+#: seconds before its deadline that a SIGTERM counts as Slurm's time limit
+TIMEOUT_SLACK = 5.0
 _POLL_MIN, _POLL_MAX = 0.02, 0.5
 _INFO_KEYS = ("worker_pid", "exit_code", "raised", "result_hash", "recorded", "runtime",
               "cache_hit")
@@ -192,9 +195,30 @@ def run_array_task(layout: sf.Layout, batch: str, index: int) -> int:
         out = Outcome(False, error=e, traceback_text=_format_exception(e))
         sf.write_outcome(layout, job_id, outcome_data(out))
         return 0
+    _note_timeout(layout.batch(batch), index)
     outcome = run_here(launch)
     finish(layout, spec, launch, outcome)
     return 0
+
+
+def _note_timeout(folder: Path, index: int) -> None:
+    """Slurm stops a task at its time limit with SIGTERM: a SIGTERM at or past the task's
+    deadline leaves a note that the task timed out (``squeue`` cannot tell), then ends the
+    process as SIGTERM would have."""
+    end = sf.deadline(folder, os.environ.get("SLURM_JOB_END_TIME"))
+    if end is None:
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        if time.time() >= end - TIMEOUT_SLACK:
+            try:
+                sf.mark_timed_out(folder, index)
+            except OSError:
+                pass
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 # --------------------------------------------------------------------------- pilot worker

@@ -18,6 +18,8 @@ class Task:
     future: Future[Outcome] = field(default_factory=Future)
     slurm: str | None = None
     """Array mode: the task id ``JOBID_INDEX`` running it."""
+    batch: Path | None = None
+    """Array mode: the folder of its batch."""
     pilot: Any = None
     """Pilot mode: the worker it was given to (a ``slurm_pilot.Pilot``)."""
     inbox: Path | None = None

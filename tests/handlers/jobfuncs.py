@@ -298,3 +298,28 @@ def jf_make_array(n):
 @hi.function("jf_file_name", "1")
 def jf_file_name(f):
     return os.path.basename(os.fspath(f))
+
+
+@hi.function("jf_tiny", "1")
+def jf_tiny(x, gate=None, seconds=0.0, fail=False, exit_code=None, spoil_clock=False):
+    """A tiny job that can, on request, wait for the file ``gate`` to appear (up to 30 s),
+    sleep, raise, end its worker process, or leave the worker's clock returning text."""
+    if gate is not None:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    if seconds:
+        time.sleep(seconds)
+    if fail:
+        raise ValueError(f"tiny job {x} fails")
+    if exit_code is not None:
+        os._exit(exit_code)
+    if spoil_clock:
+        time.time = lambda: "not a time"
+    return x + 1
+
+
+@hi.function("jf_tiny_other", "1")
+def jf_tiny_other(x):
+    """A function of its own (no run-time history when first called)."""
+    return -x

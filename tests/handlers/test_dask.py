@@ -10,6 +10,7 @@ handler's own LocalCluster, dask resources for containers.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import time
@@ -19,6 +20,9 @@ import urllib.request
 import pytest
 
 import hither as hi
+from hither.errors import UnreadableResultError
+from hither.handlers import _dask_jobs as J
+from hither.handlers import _dask_wire as WIRE
 from hither.handlers import _dask_worker as W
 from hither.launch import Outcome
 from tests.components import require
@@ -128,14 +132,14 @@ def test_results_errors_and_a_pipeline(jh, store):
 def test_only_misses_are_submitted_each_with_its_own_key(jh, store, monkeypatch):
     """A hit never reaches dask; each miss is one task, pure=False, a key of its own, no
     dask retries."""
-    calls: list[dict] = []
-    real = jh.client.submit
+    calls: list[dict] = []  # one per task (the handler submits them in batches)
+    real = jh.client.map
 
     def spy(*args, **kwargs):
-        calls.append(kwargs)
+        calls.extend({**kwargs, "key": k} for k in kwargs["key"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(jh.client, "submit", spy)
+    monkeypatch.setattr(jh.client, "map", spy)
     with hi.Config(job_handler=jh, job_cache=store):
         assert dj_add.run(x=1, y=2).result(timeout=WAIT) == 3
         assert dj_add.run(x=1, y=2).result(timeout=WAIT) == 3  # a hit
@@ -146,6 +150,30 @@ def test_only_misses_are_submitted_each_with_its_own_key(jh, store, monkeypatch)
     assert all(c["pure"] is False and c["retries"] == 0 for c in calls)
     keys = [c["key"] for c in calls]
     assert len(set(keys)) == 4 and all(k.startswith("hither-dj_add-") for k in keys)
+
+
+def test_replies_come_with_events_and_the_scheduler_forgets_them(jh, monkeypatch):
+    """Each job's small reply comes with its "done" event (nothing to fetch); the
+    scheduler's log of the handler's events is trimmed as they come, not kept whole."""
+    from hither.handlers import _dask_client
+    from hither.handlers import dask as dask_module
+
+    monkeypatch.setattr(dask_module, "_TRIM_EVERY", 4)
+    how: list[str] = []
+    real = _dask_client.results
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        how.extend(type(r).__name__ for _k, _s, r in out)
+        return out
+
+    monkeypatch.setattr(_dask_client, "results", spy)
+    with hi.Config(job_handler=jh):
+        assert [j.result(timeout=WAIT) for j in [dj_add.run(x=i) for i in range(12)]] == \
+            list(range(12))
+    assert how == ["FromEvent"] * 12
+    assert wait_until(lambda: len(jh.client.get_events(jh.name)) < 8, WAIT), \
+        len(jh.client.get_events(jh.name))
 
 
 def test_values_travel_through_the_store(jh, store):
@@ -167,16 +195,22 @@ def test_values_travel_through_the_store(jh, store):
 
 
 def test_small_values_travel_with_the_task_and_large_replies_are_spilled(tmp_path):
-    """The worker side: a reply over the limit is written to <key>.out."""
-    spec = W.Spec(key="hither-x-" + "0" * 32, job_id="j", label="x", fid="f",
+    """The worker side: a reply over the limit is written to <key>.out; a small answer
+    (or the note of a spilled one) also goes with the task's "done" event."""
+
+    spec = WIRE.Spec(key="hither-x-" + "0" * 32, job_id="j", label="x", fid="f",
                   xfer=str(tmp_path), inline_limit=1000)
     plugin = W.HitherPlugin("p", "0", "t", str(tmp_path), [])
-    small = W.HostReply(True, b"x" * 10, [], 0.0, 1.0, 1, "w")
-    big = W.HostReply(True, b"x" * 5000, [], 0.0, 1.0, 1, "w")
-    assert plugin._spill(spec, small) is small
-    spilled = plugin._spill(spec, big)
-    assert isinstance(spilled, W.Spilled)
+    plugin.worker = worker = _FakeDaskWorker()
+    small = WIRE.HostReply(True, b"x" * 10, [], 0.0, 1.0, 1, "w")
+    big = WIRE.HostReply(True, b"x" * 5000, [], 0.0, 1.0, 1, "w")
+    assert plugin._answer(spec, small) is small
+    spilled = plugin._answer(spec, big)
+    assert isinstance(spilled, WIRE.Spilled)
     assert os.path.getsize(tmp_path / spilled.name) > 5000
+    assert [m[0] for _t, m in worker.events] == ["done", "done"]
+    assert pickle.loads(worker.events[0][1][2]) == small
+    assert pickle.loads(worker.events[1][1][2]) == spilled
 
 
 def test_warm_host_workers_are_reused_per_dask_worker(jh):
@@ -488,15 +522,14 @@ class _FakeDaskWorker:
         self.events.append((topic, msg))
 
 
-def _host_spec(tmp_path, fn, **kwargs) -> W.Spec:
-    import pickle
+def _host_spec(tmp_path, fn, **kwargs) -> WIRE.Spec:
     import uuid
 
     from hither.handlers.host import by_value_sources
 
     fid = uuid.uuid4().hex
     (tmp_path / f"fn-{fid}").write_bytes(pickle.dumps((pickle.dumps(fn), by_value_sources(fn))))
-    return W.Spec(key=f"hither-{fn.__name__}-{uuid.uuid4().hex}", job_id="j", label="x",
+    return WIRE.Spec(key=f"hither-{fn.__name__}-{uuid.uuid4().hex}", job_id="j", label="x",
                   fid=fid, xfer=str(tmp_path), kwargs=pickle.dumps(kwargs))
 
 
@@ -508,8 +541,9 @@ def test_idle_worker_processes_are_stopped_after_a_while(tmp_path, monkeypatch):
     plugin.setup(worker)
     try:
         reply = plugin.run(_host_spec(tmp_path, dj_pid, i=1))
-        assert isinstance(reply, W.HostReply) and reply.ok, reply
-        assert worker.events[0][1][0] == "started"
+        assert isinstance(reply, WIRE.HostReply) and reply.ok, reply
+        kinds = [m[0] for _t, m in worker.events]
+        assert kinds[-1] == "done" and kinds.count("done") == 1, kinds
         assert plugin.pids() == [reply.pid] and pid_alive(reply.pid)
         assert wait_until(lambda: not pid_alive(reply.pid), 10)
         assert plugin.pids() == []
@@ -523,14 +557,50 @@ def test_a_claimed_job_is_not_run_again(tmp_path):
     plugin.setup(_FakeDaskWorker())
     try:
         spec = _host_spec(tmp_path, dj_pid)
-        assert W.claim(W.claim_path(spec.xfer, spec.key), "run tcp://10.0.0.9:4 123\n")
+        assert WIRE.claim(WIRE.claim_path(spec.xfer, spec.key), "run tcp://10.0.0.9:4 123\n")
         out = plugin.run(spec)
         assert isinstance(out, Outcome)
         assert isinstance(out.error, hi.WorkerCrashedError), out
         assert "tcp://10.0.0.9:4 (pid 123)" in str(out.error)
         assert plugin.pids() == []  # no worker process was even started
         cancelled = _host_spec(tmp_path, dj_pid)
-        assert W.claim(W.claim_path(cancelled.xfer, cancelled.key), "cancel\n")
+        assert WIRE.claim(WIRE.claim_path(cancelled.xfer, cancelled.key), "cancel\n")
         assert isinstance(plugin.run(cancelled).error, hi.JobCancelledException)
     finally:
         plugin.close()
+
+
+def test_a_job_says_it_started_only_once_it_ran_a_while(tmp_path):
+    """Tiny jobs answer with one event; a job running longer than ANNOUNCE_AFTER says it
+    started first (its process is listed by then: a cancel can find it)."""
+    plugin = W.HitherPlugin("p", hi.__version__, "t", os.getcwd(), sys.path)
+    worker = _FakeDaskWorker()
+    plugin.setup(worker)
+    try:
+        spec = _host_spec(tmp_path, dj_count_then_sleep, path=str(tmp_path / "n"),
+                          seconds=J.ANNOUNCE_AFTER * 4)
+        reply = plugin.run(spec)
+        assert isinstance(reply, WIRE.HostReply) and reply.ok, reply
+        kinds = [m[0] for _t, m in worker.events]
+        assert kinds == ["started", "done"]
+        assert worker.events[0][1][1] == spec.key
+    finally:
+        plugin.close()
+
+
+def test_an_unreadable_answer_fails_its_job_only():
+    """An answer that came with an event and cannot be read is an UnreadableResultError
+    for that job (then _outcome makes it the job's error), never an exception."""
+    from hither.handlers import _dask_client as D
+
+    class _Done:  # a finished dask future as the collector sees it
+        status = "finished"
+        key = "hither-x-" + "1" * 32
+
+    task = D.Task.__new__(D.Task)
+    task.reply = b"\x80\x05not a pickle"
+    [(key, status, result)] = D.results(None, [_Done()], {_Done.key: task})
+    assert (key, status) == (_Done.key, "finished") and isinstance(result, D.FromEvent)
+    status, error = result.load("x")
+    assert status == "error" and isinstance(error, UnreadableResultError)
+    assert D.FromEvent(pickle.dumps(Outcome(True))).load("x")[0] == "finished"

@@ -1,7 +1,8 @@
 """The handler contract (hither.testing) over DaskJobHandler: host jobs on a LocalCluster
 of this process and on the cluster started with the dask CLI (.ci/setup-dask.sh); Docker
-jobs on both; uv-environment and Apptainer jobs on the LocalCluster (its workers inherit
-this process's environment, e.g. HITHER_APPTAINER)."""
+and Apptainer jobs on both (the CLI workers get .ci/env.sh's HITHER_APPTAINER, the
+LocalCluster's inherit this process's environment); uv-environment jobs on the
+LocalCluster."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from hither.testing.cases import Case, require_runtime
 from hither.testing.contract import *  # noqa: F403
 from tests.components import require
 
-CASES = ["host-local", "host-cli", "docker-local", "docker-cli", "venv-local", "apptainer-local"]
+CASES = ["host-local", "host-cli", "docker-local", "docker-cli", "venv-local", "apptainer-local",
+         "apptainer-cli"]
 
 
 @pytest.fixture(scope="module")

@@ -266,3 +266,19 @@ def test_tasks_accounting_never_lists_are_asked_of_the_queue(fake, tmp_path, mon
         err = crashed.exception(timeout=60)
     assert isinstance(err, hi.WorkerCrashedError) and "without an outcome" in str(err), err
     assert fake.calls("sacct") and fake.calls("squeue")
+
+
+def test_without_accounting_a_task_stopped_at_its_time_limit_is_a_timeout(fake, tmp_path,
+                                                                          monkeypatch):
+    """``squeue`` only stops listing a task: its node notes that Slurm stopped it at its
+    time limit, and a task that died otherwise stays a crash."""
+    monkeypatch.setenv("FAKE_ACCOUNTING", "0")
+    monkeypatch.setenv("FAKE_TIME_LIMIT", "2")
+    with handler(tmp_path) as jh, hi.Config(job_handler=jh):
+        slow, killed = sl_sleep.run(seconds=60), sl_kill9.run()
+        hi.wait(60)
+    with pytest.raises(hi.JobTimeoutError, match="time limit"):
+        slow.result()
+    with pytest.raises(hi.WorkerCrashedError):
+        killed.result()
+    assert not fake.calls("sacct")

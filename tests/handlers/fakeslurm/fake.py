@@ -10,7 +10,8 @@ array end in that state without running, e.g. ``1=PREEMPTED,2=TIMEOUT``; of *eve
 with ``FAKE_STATES_EVERY=1``), ``FAKE_DELAY`` (seconds before a task starts),
 ``FAKE_MAX_SUBMIT`` (the user's MaxSubmitJobs, told by ``sacctmgr``; ``sbatch`` refuses an
 array that would pass it; ``FAKE_LIMIT_HIDDEN=1``: ``sacctmgr`` does not tell it),
-``FAKE_SACCT_BLIND=1`` (``sacct`` knows no job).
+``FAKE_SACCT_BLIND=1`` (``sacct`` knows no job), ``FAKE_TIME_LIMIT`` (seconds a task may
+run: its ``SLURM_JOB_END_TIME``; then its processes get SIGTERM and it ends ``TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -69,10 +70,24 @@ def sbatch(args: list[str]) -> int:
 def task(tid: str, index: str, script: str) -> int:
     time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": index, "SLURM_JOB_ID": tid}
+    limit = float(os.environ.get("FAKE_TIME_LIMIT", "0"))
+    if limit:  # as Slurm >= 23.02 tells a job when it will be stopped
+        env["SLURM_JOB_END_TIME"] = f"{time.time() + limit:.0f}"
     log = open(Path(script).parent / f"{tid}.log", "ab")
-    proc = subprocess.Popen(["bash", script], env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen(["bash", script], env=env, stdout=log, stderr=log,
+                            start_new_session=bool(limit))
     write(TASKS / tid, f"RUNNING|0:0|{proc.pid}")
-    code = proc.wait()
+    try:
+        code = proc.wait(timeout=limit or None)
+    except subprocess.TimeoutExpired:  # the time limit: SIGTERM to the task, then SIGKILL
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        write(TASKS / tid, "TIMEOUT|0:15|0")
+        return 0
     state = (TASKS / tid).read_text().split("|")[0]
     if state == "CANCELLED":
         return 0

@@ -242,10 +242,13 @@ def test_worker_killed_by_sigkill_fails_job_and_pool_goes_on(worker_handler):
 
 @pytest.mark.timeout(60)
 def test_exception_that_cannot_be_unpickled(worker_handler):
-    with pytest.raises(TypeError):  # the premise: it cannot be rebuilt by pickle
-        import pickle
-
-        pickle.loads(pickle.dumps(TwoArgError("a", "b")))
+    # The premise, checked in a clean interpreter as the workers are: pickle cannot rebuild
+    # it (not in this process: importing distributed (tblib) makes any exception picklable).
+    premise = subprocess.run(
+        [sys.executable, "-c", "import pickle, jobfuncs as f; "
+         "pickle.loads(pickle.dumps(f.TwoArgError('a', 'b')))"],
+        cwd=os.path.dirname(__file__), capture_output=True, text=True)
+    assert premise.returncode != 0 and "TypeError" in premise.stderr, premise.stderr
     with hi.Config(job_handler=worker_handler):
         job = jf_raise_two_arg.run()
         after = jf_add.run(x=1, y=1)

@@ -142,7 +142,13 @@ def test_concurrent_writers_never_give_a_summary_of_another_file(tmp_path: Path)
     for p in procs:
         p.join(240)
         assert p.exitcode == 0
-    assert check_consistent(tmp_path) > 0
+    check_consistent(tmp_path)  # rows are last-writer-wins: some may be stale, none wrong
+    # and the index still serves every key once one writer stores them again
+    last = ctx.Process(target=helpers.writer, args=(str(tmp_path), 9, 1), daemon=True)
+    last.start()
+    last.join(240)
+    assert last.exitcode == 0
+    assert check_consistent(tmp_path) == helpers.N_KEYS
 
 
 @posix_only

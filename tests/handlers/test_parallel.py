@@ -13,7 +13,6 @@ import uuid
 
 import pytest
 from jobfuncs import (
-    TwoArgError,
     jf_add,
     jf_big_result,
     jf_exit_hard,

@@ -19,6 +19,9 @@ import cluster_slurm
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     which = argv[0] if argv and argv[0] in ("dask", "slurm", "all") else "all"
     rest = argv[1:] if argv and argv[0] == which else argv
     if which in ("dask", "all"):

@@ -33,6 +33,18 @@ def _wait_sent(jh: hi.ParallelJobHandler, jobs: int) -> None:
     assert wait_until(lambda: _sent(jh)[1] >= jobs, timeout=RESULT_TIMEOUT), jh.batching
 
 
+def _batch_behind_a_blocked_job(jh: hi.ParallelJobHandler, gate, n: int):
+    """Warm jf_tiny up, then send a job that blocks until ``gate`` exists and ``n - 1``
+    jobs batched behind it; returns (blocked job, batch, jobs sent before)."""
+    _warm(jh)
+    _, s0 = _sent(jh)
+    with hi.Config(job_handler=jh):
+        blocked = jf_tiny.run(x=0, gate=str(gate))
+        batch = [jf_tiny.run(x=i) for i in range(1, n)]
+    _wait_sent(jh, s0 + n)
+    return blocked, batch, s0
+
+
 @pytest.fixture(params=["forkserver", "spawn"])
 def one_worker(request):
     jh = hi.ParallelJobHandler(1, start_method=request.param)
@@ -149,12 +161,7 @@ def test_new_function_is_not_queued_behind_a_batch(tmp_path):
     gate = tmp_path / "gate"
     jh = hi.ParallelJobHandler(2)
     try:
-        _warm(jh)
-        _, s0 = _sent(jh)
-        with hi.Config(job_handler=jh):
-            blocked = jf_tiny.run(x=0, gate=str(gate))
-            batch = [jf_tiny.run(x=i) for i in range(1, 200)]
-        _wait_sent(jh, s0 + 200)
+        blocked, batch, _ = _batch_behind_a_blocked_job(jh, gate, 200)
         with hi.Config(job_handler=jh):
             other = jf_tiny_other.run(x=5)
         assert other.result(timeout=RESULT_TIMEOUT) == -5
@@ -169,12 +176,7 @@ def test_new_function_is_not_queued_behind_a_batch(tmp_path):
 @pytest.mark.timeout(120)
 def test_unknown_function_waits_for_a_free_worker_not_behind_a_batch(one_worker, tmp_path):
     gate = tmp_path / "gate"
-    _warm(one_worker)
-    _, s0 = _sent(one_worker)
-    with hi.Config(job_handler=one_worker):
-        blocked = jf_tiny.run(x=0, gate=str(gate))
-        batch = [jf_tiny.run(x=i) for i in range(1, 50)]
-    _wait_sent(one_worker, s0 + 50)
+    blocked, batch, s0 = _batch_behind_a_blocked_job(one_worker, gate, 50)
     with hi.Config(job_handler=one_worker):
         other = jf_tiny_other.run(x=5)
     assert not wait_until(lambda: _sent(one_worker)[1] > s0 + 50, timeout=0.5)

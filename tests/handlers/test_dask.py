@@ -25,21 +25,12 @@ from hither.handlers import _dask_jobs as J
 from hither.handlers import _dask_wire as WIRE
 from hither.handlers import _dask_worker as W
 from hither.launch import Outcome
+from hither.testing.checks import wait_until
 from tests.components import require
 
 from .daskjobs import dj_add, dj_count_then_sleep, dj_pid, dj_raise, dj_size
 
 WAIT = 60
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,7 +1,7 @@
 """The client side of :class:`~hither.handlers.dask.DaskJobHandler` besides the handler
 itself: what it keeps of each job (:class:`Task`), its two threads (the submitter, which
 hands the jobs made ready meanwhile to dask in one graph update, and the collector, which
-settles the jobs whose dask futures completed), and the reading of the tasks' answers."""
+watches the dask futures), and the reading of the tasks' answers."""
 
 from __future__ import annotations
 
@@ -74,49 +74,44 @@ def submit_loop(ref: Any) -> None:
         del handler, batch
 
 
-def collect(ref: Any, ac: Any, client: Any) -> None:
-    """The collector thread: fetches the results of the dask futures completed since its
-    last round in one call (one request per job would cost more than the job), and hands
-    them to its handler's I/O threads."""
+#: seconds between two looks at the dask futures still held
+SCAN_EVERY = 0.1
+
+
+def collect(ref: Any, client: Any) -> None:
+    """The collector thread: every ``SCAN_EVERY`` seconds, looks at the dask futures still
+    held. A finished one whose job was answered by its event is released (and its claim
+    removed); one that failed, was cancelled or lost, or that finished with no event,
+    settles its job from what dask says (on the handler's I/O threads). No per-future
+    callback or ``as_completed`` tracking: those cost more client time than a tiny job."""
     mark_io_thread()
-    ready = ac.thread_condition  # notified by as_completed as each future completes
     while True:
         handler = ref()
         if handler is None or handler._stopped:
             return
-        io = handler._io
-        done = handler._done
-        by_key = handler._by_key
-        del handler
-        with ready:
-            if not ac.has_ready():
-                ready.wait(0.5)
+        with handler._lock:
+            handler._scan_wake.wait(SCAN_EVERY if handler._by_key else 0.5)
         try:
-            batch = ac.next_batch(block=False)
+            over = handler._ended_tasks()
+            if over:
+                hand_out(handler._io, handler._done_all, results(client, over))
         except Exception:  # noqa: BLE001 - keep collecting
             traceback.print_exc()
             time.sleep(0.1)
+        del handler
+
+
+def hand_out(io: Any, fn: Any, items: list[Any]) -> None:
+    """``fn(share)`` on the executor ``io`` for ``items`` (a large batch in two halves),
+    one call per share, not per job; here when the executor no longer takes work."""
+    half = (len(items) + 1) // 2 if len(items) >= 64 else len(items)
+    for share in (items[:half], items[half:]):
+        if not share:
             continue
-        # only keys and results are kept: a dask future kept alive keeps its result in a
-        # dask worker's memory (and a worker holding data cannot be retired)
-        done_now = results(client, batch, by_key)
-        del batch
-        half = (len(done_now) + 1) // 2  # one share per I/O thread, not one call per job
-        for share in (done_now[:half], done_now[half:]):
-            if not share:
-                continue
-            try:
-                io.submit(settle_all, done, share)
-            except RuntimeError:  # the handler stopped: settle here
-                settle_all(done, share)
-
-
-def settle_all(done: Any, share: list[tuple[str, str, Any]]) -> None:
-    for key, status, result in share:
         try:
-            done(key, status, result)
-        except Exception:  # noqa: BLE001 - the others are settled all the same
-            traceback.print_exc()
+            io.submit(fn, share)
+        except RuntimeError:  # the handler stopped: settle here
+            fn(share)
 
 
 class FromEvent:
@@ -137,31 +132,25 @@ class FromEvent:
                 job_label=label)
 
 
-def results(client: Any, futures: list[Any], by_key: dict[str, Task]
-             ) -> list[tuple[str, str, Any]]:
-    """(key, status, result or exception) of completed dask futures: the answer that came
-    with the task's event, else fetched from dask (all in one call)."""
+def results(client: Any, tasks: list[Task]) -> list[tuple[Task, str, Any]]:
+    """(task, status, result or exception) of tasks whose dask futures are no longer
+    pending and that had no answer by event: the results of finished ones fetched from
+    dask in one call."""
+    finished = [t for t in tasks if t.dask.status == "finished"]
     fetched: dict[str, Any] = {}
-    finished = []
-    for f in futures:
-        if f.status == "finished":
-            task = by_key.get(f.key)
-            if task is not None and task.reply is not None:
-                fetched[f.key] = FromEvent(task.reply)
-            else:
-                finished.append(f)
     if len(finished) > 1:
         try:
-            fetched.update(zip([f.key for f in finished], client.gather(finished),
-                               strict=True))
+            fetched.update(zip([t.key for t in finished],
+                               client.gather([t.dask for t in finished]), strict=True))
         except Exception:  # noqa: BLE001 - one by one below (a result was lost meanwhile)
             pass
     out = []
-    for fut in futures:
+    for task in tasks:
+        fut = task.dask
         status = fut.status
         try:
-            if fut.key in fetched:
-                status, result = "finished", fetched[fut.key]
+            if task.key in fetched:
+                status, result = "finished", fetched[task.key]
             elif status == "finished":
                 result = fut.result(timeout=60)
             elif status == "error":
@@ -170,7 +159,7 @@ def results(client: Any, futures: list[Any], by_key: dict[str, Task]
                 result = None
         except Exception as e:  # noqa: BLE001 - e.g. its worker died meanwhile
             status, result = "error", e
-        out.append((fut.key, status, result))
+        out.append((task, status, result))
     return out
 
 

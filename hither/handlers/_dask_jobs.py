@@ -6,6 +6,7 @@ while, and turns a dead worker into an :class:`~hither.launch.Outcome`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import select
@@ -104,10 +105,14 @@ def load_function(plugin: HitherPlugin, spec: Spec) -> tuple[bytes, Any]:
     return found
 
 
-def run_host(plugin: HitherPlugin, spec: Spec) -> Reply:
-    """Run a host job on a warm host worker of the plugin."""
-    slot = plugin._take(None, lambda: Slot(None, host=HostWorker(
-        "spawn", init=host_init(plugin))))
+async def run_host(plugin: HitherPlugin, spec: Spec) -> Reply:
+    """Run a host job on a warm host worker of the plugin, on the dask worker's event loop
+    (a coroutine: no thread of the dask worker waits for the job). What may block (a new
+    worker process, closing one) runs on the plugin's threads."""
+    slot = plugin._take_idle(None)
+    if slot is None:
+        slot = await plugin._blocking(plugin._take, None, lambda: Slot(
+            None, host=HostWorker("spawn", init=host_init(plugin))))
     host = slot.host
     assert host is not None
     healthy = False
@@ -123,58 +128,120 @@ def run_host(plugin: HitherPlugin, spec: Spec) -> Reply:
         function = load_function(plugin, spec) if spec.fid not in host.fids else None
         msg = host.run_message(launch, function)
         if slot.stop_why is not None or not host.send(msg):
-            return host_ended(plugin, spec, slot, [], None)
+            return await plugin._blocking(host_ended, plugin, spec,
+                                              slot, [], None)
         host.sent(msg)
-        reply, healthy = wait_host(plugin, spec, slot)
+        reply, healthy = await wait_host(plugin, spec, slot)
         return reply
     finally:
         plugin._unregister(spec.key)
-        plugin._give_back(slot, healthy)
+        if healthy:
+            plugin._give_back(slot, True)
+        else:  # closing it waits for its end
+            await plugin._blocking(plugin._give_back, slot, False)
 
 
-def wait_host(plugin: HitherPlugin, spec: Spec, slot: Slot) -> tuple[Reply, bool]:
+class _Readable:
+    """Waits on the event loop for file descriptors to become readable. A descriptor seen
+    readable is watched again only at the next :meth:`wait`: a notice queued before the
+    caller read it would otherwise say that it is readable when it no longer is."""
+
+    __slots__ = ("loop", "fds", "ready", "watching", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fds: tuple[int, ...]) -> None:
+        self.loop = loop
+        self.fds = fds
+        self.ready: set[int] = set()
+        self.watching: set[int] = set()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def _readable(self, fd: int) -> None:
+        self.loop.remove_reader(fd)
+        self.watching.discard(fd)
+        self.ready.add(fd)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, timeout: float | None) -> set[int]:
+        """The descriptors readable now, waiting up to ``timeout`` s (None: no limit)."""
+        if not self.ready:
+            for fd in self.fds:
+                if fd not in self.watching:
+                    self.loop.add_reader(fd, self._readable, fd)
+                    self.watching.add(fd)
+            self.waiter = self.loop.create_future()
+            timer = None if timeout is None else self.loop.call_later(timeout, self._wake)
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+                if timer is not None:
+                    timer.cancel()
+        ready, self.ready = self.ready, set()
+        return ready
+
+    def close(self) -> None:
+        for fd in self.watching:
+            try:
+                self.loop.remove_reader(fd)
+            except (OSError, ValueError):
+                pass
+        self.watching.clear()
+
+
+async def wait_host(plugin: HitherPlugin, spec: Spec, slot: Slot) -> tuple[Reply, bool]:
     """The host job's answer, and whether its worker may be kept."""
     host = slot.host
     assert host is not None
+    loop = asyncio.get_running_loop()
     conn_fd, sentinel = host.fds()
     lines: list[ConsoleLine] = []  # streamed lines of a timed job (kept at a timeout)
     started: float | None = None
     deadline: float | None = None
     announce: float | None = time.monotonic() + ANNOUNCE_AFTER
-    while True:
-        try:
-            ready, _, _ = select.select([conn_fd, sentinel], [], [],
-                                        _wait(deadline, announce))
-        except (OSError, ValueError):
-            ready = [sentinel]
-        if not ready:
-            if deadline is not None and time.monotonic() >= deadline:
-                host.kill()  # the job_timeout passed
-                return timeout_outcome(plugin, spec, lines, started, slot.pid), False
-            announce = plugin._announce(spec, announce)
-            continue
-        if conn_fd not in ready:
-            return host_ended(plugin, spec, slot, lines, started), False
-        try:
-            msg = host.recv()
-        except (EOFError, OSError):
-            return host_ended(plugin, spec, slot, lines, started), False
-        kind = msg[0]
-        if kind == "echo":
-            text = msg[1]
-            err = bool(msg[2]) if len(msg) > 2 else False
-            if spec.timeout:
-                lines.append((time.time(), text.rstrip("\n"), err))
-            if spec.echo:
-                plugin._event("echo", spec.key, text)
-        elif kind == "started":
-            started = time.time()
-            if spec.timeout:
-                deadline = time.monotonic() + spec.timeout
-        elif kind == "done" and msg[1] == spec.job_id:
-            _, _, ok, payload, out_lines, start, end = msg
-            return HostReply(ok, payload, out_lines, start, end, slot.pid,
-                             plugin.address), True
+    readable = _Readable(loop, (conn_fd, sentinel))
+    try:
+        while True:
+            try:
+                ready = await readable.wait(_wait(deadline, announce))
+            except (OSError, ValueError):  # closed under us: stopped from outside
+                break
+            if not ready:
+                if deadline is not None and time.monotonic() >= deadline:
+                    host.kill()  # the job_timeout passed
+                    return timeout_outcome(plugin, spec, lines, started, slot.pid), False
+                announce = plugin._announce(spec, announce)
+                continue
+            if conn_fd not in ready:
+                break
+            try:
+                msgs = host.read_available()
+            except (EOFError, OSError):
+                break
+            for msg in msgs:
+                kind = msg[0]
+                if kind == "echo":
+                    text = msg[1]
+                    err = bool(msg[2]) if len(msg) > 2 else False
+                    if spec.timeout:
+                        lines.append((time.time(), text.rstrip("\n"), err))
+                    if spec.echo:
+                        plugin._event("echo", spec.key, text)
+                elif kind == "started":
+                    started = time.time()
+                    if spec.timeout:
+                        deadline = time.monotonic() + spec.timeout
+                elif kind == "done" and msg[1] == spec.job_id:
+                    _, _, ok, payload, out_lines, start, end = msg
+                    return HostReply(ok, payload, out_lines, start, end, slot.pid,
+                                     plugin.address), True
+    finally:
+        readable.close()
+    return await plugin._blocking(host_ended, plugin, spec, slot, lines,
+                                      started), False
 
 
 def host_ended(plugin: HitherPlugin, spec: Spec, slot: Slot, lines: list[ConsoleLine],
@@ -226,7 +293,10 @@ def run_runtime(plugin: HitherPlugin, spec: Spec) -> Reply:
     sw = slot.stdio
     assert sw is not None
     if spec.echo:
-        sw.on_echo = lambda text: plugin._event("echo", spec.key, text)
+        def echo(text: str) -> None:
+            plugin._event("echo", spec.key, text)
+
+        sw.on_echo = echo
     else:
         sw.on_echo = None
     healthy = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,12 @@ FID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
     getattr(os, "O_CLOEXEC", 0)
 _OPEN_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _reduce(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Pickle a slotted dataclass as its fields in order (the default goes through a
+    Python-level ``__getstate__`` listing the fields of each object: once per job)."""
+    return type(obj), tuple(getattr(obj, name) for name in obj.__slots__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,8 @@ class Spec:
     """The manifest is in ``<key>.in`` (it was too large to travel with the task)."""
     inline_limit: int = 16384
 
+    __reduce__ = _reduce
+
 
 @dataclass(frozen=True, slots=True)
 class HostReply:
@@ -58,6 +66,8 @@ class HostReply:
     end: float
     pid: int
     worker: str
+
+    __reduce__ = _reduce
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +105,17 @@ def read_file(path: str) -> bytes:
 
 
 def claim(path: str, text: str) -> bool:
-    """Create the claim ``path`` saying ``text``, whole or not at all; False when it exists
-    (a hard link is made to a complete file: nobody ever reads a half-written claim)."""
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    write_new(tmp, text.encode())
+    """Create the claim ``path`` saying ``text`` (one write to a file made exclusively);
+    False when it exists. A reader may find it empty for a moment: see :func:`read_claim`."""
     try:
-        os.link(tmp, path)
-        return True
+        fd = os.open(path, _OPEN_NEW, 0o600)
     except FileExistsError:
         return False
+    try:
+        os.write(fd, text.encode())
     finally:
-        os.unlink(tmp)
+        os.close(fd)
+    return True
 
 
 def claim_path(xfer: str, key: str) -> str:
@@ -116,10 +126,14 @@ def claim_path(xfer: str, key: str) -> str:
 
 
 def read_claim(path: str) -> str:
-    """What a claim says ("" when it is being written or cannot be read)."""
-    try:
-        return read_file(path).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
+    """What a claim says ("" when it cannot be read); a claim found empty is being written
+    (see :func:`claim`), read again for up to ~20 ms."""
+    for _ in range(20):
+        try:
+            text = read_file(path).decode("utf-8", "replace")
+        except OSError:
+            return ""
+        if text:
+            return text
+        time.sleep(0.001)
+    return ""

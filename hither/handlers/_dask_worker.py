@@ -25,11 +25,13 @@ through the store's folder shared with the client (see :mod:`hither.handlers.das
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 # a plugin must be a WorkerPlugin for dask to call its hooks (this module is imported
@@ -61,8 +63,9 @@ EVENT_LIMIT = 4096
 
 
 # ---------------------------------------------------------------------------- the task
-def run_job(plugin_name: str, spec: Spec) -> Reply:
-    """The dask task of one job: run it on this worker's warm worker processes."""
+async def run_job(plugin_name: str, spec: Spec) -> Reply | None:
+    """The dask task of one job: run it on this worker's warm worker processes (a coroutine
+    on the dask worker's event loop: waiting for a process costs no thread)."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -72,7 +75,7 @@ def run_job(plugin_name: str, spec: Spec) -> Reply:
             f"the dask worker {worker.address} has no hither plugin {plugin_name!r}: the "
             f"handler that submitted job {spec.label!r} was shut down, or this worker cannot "
             "import hither (install the same hither version on every worker)"))
-    return plugin.run(spec)
+    return await plugin.run_async(spec)
 
 
 def kill_job(plugin_name: str, key: str, why: str, dask_worker: Any = None) -> bool:
@@ -137,6 +140,9 @@ class HitherPlugin(_PluginBase):
         self._functions: dict[tuple[str, str], tuple[bytes, Any]] = {}
         self._checked: dict[Any, str | None] = {}  # runtime pool -> identity problem
         self._closed = False
+        # what blocks (starting, stopping a process; runtime jobs) runs here, not on the loop
+        self._executor = ThreadPoolExecutor(max_workers=self.nthreads + 2,
+                                            thread_name_prefix="hither-dask")
         from .. import __version__
 
         self._last_used: dict[int, float] = {}  # id(slot) -> monotonic time it went idle
@@ -183,6 +189,7 @@ class HitherPlugin(_PluginBase):
                 slot.close()
             except Exception:  # noqa: BLE001 - best effort while the worker closes
                 pass
+        self._executor.shutdown(wait=False)
 
     def kill(self, key: str, why: str) -> bool:
         """Stop the job of task ``key``: now if it runs, else as soon as it starts."""
@@ -215,8 +222,12 @@ class HitherPlugin(_PluginBase):
             return [s.pid for s in [*self._idle.values(), *self._busy.values()]]
 
     # ------------------------------------------------------------------ running a job
-    def run(self, spec: Spec) -> Reply:
-        """Claim the job, run it on a warm worker, and answer (see :class:`Reply`)."""
+    def run(self, spec: Spec) -> Reply | None:
+        """:meth:`run_async` from a thread with no event loop (tests)."""
+        return asyncio.run(self.run_async(spec))
+
+    async def run_async(self, spec: Spec) -> Reply | None:
+        """Claim the job, run it on a warm worker, and answer (see :meth:`_answer`)."""
         if self._problem is not None:
             return Outcome(False, error=RuntimeUnavailableError(self._problem))
         try:
@@ -231,12 +242,12 @@ class HitherPlugin(_PluginBase):
                 "docs/clusters.md)", ))
         try:
             if spec.runtime is None:
-                reply: Reply = run_host(self, spec)
-            else:
-                reply = run_runtime(self, spec)
+                reply: Reply = await run_host(self, spec)
+            else:  # starting and stopping containers blocks: on the plugin's threads
+                reply = await self._blocking(run_runtime, self, spec)
         except Exception as e:  # noqa: BLE001 - the job fails with it, never the task
             reply = Outcome(False, error=e, info={"dask_worker": self.address})
-        return self._answer(spec, reply)
+        return await self._answer(spec, reply)
 
     def _claimed(self, spec: Spec, text: str) -> Outcome:
         """The answer of a task whose job was claimed before: withdrawn, or run already by
@@ -260,14 +271,17 @@ class HitherPlugin(_PluginBase):
         self._event("started", spec.key, self.address, self.nthreads)
         return None
 
-    def _event(self, *msg: Any) -> None:
+    def _event(self, *msg: Any) -> bool:
+        """Send an event to the client (through the scheduler); whether it went."""
         try:
             self.worker.log_event(self.topic, list(msg))
+            return True
         except Exception:  # noqa: BLE001 - events are advisory
-            pass
+            return False
 
-    def _take(self, key: Any, start: Any) -> Slot:
-        """A warm worker of pool ``key`` (None: host), or a new one from ``start()``."""
+    def _take_idle(self, key: Any) -> Slot | None:
+        """A live idle warm worker of pool ``key`` (None: host), or None."""
+        dead = []
         with self._lock:
             if self._closed:
                 raise RuntimeUnavailableError(f"the dask worker {self.address} is closing")
@@ -277,16 +291,33 @@ class HitherPlugin(_PluginBase):
                     self._last_used.pop(sid, None)
                     if slot.alive():
                         return slot
-                    retired = [slot]
+                    dead.append(slot)
                     break
-            else:
-                retired = []
+        for slot in dead:
+            slot.close()
+        return None
+
+    def _take(self, key: Any, start: Any) -> Slot:
+        """A warm worker of pool ``key`` (None: host), or a new one from ``start()``."""
+        found = self._take_idle(key)
+        if found is not None:
+            return found
+        retired = []
+        with self._lock:
             # room for a new process: the least recently used idle one of another pool goes
             while self._idle and len(self._idle) + len(self._busy) >= self.nthreads:
                 retired.append(self._idle.popitem(last=False)[1])
         for slot in retired:
             slot.close()
-        return start()
+        new: Slot = start()
+        return new
+
+    async def _blocking(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the plugin's threads (here when they are shut down)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except RuntimeError:  # the plugin closed
+            return fn(*args)
 
     def _give_back(self, slot: Slot, healthy: bool) -> None:
         with self._lock:
@@ -308,20 +339,19 @@ class HitherPlugin(_PluginBase):
             self._busy.pop(key, None)
 
     # ------------------------------------------------------------------ the answer
-    def _answer(self, spec: Spec, reply: Reply) -> Reply:
-        """The task's result: ``reply``, or :class:`Spilled` when it is larger than
-        ``inline_limit`` (it goes back through the transfer folder). A small answer also
-        goes with a "done" event, which reaches the client before dask says the task
-        finished: the client then has nothing to fetch."""
+    async def _answer(self, spec: Spec, reply: Reply) -> Reply | None:
+        """Send the answer with the task's "done" event, which reaches the client before
+        dask says the task finished: the client settles the job from it and fetches
+        nothing. An answer over ``inline_limit`` or ``EVENT_LIMIT`` bytes goes through the
+        transfer folder (the event says :class:`Spilled`). The task's own result is None,
+        or the answer itself when the event could not be sent."""
         try:
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # noqa: BLE001 - dask will say why it cannot send it either
             return reply
-        if len(data) > spec.inline_limit:
+        if len(data) > min(spec.inline_limit, EVENT_LIMIT):
             name = spec.key + ".out"
-            write_new(os.path.join(spec.xfer, name), data)
+            await self._blocking(write_new, os.path.join(spec.xfer, name), data)
             reply = Spilled(name)
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        if len(data) <= EVENT_LIMIT:
-            self._event("done", spec.key, data)
-        return reply
+        return None if self._event("done", spec.key, data) else reply

@@ -17,6 +17,7 @@ read exactly as a fetched reply would be.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import pickle
@@ -24,6 +25,7 @@ import re
 import shutil
 import sys
 import threading
+import time
 import traceback
 import uuid
 import weakref
@@ -35,7 +37,15 @@ from ..errors import HitherError, UnreadableResultError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from ..progress import echo
 from . import _dask_wire as W
-from ._dask_client import FromEvent, Task, collect, exit_hook, reply_outcome, submit_loop
+from ._dask_client import (
+    FromEvent,
+    Task,
+    collect,
+    exit_hook,
+    hand_out,
+    reply_outcome,
+    submit_loop,
+)
 from .base import JobHandler, completed_future, in_io_thread, mark_io_thread
 
 _INSTALL = ("hi.DaskJobHandler needs dask.distributed, which is not installed: "
@@ -44,6 +54,8 @@ _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.]+")
 _CONTAINER_KINDS = ("docker", "podman", "apptainer")
 #: answers received with events between two trims of the scheduler's event log
 _TRIM_EVERY = 2048
+#: seconds between two rounds of settling jobs answered by events, when answers keep coming
+_FLUSH_EVERY = 0.002
 
 
 def _distributed() -> Any:
@@ -141,6 +153,11 @@ class DaskJobHandler(JobHandler):
         self._recent: str | None = None
         self._stopped = False
         self._replies = 0
+        # tasks answered by their "done" events (dask's loop), settled after each batch
+        self._answered: list[Task] = []
+        self._flush_due = False
+        self._last_flush = 0.0
+        self._scan_wake = threading.Condition(self._lock)
         # submissions: jobs made ready meanwhile go to dask together, in one graph update
         self._pending: list[tuple[Task, W.Spec, dict[str, float], list[str] | None]] = []
         self._wake = threading.Condition(self._lock)
@@ -152,13 +169,9 @@ class DaskJobHandler(JobHandler):
         except BaseException:
             self._close_client()
             raise
-        # completions only: the collector fetches the results of each batch in one call
-        self._ac = distributed.as_completed(loop=client.loop, with_results=False,
-                                            raise_errors=False)
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hither-dask-io",
                                       initializer=mark_io_thread)
-        self._collector = threading.Thread(target=collect, args=(weakref.ref(self), self._ac,
-                                                                  client),
+        self._collector = threading.Thread(target=collect, args=(weakref.ref(self), client),
                                            name="hither-dask", daemon=True)
         self._collector.start()
         self._submitter = threading.Thread(target=submit_loop, args=(weakref.ref(self),),
@@ -295,7 +308,6 @@ class DaskJobHandler(JobHandler):
                 continue
             for (task, _), fut in zip(items, futs, strict=True):
                 task.dask = fut
-            self._ac.update(futs)
 
     def _send_function(self, launch: Launch, xfer: str) -> None:
         """Write the function (once per transfer folder) for the workers to load."""
@@ -354,9 +366,13 @@ class DaskJobHandler(JobHandler):
                             pass
             elif kind == "done":
                 if isinstance(msg[2], bytes) and task.reply is None:
-                    # read when dask says the task finished; the first answer is the run's
-                    # (a task dask ran again after its worker died only refuses to run)
+                    # the first answer is the run's (a task dask ran again after its worker
+                    # died only refuses to run)
                     task.reply = msg[2]
+                    self._answered.append(task)
+                    if not self._flush_due:
+                        self._flush_due = True
+                        self._schedule_flush()
                 self._replies += 1
                 if self._replies % _TRIM_EVERY == 0:  # the scheduler keeps every event
                     self._background(self.client.run_on_scheduler, self._remote.forget_events,
@@ -369,23 +385,93 @@ class DaskJobHandler(JobHandler):
             traceback.print_exc()
 
     # ---------------------------------------------------------------- completion
-    def _done(self, key: str, status: str, result: Any) -> None:
-        """A dask future completed (on an I/O thread): settle its job, remove its files."""
-        with self._lock:
-            task = self._by_key.pop(key, None)
-        if task is None:
-            return
-        task.dask = None  # its result may be released on the dask worker
-        if isinstance(result, FromEvent):
-            status, result = result.load(task.launch.label)
+    def _schedule_flush(self) -> None:
+        """Settle the answers that came once the events read with this one are in, or
+        ``_FLUSH_EVERY`` after the last round when answers keep coming: a stream of tiny
+        jobs wakes the I/O threads a few hundred times a second, not once per job (waking
+        a thread costs more client time than settling a job), while a lone answer is
+        settled at once (dask's loop)."""
         try:
-            if not task.future.done():
-                self._settle(task, self._outcome(task, status, result))
-        finally:
-            # a task dask reports cancelled may still start on its worker: its claim stays
-            # (until shutdown) so that it never runs the job
-            if status in ("finished", "error"):
-                self._remove_files(task, spilled=isinstance(result, W.Spilled))
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on dask's loop
+            self._flush_answers()
+            return
+        wait = self._last_flush + _FLUSH_EVERY - time.monotonic()
+        if wait > 0:
+            loop.call_later(wait, self._flush_answers)
+        else:
+            loop.call_soon(self._flush_answers)
+
+    def _flush_answers(self) -> None:
+        """Hand the jobs answered by events to the I/O threads, in shares (dask's loop)."""
+        self._flush_due = False
+        self._last_flush = time.monotonic()
+        answered, self._answered = self._answered, []
+        if answered:
+            hand_out(self._io, self._settle_answered, answered)
+
+    def _settle_answered(self, tasks: list[Task]) -> None:
+        """Settle jobs from the answers their "done" events brought (on an I/O thread). A
+        claim stays until dask says its task ended: a task dask runs again meanwhile (its
+        worker died before it could say so) must find it."""
+        for task in tasks:
+            try:
+                fut = task.dask
+                if fut is not None and fut.status != "pending":  # most are, by now
+                    self._release(task)
+                assert task.reply is not None
+                status, result = FromEvent(task.reply).load(task.launch.label)
+                if not task.future.done():
+                    self._settle(task, self._outcome(task, status, result))
+                self._remove_files(task, claim=False,
+                                   spilled=isinstance(result, W.Spilled))
+            except Exception:  # noqa: BLE001 - the others are settled all the same
+                traceback.print_exc()
+
+    def _release(self, task: Task) -> None:
+        """Let go of the dask future of a task answered by its event, which dask says
+        ended (its result is dropped on the dask worker), and of its claim."""
+        with self._lock:
+            if self._by_key.pop(task.key, None) is None:
+                return  # released by another thread
+        fut, task.dask = task.dask, None
+        if fut is not None and fut.status in ("finished", "error"):
+            self._remove_files(task, spilled=False, inputs=False)
+
+    def _ended_tasks(self) -> list[Task]:
+        """Release the tasks whose dask futures are no longer pending (collector): those
+        answered by events are let go of; the others are returned, to be settled from
+        what dask says (an error, a cancel, a lost scheduler, a missing event)."""
+        with self._lock:
+            tasks = list(self._by_key.values())
+        unanswered = []
+        for task in tasks:
+            fut = task.dask
+            if fut is None or fut.status == "pending":
+                continue
+            if task.reply is not None:
+                self._release(task)
+                continue
+            with self._lock:
+                if self._by_key.pop(task.key, None) is None:
+                    continue
+            unanswered.append(task)
+        return unanswered
+
+    def _done_all(self, share: list[tuple[Task, str, Any]]) -> None:
+        """Settle jobs from what dask said of their tasks (on an I/O thread)."""
+        for task, status, result in share:
+            task.dask = None
+            try:
+                if not task.future.done():
+                    self._settle(task, self._outcome(task, status, result))
+            except Exception:  # noqa: BLE001 - the others are settled all the same
+                traceback.print_exc()
+            finally:
+                # a task dask reports cancelled may still start on its worker: its claim
+                # stays (until shutdown) so that it never runs the job
+                if status in ("finished", "error"):
+                    self._remove_files(task, spilled=isinstance(result, W.Spilled))
 
     def _outcome(self, task: Task, status: str, result: Any) -> Outcome:
         launch = task.launch
@@ -399,6 +485,11 @@ class DaskJobHandler(JobHandler):
                     return Outcome(False, error=UnreadableResultError(
                         f"the answer of job {launch.label!r} could not be read back from the "
                         f"store: {type(e).__name__}: {e}", job_label=launch.label))
+            if reply is None:  # the task sent its answer with an event that never came
+                return Outcome(False, error=UnreadableResultError(
+                    f"the answer of job {launch.label!r} was lost on its way from the dask "
+                    "worker (its \"done\" event never reached this client)",
+                    job_label=launch.label))
             return reply_outcome(launch, reply)
         if status == "error":
             exc = result[1] if isinstance(result, tuple) and len(result) > 1 else result
@@ -437,11 +528,12 @@ class DaskJobHandler(JobHandler):
             self._by_key.pop(task.key, None)
         self._remove_files(task)
 
-    def _remove_files(self, task: Task, spilled: bool = True) -> None:
-        names = [task.key + ".claim"]
+    def _remove_files(self, task: Task, spilled: bool = True, claim: bool = True,
+                      inputs: bool = True) -> None:
+        names = [task.key + ".claim"] if claim else []
         if spilled:
             names.append(task.key + ".out")
-        if task.files:
+        if task.files and inputs:
             names.append(task.key + ".in")
         for name in names:
             try:
@@ -495,6 +587,7 @@ class DaskJobHandler(JobHandler):
             self._stopped = True
             self._idle.notify_all()
             self._wake.notify_all()
+            self._scan_wake.notify_all()
         atexit.unregister(self._at_exit)
         client = self.client
         for call in (lambda: client.unsubscribe_topic(self.name),

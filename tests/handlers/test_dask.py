@@ -144,25 +144,26 @@ def test_only_misses_are_submitted_each_with_its_own_key(jh, store, monkeypatch)
 
 
 def test_replies_come_with_events_and_the_scheduler_forgets_them(jh, monkeypatch):
-    """Each job's small reply comes with its "done" event (nothing to fetch); the
-    scheduler's log of the handler's events is trimmed as they come, not kept whole."""
+    """Each job is settled from the reply its "done" event brought (nothing is fetched
+    from dask, whose futures are only released); the scheduler's log of the handler's
+    events is trimmed as they come, not kept whole."""
     from hither.handlers import _dask_client
     from hither.handlers import dask as dask_module
 
     monkeypatch.setattr(dask_module, "_TRIM_EVERY", 4)
-    how: list[str] = []
+    fetched: list[str] = []
     real = _dask_client.results
 
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        how.extend(type(r).__name__ for _k, _s, r in out)
-        return out
+    def spy(client, tasks):
+        fetched.extend(t.key for t in tasks)
+        return real(client, tasks)
 
     monkeypatch.setattr(_dask_client, "results", spy)
     with hi.Config(job_handler=jh):
         assert [j.result(timeout=WAIT) for j in [dj_add.run(x=i) for i in range(12)]] == \
             list(range(12))
-    assert how == ["FromEvent"] * 12
+    assert wait_until(lambda: not jh._by_key, WAIT)  # every dask future released
+    assert fetched == []
     assert wait_until(lambda: len(jh.client.get_events(jh.name)) < 8, WAIT), \
         len(jh.client.get_events(jh.name))
 
@@ -189,19 +190,34 @@ def test_small_values_travel_with_the_task_and_large_replies_are_spilled(tmp_pat
     """The worker side: a reply over the limit is written to <key>.out; a small answer
     (or the note of a spilled one) also goes with the task's "done" event."""
 
-    spec = WIRE.Spec(key="hither-x-" + "0" * 32, job_id="j", label="x", fid="f",
-                  xfer=str(tmp_path), inline_limit=1000)
+    import asyncio
+
+    def spec(limit: int) -> WIRE.Spec:
+        return WIRE.Spec(key=f"hither-x-{limit:032d}", job_id="j", label="x", fid="f",
+                         xfer=str(tmp_path), inline_limit=limit)
+
     plugin = W.HitherPlugin("p", "0", "t", str(tmp_path), [])
-    plugin.worker = worker = _FakeDaskWorker()
-    small = WIRE.HostReply(True, b"x" * 10, [], 0.0, 1.0, 1, "w")
-    big = WIRE.HostReply(True, b"x" * 5000, [], 0.0, 1.0, 1, "w")
-    assert plugin._answer(spec, small) is small
-    spilled = plugin._answer(spec, big)
-    assert isinstance(spilled, WIRE.Spilled)
-    assert os.path.getsize(tmp_path / spilled.name) > 5000
-    assert [m[0] for _t, m in worker.events] == ["done", "done"]
-    assert pickle.loads(worker.events[0][1][2]) == small
-    assert pickle.loads(worker.events[1][1][2]) == spilled
+    worker = _FakeDaskWorker()
+    plugin.setup(worker)
+    try:
+        small = WIRE.HostReply(True, b"x" * 10, [], 0.0, 1.0, 1, "w")
+        big = WIRE.HostReply(True, b"x" * 5000, [], 0.0, 1.0, 1, "w")
+        # the task's own result is None: the answer went with the event
+        assert asyncio.run(plugin._answer(spec(1000), small)) is None
+        assert asyncio.run(plugin._answer(spec(1000), big)) is None
+        # over EVENT_LIMIT (the scheduler keeps events) but under inline_limit: spilled too
+        assert asyncio.run(plugin._answer(spec(10 * W.EVENT_LIMIT), big)) is None
+        assert [m[0] for _t, m in worker.events] == ["done"] * 3
+        answers = [pickle.loads(m[2]) for _t, m in worker.events]
+        assert answers[0] == small
+        for spilled, limit in zip(answers[1:], (1000, 10 * W.EVENT_LIMIT), strict=True):
+            assert spilled == WIRE.Spilled(spec(limit).key + ".out")
+            assert os.path.getsize(tmp_path / spilled.name) > 5000
+        # no event could be sent: the answer is the task's result
+        worker.log_event = None
+        assert asyncio.run(plugin._answer(spec(1000), small)) is small
+    finally:
+        plugin.close()
 
 
 def test_warm_host_workers_are_reused_per_dask_worker(jh):
@@ -472,6 +488,9 @@ def test_worker_processes_and_containers_go_with_their_dask_worker(docker_image)
         with hi.Config(job_handler=jh, container=docker_image):
             assert dj_add.run(x=1, y=1).result(timeout=WAIT) == 2
         assert pid_alive(host_pid) and len(worker_containers([dask_pid])) == 1
+        # the handler lets go of the dask futures of settled jobs shortly after (a worker
+        # holding a result only a client wants cannot be retired)
+        assert wait_until(lambda: not jh._by_key, WAIT)
         client.retire_workers([address], close_workers=True)
         assert wait_until(lambda: not pid_alive(host_pid), WAIT)
         assert wait_until(lambda: worker_containers([dask_pid]) == [], WAIT), \
@@ -499,7 +518,8 @@ def test_container_resources_limit_how_many_containers_run_at_once(docker_image)
 
 # ---------------------------------------------------------------------------- the plugin alone
 class _FakeDaskWorker:
-    """Stands in for a dask worker around the plugin (the worker processes are real)."""
+    """Stands in for a dask worker around the plugin (the worker processes are real); its
+    ``answers`` are the replies that came with "done" events."""
 
     address = "tcp://127.0.0.1:1"
 
@@ -511,6 +531,10 @@ class _FakeDaskWorker:
 
     def log_event(self, topic, msg) -> None:
         self.events.append((topic, msg))
+
+    @property
+    def answers(self) -> list:
+        return [pickle.loads(m[2]) for _t, m in self.events if m[0] == "done"]
 
 
 def _host_spec(tmp_path, fn, **kwargs) -> WIRE.Spec:
@@ -531,7 +555,8 @@ def test_idle_worker_processes_are_stopped_after_a_while(tmp_path, monkeypatch):
     worker = _FakeDaskWorker()
     plugin.setup(worker)
     try:
-        reply = plugin.run(_host_spec(tmp_path, dj_pid, i=1))
+        assert plugin.run(_host_spec(tmp_path, dj_pid, i=1)) is None
+        [reply] = worker.answers
         assert isinstance(reply, WIRE.HostReply) and reply.ok, reply
         kinds = [m[0] for _t, m in worker.events]
         assert kinds[-1] == "done" and kinds.count("done") == 1, kinds
@@ -570,7 +595,8 @@ def test_a_job_says_it_started_only_once_it_ran_a_while(tmp_path):
     try:
         spec = _host_spec(tmp_path, dj_count_then_sleep, path=str(tmp_path / "n"),
                           seconds=J.ANNOUNCE_AFTER * 4)
-        reply = plugin.run(spec)
+        assert plugin.run(spec) is None
+        [reply] = worker.answers
         assert isinstance(reply, WIRE.HostReply) and reply.ok, reply
         kinds = [m[0] for _t, m in worker.events]
         assert kinds == ["started", "done"]
@@ -579,19 +605,29 @@ def test_a_job_says_it_started_only_once_it_ran_a_while(tmp_path):
         plugin.close()
 
 
-def test_an_unreadable_answer_fails_its_job_only():
+def test_an_unreadable_or_lost_answer_fails_its_job_only(jh):
     """An answer that came with an event and cannot be read is an UnreadableResultError
-    for that job (then _outcome makes it the job's error), never an exception."""
+    for that job, never an exception; so is a task that finished with no answer (its event
+    was sent but never came)."""
+    from types import SimpleNamespace
+
     from hither.handlers import _dask_client as D
 
-    class _Done:  # a finished dask future as the collector sees it
-        status = "finished"
-        key = "hither-x-" + "1" * 32
-
     task = D.Task.__new__(D.Task)
-    task.reply = b"\x80\x05not a pickle"
-    [(key, status, result)] = D.results(None, [_Done()], {_Done.key: task})
-    assert (key, status) == (_Done.key, "finished") and isinstance(result, D.FromEvent)
-    status, error = result.load("x")
+    task.launch = SimpleNamespace(label="x")
+    status, error = D.FromEvent(b"\x80\x05not a pickle").load("x")
     assert status == "error" and isinstance(error, UnreadableResultError)
+    assert isinstance(jh._outcome(task, status, error).error, UnreadableResultError)
     assert D.FromEvent(pickle.dumps(Outcome(True))).load("x")[0] == "finished"
+
+    class _Finished:  # a finished dask future whose task returned None
+        status = "finished"
+
+        def result(self, timeout=None):
+            return None
+
+    task.key, task.dask = "hither-x-" + "1" * 32, _Finished()
+    [(found, status, result)] = D.results(None, [task])
+    assert (found, status, result) == (task, "finished", None)
+    lost = jh._outcome(task, status, result)
+    assert isinstance(lost.error, UnreadableResultError) and "never reached" in str(lost.error)

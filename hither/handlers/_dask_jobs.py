@@ -29,6 +29,8 @@ from .stdio import _packages_of as packages_of
 if TYPE_CHECKING:
     from ._dask_worker import HitherPlugin
 
+#: seconds between two looks at a stopped host job's process, whatever the event loop saw
+_CHECK_EVERY = 1.0
 #: seconds a job runs before the client is told that it started (a shorter job says only
 #: that it ended: one message less per tiny job through the scheduler)
 ANNOUNCE_AFTER = 0.05
@@ -205,14 +207,18 @@ async def wait_host(plugin: HitherPlugin, spec: Spec, slot: Slot) -> tuple[Reply
     readable = _Readable(loop, (conn_fd, sentinel))
     try:
         while True:
+            due = _wait(deadline, announce)
             try:
-                ready = await readable.wait(_wait(deadline, announce))
+                ready = await readable.wait(_CHECK_EVERY if due is None else
+                                            min(due, _CHECK_EVERY))
             except (OSError, ValueError):  # closed under us: stopped from outside
                 break
             if not ready:
                 if deadline is not None and time.monotonic() >= deadline:
                     host.kill()  # the job_timeout passed
                     return timeout_outcome(plugin, spec, lines, started, slot.pid), False
+                if slot.stop_why is not None and not host.is_alive():
+                    break  # stopped, and its end was not seen by the loop
                 announce = plugin._announce(spec, announce)
                 continue
             if conn_fd not in ready:

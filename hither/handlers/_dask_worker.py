@@ -184,7 +184,9 @@ class HitherPlugin(_PluginBase):
         for slot in busy:
             slot.stop_why = f"was stopped: its dask worker {self.address} closed"
             slot.kill()
-        for slot in idle + busy:
+        # a busy host worker is closed by the coroutine waiting for it once it has seen its
+        # end: its descriptors must not be closed while the event loop watches them
+        for slot in idle + [s for s in busy if s.host is None]:
             try:
                 slot.close()
             except Exception:  # noqa: BLE001 - best effort while the worker closes

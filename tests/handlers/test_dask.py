@@ -631,3 +631,29 @@ def test_an_unreadable_or_lost_answer_fails_its_job_only(jh):
     assert (found, status, result) == (task, "finished", None)
     lost = jh._outcome(task, status, result)
     assert isinstance(lost.error, UnreadableResultError) and "never reached" in str(lost.error)
+
+
+def test_a_host_job_running_when_the_plugin_closes_ends_at_once(tmp_path):
+    """The plugin closing (its handler shut down, its dask worker closing) stops a running
+    host job, and the task waiting for it ends: it must not hold its dask worker's slot."""
+    import threading
+
+    plugin = W.HitherPlugin("p", hi.__version__, "t", os.getcwd(), sys.path)
+    worker = _FakeDaskWorker()
+    plugin.setup(worker)
+    spec = _host_spec(tmp_path, dj_count_then_sleep, path=str(tmp_path / "n"), seconds=60)
+    done = threading.Event()
+
+    def run() -> None:
+        plugin.run(spec)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert wait_until(lambda: lines(tmp_path / "n"), WAIT)  # the function runs
+    pid = int(lines(tmp_path / "n")[0])
+    plugin.close()
+    assert done.wait(10), "the task still waits for a job whose plugin closed"
+    [answer] = worker.answers
+    assert isinstance(answer.error, hi.JobCancelledException), answer
+    assert "closed" in str(answer.error)
+    assert wait_until(lambda: not pid_alive(pid), WAIT)

@@ -10,7 +10,10 @@ between jobs, stops the one running a job that is cancelled, enforces ``job_time
 tears everything down with the dask worker (or when the handler unregisters it). How a job
 runs on one of them is in :mod:`hither.handlers._dask_jobs`.
 
-The dask task (:func:`run_job`) and the client exchange only small messages; values cross
+The dask task (:func:`run_job`) is a coroutine: a host job is sent to its warm process and
+awaited on the dask worker's event loop (no dask thread waits for it; the worker's
+``nthreads`` still bounds how many run at once); a container or environment job runs on a
+thread of the plugin. The task and the client exchange only small messages; values cross
 through the store's folder shared with the client (see :mod:`hither.handlers.dask`):
 
 ``<xfer>/fn-<fid>``      the function pickled, with its by-value sources (client)

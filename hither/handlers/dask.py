@@ -10,9 +10,12 @@ than ``inline_limit`` bytes are written to a private transfer folder in the job 
 store (the exchange store without a cache), and container and environment jobs read and
 write their values as store blobs. The client and every dask worker must therefore see the
 store under the same path: one machine, or a shared filesystem (see docs/clusters.md).
-A small reply (or the note that it was spilled) also comes back with the task's "done"
-event, ahead of dask's own completion notice, so that nothing needs to be fetched; it is
-read exactly as a fetched reply would be.
+Each job's reply (up to 4 KiB pickled; or the note that it was spilled) comes back with
+its task's "done" event, ahead of dask's own completion notice: the job is settled from
+it, nothing is fetched, and the dask future is only held until dask says the task ended
+(a claim file guards against dask running it again meanwhile). A collector thread looks
+at the held futures every 0.1 s for tasks that failed, were cancelled or lost, whose
+results are then fetched.
 """
 
 from __future__ import annotations

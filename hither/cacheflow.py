@@ -357,9 +357,9 @@ def _process_facts() -> dict[str, Any]:
     return _PROCESS
 
 
-#: per (code identity, function, store): the provenance fields that are the same for every
-#: job of the function run on the host, with the objects the key's ids stand for
-_STATIC: dict[tuple[int, int, int], tuple[CodeIdentity, FunctionDef, Any, dict[str, Any]]] = {}
+#: per (code identity, function, store root): the provenance fields that are the same for
+#: every job of the function run on the host, with the objects the key's ids stand for
+_STATIC: dict[tuple[int, int, str], tuple[CodeIdentity, FunctionDef, dict[str, Any]]] = {}
 
 
 def _static_provenance(fdef: FunctionDef, code: CodeIdentity, store: Any, runtime: Any,
@@ -367,11 +367,11 @@ def _static_provenance(fdef: FunctionDef, code: CodeIdentity, store: Any, runtim
     """The provenance fields that depend on the function, its code, the store and the
     runtime only (shared by the records of a function's jobs on the host: never
     changed)."""
-    ident = (id(code), id(fdef), id(store))
+    ident = (id(code), id(fdef), str(store.root))
     if runtime is None:
         known = _STATIC.get(ident)
-        if known is not None and known[0] is code and known[1] is fdef and known[2] is store:
-            return known[3]
+        if known is not None and known[0] is code and known[1] is fdef:
+            return known[2]
     info = FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
                         module=code.module, source=code.source, sources=dict(code.sources),
                         external=dict(code.external), parts=dict(code.parts))
@@ -383,7 +383,7 @@ def _static_provenance(fdef: FunctionDef, code: CodeIdentity, store: Any, runtim
     if runtime is None and "packages" in facts:  # else later jobs may still learn them
         if len(_STATIC) > 256:
             _STATIC.clear()
-        _STATIC[ident] = (code, fdef, store, static)  # holds them: their ids stay theirs
+        _STATIC[ident] = (code, fdef, static)  # holds them: their ids stay theirs
     return static
 
 

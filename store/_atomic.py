@@ -48,12 +48,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def write_new(tmp_dir: str, prefix: str, data: bytes, target: str, *, fsync: bool,
-              shared: bool) -> os.stat_result | None:
+              shared: bool, want_stat: bool = True) -> os.stat_result | None:
     """Write ``data`` to a fresh temp file in ``tmp_dir`` and rename it onto ``target``
     (atomic, as :class:`TempFile` + :func:`publish`, with the fewest system calls: one
     small write, no buffered file object). ``shared``: ``tmp_dir`` is group-shared (see
     :func:`share_fd`). Returns the ``os.stat`` of ``target`` when it is still the file
-    written here (not already replaced by another writer), else None."""
+    written here (not already replaced by another writer), else None (always None
+    without ``want_stat``)."""
     names = _NAMES
     path = f"{tmp_dir}/{prefix}{names.stem}{next(names.count)}.tmp"
     try:
@@ -70,7 +71,7 @@ def write_new(tmp_dir: str, prefix: str, data: bytes, target: str, *, fsync: boo
             view = view[os.write(fd, view):]
         if fsync:
             os.fsync(fd)
-        ours = os.fstat(fd)
+        ours = os.fstat(fd) if want_stat else None
     except BaseException:
         os.close(fd)
         remove_quietly(path)
@@ -81,6 +82,8 @@ def write_new(tmp_dir: str, prefix: str, data: bytes, target: str, *, fsync: boo
     except BaseException:
         remove_quietly(path)
         raise
+    if ours is None:
+        return None
     try:
         st = os.stat(target)
     except OSError:

@@ -391,7 +391,7 @@ class LocalStore:
         path = f"{self._records_root}/{key[:2]}/{key}{_RECORD_SUFFIX}"
         data = encode_record(key, record)
         st = write_new(self._tmp_root, "record", data, path, fsync=self.fsync,
-                       shared=self._tmp_shared())
+                       shared=self._tmp_shared(), want_stat=summary is not None)
         if st is not None and summary is not None:  # not replaced by another writer yet
             self._index.put(key, path, signature(st), summary)
 

@@ -51,9 +51,12 @@ KEY_FORMAT = 2  # 2: value digests from BLAKE3 (hashing scheme v2), never xxh3
 _TRANSIENT = (JobTimeoutError, WorkerCrashedError, HandlerClosedError, JobCancelledException)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KeyInfo:
-    """A job's key and everything that went into it."""
+    """A job's key and everything that went into it (read it, do not change it).
+
+    Not frozen: a frozen dataclass pays an ``object.__setattr__`` per field, and every
+    job with a cache gets a KeyInfo."""
 
     key: str
     code: CodeIdentity
@@ -171,23 +174,20 @@ _OWN_MANIFEST = (int, float, str, bool)  # as the codec decodes them: unchanged
 
 
 def _outcome_of(rec: Hit, settings: Settings, store: Any) -> Outcome | None:
-    if rec.ok:
+    info = {"result_hash": rec.result_hash, "cached_at": rec.recorded_at}
+    if rec.status == "finished":
         m = rec.result  # a number, string, bool or None is its own manifest
-        out = Outcome(True, value=m if type(m) in _OWN_MANIFEST or m is None
-                      else values.decode(m, store))
-    else:
-        if not settings.cache_failing or settings.rerun_failing:
-            return None
-        err = rec.error
-        assert err is not None
-        out = Outcome(False, error=rebuild_exception(err.type, err.message, err.traceback,
-                                                    args=err.args),
-                      traceback_text=err.traceback)
-    out.console = list(rec.console)
-    out.start_time, out.end_time = rec.start_time, rec.end_time
-    out.info["result_hash"] = rec.result_hash
-    out.info["cached_at"] = rec.recorded_at
-    return out
+        return Outcome(True, value=m if type(m) in _OWN_MANIFEST or m is None
+                       else values.decode(m, store), console=list(rec.console),
+                       start_time=rec.start_time, end_time=rec.end_time, info=info)
+    if not settings.cache_failing or settings.rerun_failing:
+        return None
+    err = rec.error
+    assert err is not None
+    return Outcome(False, error=rebuild_exception(err.type, err.message, err.traceback,
+                                                 args=err.args),
+                   traceback_text=err.traceback, console=list(rec.console),
+                   start_time=rec.start_time, end_time=rec.end_time, info=info)
 
 
 def _set_aside(cache: Any, key: str, error: BaseException) -> None:

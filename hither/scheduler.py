@@ -228,17 +228,17 @@ class _Plan:
     store_of_links: Any = None
 
 
-_cacheflow_fns: tuple[Any, Any] | None = None
+_cacheflow_fns: tuple[Any, Any, Any] | None = None
 
 
-def _cacheflow() -> tuple[Any, Any]:
-    """``cacheflow.compute_key`` and ``lookup``, imported on first use (not by ``import
-    hither``) and then without an import statement per job."""
+def _cacheflow() -> tuple[Any, Any, Any]:
+    """``cacheflow.compute_key``, ``lookup`` and ``record``, imported on first use (not by
+    ``import hither``) and then without an import statement per job."""
     global _cacheflow_fns
     if _cacheflow_fns is None:
-        from .cacheflow import compute_key, lookup
+        from .cacheflow import compute_key, lookup, record
 
-        _cacheflow_fns = (compute_key, lookup)
+        _cacheflow_fns = (compute_key, lookup, record)
     return _cacheflow_fns
 
 
@@ -264,7 +264,7 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
     snapshots: dict[str, str] = {}  # original path of each File input -> its sha256
     links = None
     if cache is not None:
-        compute_key, lookup = _cacheflow()
+        compute_key, lookup, _ = _cacheflow()
         if not plain and not cache.readonly and any(
                 type(v) not in arguments.LEAVES for v in kwargs.values()):
             kwargs = arguments.snapshot_files(kwargs, cache.store, snapshots)
@@ -426,8 +426,7 @@ def _unlinked(plan: _Plan, f: File) -> File:
 
 
 def _record(job: Job, plan: _Plan, keyinfo: Any, outcome: Outcome) -> None:
-    from .cacheflow import record
-
+    record = _cacheflow()[2]
     settings = job.get_settings()
     try:
         job._set_result_hash(record(

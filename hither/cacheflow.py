@@ -43,16 +43,20 @@ from .errors import (
 from .fdef import FunctionDef
 from .hashing import canonical_json, describe_value, hash_struct, hash_value
 from .launch import Outcome
-from .record import ErrorInfo, FunctionInfo, Hit, InputEntry, Provenance, Record, hit_summary
+from .record import FORMAT as RECORD_FORMAT
+from .record import ErrorInfo, FunctionInfo, Hit, Record, hit_summary
 
 KEY_FORMAT = 2  # 2: value digests from BLAKE3 (hashing scheme v2), never xxh3
 #: failures that say something about the machine, not about the function: never cached
 _TRANSIENT = (JobTimeoutError, WorkerCrashedError, HandlerClosedError, JobCancelledException)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KeyInfo:
-    """A job's key and everything that went into it."""
+    """A job's key and everything that went into it (read it, do not change it).
+
+    Not frozen: a frozen dataclass pays an ``object.__setattr__`` per field, and every
+    job with a cache gets a KeyInfo."""
 
     key: str
     code: CodeIdentity
@@ -170,23 +174,20 @@ _OWN_MANIFEST = (int, float, str, bool)  # as the codec decodes them: unchanged
 
 
 def _outcome_of(rec: Hit, settings: Settings, store: Any) -> Outcome | None:
-    if rec.ok:
+    info = {"result_hash": rec.result_hash, "cached_at": rec.recorded_at}
+    if rec.status == "finished":
         m = rec.result  # a number, string, bool or None is its own manifest
-        out = Outcome(True, value=m if type(m) in _OWN_MANIFEST or m is None
-                      else values.decode(m, store))
-    else:
-        if not settings.cache_failing or settings.rerun_failing:
-            return None
-        err = rec.error
-        assert err is not None
-        out = Outcome(False, error=rebuild_exception(err.type, err.message, err.traceback,
-                                                    args=err.args),
-                      traceback_text=err.traceback)
-    out.console = list(rec.console)
-    out.start_time, out.end_time = rec.start_time, rec.end_time
-    out.info["result_hash"] = rec.result_hash
-    out.info["cached_at"] = rec.recorded_at
-    return out
+        return Outcome(True, value=m if type(m) in _OWN_MANIFEST or m is None
+                       else values.decode(m, store), console=list(rec.console),
+                       start_time=rec.start_time, end_time=rec.end_time, info=info)
+    if not settings.cache_failing or settings.rerun_failing:
+        return None
+    err = rec.error
+    assert err is not None
+    return Outcome(False, error=rebuild_exception(err.type, err.message, err.traceback,
+                                                 args=err.args),
+                   traceback_text=err.traceback, console=list(rec.console),
+                   start_time=rec.start_time, end_time=rec.end_time, info=info)
 
 
 def _set_aside(cache: Any, key: str, error: BaseException) -> None:
@@ -251,32 +252,43 @@ def record(cache: Any, keyinfo: KeyInfo, outcome: Outcome, *, settings: Settings
                           list(err.args) if plain else None)
     if cache.readonly:
         return result_hash
-    rec = Record(key=keyinfo.key, status="finished" if outcome.ok else "error",
-                 result=manifest, result_hash=result_hash, error=error,
-                 console=tuple((float(t), str(x), bool(e)) for t, x, e in outcome.console),
-                 provenance=_provenance(keyinfo, outcome, fdef=fdef, label=label,
-                                        handler=handler, store=cache.store,
-                                        runtime=runtime),
-                 inputs=_input_entries(keyinfo, inputs, cache.store))
-    body = rec.to_dict()
+    store = cache.store
+    # the stored form of a Record (see hither.record), built directly: this runs for every
+    # job recorded, and the record's typed objects would only be turned into dicts again
+    body: dict[str, Any] = {"format": RECORD_FORMAT, "key": keyinfo.key,
+                            "status": "finished" if outcome.ok else "error"}
+    if error is None:
+        body["result"] = manifest
+        body["result_hash"] = result_hash
+    else:
+        body["error"] = error.to_dict()
+    body["console"] = [[float(t), str(x), bool(e)] for t, x, e in outcome.console]
+    body["provenance"] = _provenance(keyinfo, outcome, fdef=fdef, label=label,
+                                     handler=handler, store=store, runtime=runtime)
+    body["inputs"] = _input_entries(keyinfo, inputs, store)
     cache.put_record(keyinfo.key, body, summary=hit_summary(body))
     return result_hash
 
 
-def _input_entries(keyinfo: KeyInfo, inputs: InputSource, store: Any) -> dict[str, InputEntry]:
-    """Inputs given as values are stored too, so the run can be reproduced from its key;
-    an input that is one job's result is referenced by that job's key (the lineage)."""
+def _input_entries(keyinfo: KeyInfo, inputs: InputSource, store: Any) -> dict[str, Any]:
+    """The record's inputs (the stored form of :class:`InputEntry`). Inputs given as
+    values are stored too, so the run can be reproduced from its key; an input that is
+    one job's result is referenced by that job's key (the lineage)."""
     kind, given = inputs()
-    out: dict[str, InputEntry] = {}
+    out: dict[str, Any] = {}
     for name, meta in keyinfo.inputs.items():
         job = meta.get("job")
-        value: Any = _NOT_ENCODED
+        entry: dict[str, Any] = {"digest": meta["digest"], "desc": meta.get("desc", "")}
+        if job is not None:
+            entry["job"] = job
+        jobs = meta.get("jobs")
+        if jobs:
+            entry["jobs"] = list(jobs)
         if job is None and name in given:
             value = given[name] if kind == "manifest" else _encoded(given[name], store, name)
-        jobs = tuple(meta.get("jobs") or ())
-        out[name] = InputEntry(meta["digest"], meta.get("desc", ""), job, jobs) \
-            if value is _NOT_ENCODED else \
-            InputEntry(meta["digest"], meta.get("desc", ""), job, jobs, value)
+            if value is not _NOT_ENCODED:
+                entry["value"] = value
+        out[name] = entry
     return out
 
 
@@ -332,43 +344,62 @@ def _runtime_facts(runtime: Any, identity: dict[str, Any], store: Any,
         return {}
 
 
-#: FunctionInfo per code identity object (cached by codeid, shared by a function's jobs)
-_INFOS: dict[int, tuple[CodeIdentity, str, str, FunctionInfo]] = {}
+_PROCESS: dict[str, Any] = {}
 
 
-def _function_info(fdef: FunctionDef, code: CodeIdentity) -> FunctionInfo:
-    """The record's function info: the same for every job of a function and code."""
-    known = _INFOS.get(id(code))
-    if known is not None and known[0] is code and known[1] == fdef.name \
-            and known[2] == fdef.version:
-        return known[3]
+def _process_facts() -> dict[str, Any]:
+    """The provenance fields that are the same for every record this process writes."""
+    if not _PROCESS:
+        from . import __version__
+
+        _PROCESS.update(host=socket.gethostname(), user=_user(), hither_version=__version__,
+                        python=sys.version.split()[0], platform=platform.platform())
+    return _PROCESS
+
+
+#: per (code identity, function, store root): the provenance fields that are the same for
+#: every job of the function run on the host, with the objects the key's ids stand for
+_STATIC: dict[tuple[int, int, str], tuple[CodeIdentity, FunctionDef, dict[str, Any]]] = {}
+
+
+def _static_provenance(fdef: FunctionDef, code: CodeIdentity, store: Any, runtime: Any,
+                       identity: dict[str, Any], reported: Any) -> dict[str, Any]:
+    """The provenance fields that depend on the function, its code, the store and the
+    runtime only (shared by the records of a function's jobs on the host: never
+    changed)."""
+    ident = (id(code), id(fdef), str(store.root))
+    if runtime is None:
+        known = _STATIC.get(ident)
+        if known is not None and known[0] is code and known[1] is fdef:
+            return known[2]
     info = FunctionInfo(name=fdef.name, version=fdef.version, code=code.digest,
                         module=code.module, source=code.source, sources=dict(code.sources),
                         external=dict(code.external), parts=dict(code.parts))
-    if len(_INFOS) > 256:
-        _INFOS.clear()
-    _INFOS[id(code)] = (code, fdef.name, fdef.version, info)  # holds code: its id stays
-    return info
+    bundle, entry = _code_bundle(fdef, store, code.digest)
+    facts = _runtime_facts(runtime, identity, store, reported)
+    static = {"function": info.to_dict(), "runtime": identity, "code_bundle": bundle,
+              "code_entry": entry, "packages": facts.get("packages"),
+              "runtime_lock": facts.get("lock"), **_process_facts()}
+    if runtime is None and "packages" in facts:  # else later jobs may still learn them
+        if len(_STATIC) > 256:
+            _STATIC.clear()
+        _STATIC[ident] = (code, fdef, static)  # holds them: their ids stay theirs
+    return static
 
 
 def _provenance(keyinfo: KeyInfo, outcome: Outcome, *, fdef: FunctionDef, label: str,
-                handler: str, store: Any = None, runtime: Any = None) -> Provenance:
-    from . import __version__
-
-    code = keyinfo.code
+                handler: str, store: Any, runtime: Any = None) -> dict[str, Any]:
+    """The record's provenance (the stored form of :class:`Provenance`)."""
     start, end = outcome.start_time, outcome.end_time
-    user = _user()
-    bundle, entry = _code_bundle(fdef, store, code.digest) if store is not None \
-        else (None, {})
-    facts = _runtime_facts(runtime, keyinfo.runtime, store,
-                           outcome.info.get("runtime_packages")) if store is not None else {}
-    return Provenance(
-        function=_function_info(fdef, code),
-        code_bundle=bundle, code_entry=entry, packages=facts.get("packages"),
-        runtime_lock=facts.get("lock"),
-        runtime=keyinfo.runtime, key_parts=keyinfo.parts, label=label,
-        handler=handler, start_time=start, end_time=end,
-        elapsed_sec=(end - start) if (start is not None and end is not None) else None,
-        recorded_at=time.time(), host=socket.gethostname(), user=user,
-        hither_version=__version__, python=sys.version.split()[0],
-        platform=platform.platform(), worker=outcome.info.get("worker_pid"))
+    info = outcome.info
+    prov = dict(_static_provenance(fdef, keyinfo.code, store, runtime, keyinfo.runtime,
+                                   info.get("runtime_packages")))
+    prov["key_parts"] = keyinfo.parts
+    prov["label"] = label
+    prov["handler"] = handler
+    prov["start_time"] = start
+    prov["end_time"] = end
+    prov["elapsed_sec"] = (end - start) if (start is not None and end is not None) else None
+    prov["recorded_at"] = time.time()
+    prov["worker"] = info.get("worker_pid")
+    return prov

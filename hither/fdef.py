@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
-import pickle
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +17,7 @@ class FunctionDef:
         self.fn = fn
         self.name = name
         self.version = str(version)
-        self.fid = uuid.uuid4().hex
+        self.fid = os.urandom(16).hex()  # (not uuid: its import loads platform)
         self._pickled: bytes | None = None
         self._lock = threading.Lock()
         self._bundles: dict[tuple[str, str], Any] = {}
@@ -128,6 +126,8 @@ class FunctionDef:
         """
         data = self._pickled
         if data is None:
+            import pickle
+
             import cloudpickle
 
             with self._lock:

@@ -105,9 +105,7 @@ def function(name: str, version: str, container: str | None = None,
         f._hither = fdef  # type: ignore[attr-defined]
 
         def run(*args: Any, **kwargs: Any):
-            from .scheduler import create_job
-
-            return create_job(fdef, fdef.bind(args, kwargs))
+            return _create_job()(fdef, fdef.bind(args, kwargs))
 
         run.__doc__ = (f"Create a job running {name}(...) with the settings in force; "
                        "returns a hither.Job without waiting.")
@@ -116,6 +114,20 @@ def function(name: str, version: str, container: str | None = None,
         return f
 
     return wrap
+
+
+_create_job_fn: Callable[..., Any] | None = None
+
+
+def _create_job() -> Callable[..., Any]:
+    """``scheduler.create_job``, imported on the first ``.run()`` (not by ``import hither``)
+    and then without an import statement per job."""
+    global _create_job_fn
+    if _create_job_fn is None:
+        from .scheduler import create_job
+
+        _create_job_fn = create_job
+    return _create_job_fn
 
 
 def _set_container(f: Callable[..., Any], uri: str) -> None:

@@ -32,9 +32,12 @@ class Recording:
     """The job's :class:`hither.fdef.FunctionDef`."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Launch:
     """A ready-to-run call: the function, its frozen arguments and how to run it.
+
+    Not frozen (handlers only read it): a frozen dataclass pays an ``object.__setattr__``
+    per field, and every job that runs gets a Launch.
 
     The arguments were fixed when the job's inputs became known (at ``.run()`` for a job
     without upstream jobs): ``kwargs_pickle`` for host workers and the inline handler,

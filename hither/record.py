@@ -360,9 +360,12 @@ def hit_summary(d: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Hit:
-    """What a cache hit needs of a record: status, result or error, console, times."""
+    """What a cache hit needs of a record: status, result or error, console, times.
+
+    Not frozen: a frozen dataclass pays an ``object.__setattr__`` per field, and one Hit
+    is made per cache hit."""
 
     key: str
     status: str
@@ -388,9 +391,11 @@ class Hit:
             raise BadRecord(f"summary of format {d.get('format')!r:.20} and key "
                             f"{str(d.get('key'))[:16]!r}, not {key[:16]!r}")
         times = d.get("times")
-        if not isinstance(times, list) or len(times) != len(_SUMMARY_TIMES):
+        if type(times) is not list or len(times) != len(_SUMMARY_TIMES):
             raise BadRecord("malformed times")
-        start, end, recorded = (_time(t) for t in times)
+        start, end, recorded = times
+        if not (type(start) is float and type(end) is float and type(recorded) is float):
+            start, end, recorded = _time(start), _time(end), _time(recorded)
         status, result_hash, error, console = _outcome_fields(d)
         return cls(key=key, status=status, result=d.get("result"), result_hash=result_hash,
                    error=error, console=console, start_time=start, end_time=end,

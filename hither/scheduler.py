@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -120,9 +120,12 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
     fdef.check_kwargs(kwargs)
     handler = settings.job_handler or default_handler()
     nested = arguments.upstream_by_name(kwargs)
-    upstream = list({id(j): j for jobs in nested.values() for j in jobs}.values())
-    # every upstream job already finished (a replay): plan now, as for a job without any
-    ready = all(map(_finished, upstream))
+    if nested:
+        upstream = list({id(j): j for jobs in nested.values() for j in jobs}.values())
+        # every upstream job already finished (a replay): plan now, as for a job without any
+        ready = all(map(_finished, upstream))
+    else:
+        upstream, ready = [], True
     job = Job(fdef, kwargs, settings, handler, ENGINE, upstream=0 if ready else len(upstream))
     plan: _Plan | None = None
     failure: Exception | None = None
@@ -223,55 +226,63 @@ class _Plan:
     links: Path | None = None
     """Folder of the links to the snapshots of the job's File inputs (removed at the end)."""
     store_of_links: Any = None
-    snapshots: dict[str, str] = field(default_factory=dict)
-    """Original path of each File input -> sha256 of its snapshot."""
 
 
-_cacheflow_fns: tuple[Any, Any] | None = None
+_cacheflow_fns: tuple[Any, Any, Any] | None = None
 
 
-def _cacheflow() -> tuple[Any, Any]:
-    """``cacheflow.compute_key`` and ``lookup``, imported on first use (not by ``import
-    hither``) and then without an import statement per job."""
+def _cacheflow() -> tuple[Any, Any, Any]:
+    """``cacheflow.compute_key``, ``lookup`` and ``record``, imported on first use (not by
+    ``import hither``) and then without an import statement per job."""
     global _cacheflow_fns
     if _cacheflow_fns is None:
-        from .cacheflow import compute_key, lookup
+        from .cacheflow import compute_key, lookup, record
 
-        _cacheflow_fns = (compute_key, lookup)
+        _cacheflow_fns = (compute_key, lookup, record)
     return _cacheflow_fns
 
 
 def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Plan:
     """Work that can fail on the arguments, done once they are known: the files snapshot,
     the cache key and lookup, then (on a miss) the arguments frozen for the run."""
+    plain = True  # every argument a number, string, ... (no File to snapshot)
     if nested:
+        # the arguments that are one job's result as a whole (not inside a list, ...)
+        direct = {name for name, jobs in nested.items() if kwargs[name] is jobs[0]}
         kwargs = {k: arguments.replace_jobs(v) if k in nested else v for k, v in kwargs.items()}
+        plain = False
     else:  # validated here; jobs with upstream jobs were validated by create_job
         for name, value in kwargs.items():
             if type(value) not in arguments.LEAVES:
+                plain = False
                 for _ in arguments.walk(value, f"kw[{name!r}]"):
                     pass
     settings = job.get_settings()
     fdef = job.function_def
-    plan = _Plan(runtime=_runtime_for(fdef, settings))
+    runtime = _runtime_for(fdef, settings)
     cache = settings.job_cache
+    snapshots: dict[str, str] = {}  # original path of each File input -> its sha256
+    links = None
     if cache is not None:
-        compute_key, lookup = _cacheflow()
-        if not cache.readonly and any(type(v) not in arguments.LEAVES for v in kwargs.values()):
-            kwargs = arguments.snapshot_files(kwargs, cache.store, plan.snapshots)
-        upstream = {name: [up.key for up in jobs] for name, jobs in nested.items()}
-        direct = {name for name, jobs in nested.items() if job.kwargs[name] is jobs[0]
-                  and isinstance(job.kwargs[name], Job)}
-        keyinfo = compute_key(fdef, kwargs, settings, plan.runtime, upstream=upstream,
-                              direct=direct)
+        compute_key, lookup, _ = _cacheflow()
+        if not plain and not cache.readonly and any(
+                type(v) not in arguments.LEAVES for v in kwargs.values()):
+            kwargs = arguments.snapshot_files(kwargs, cache.store, snapshots)
+        if nested:
+            upstream = {name: [up.key for up in jobs] for name, jobs in nested.items()}
+            keyinfo = compute_key(fdef, kwargs, settings, runtime, upstream=upstream,
+                                  direct=direct)
+        else:
+            keyinfo = compute_key(fdef, kwargs, settings, runtime)
         job._keyed(keyinfo)
-        plan.hit = lookup(keyinfo, settings)
-        if plan.hit is not None:
-            return plan
-        if plan.snapshots:
-            kwargs, plan.links = arguments.link_snapshots(kwargs, cache.store,
-                                                                plan.snapshots)
-            plan.store_of_links = cache.store
+        hit = lookup(keyinfo, settings)
+        if hit is not None:
+            return _Plan(hit=hit)  # nothing else is needed: the job completes at once
+        if snapshots:
+            kwargs, links = arguments.link_snapshots(kwargs, cache.store, snapshots)
+    plan = _Plan(runtime=runtime, links=links)
+    if links is not None:
+        plan.store_of_links = cache.store
     if plan.runtime is not None:
         from . import values
         from ._codec import EncodeError
@@ -415,8 +426,7 @@ def _unlinked(plan: _Plan, f: File) -> File:
 
 
 def _record(job: Job, plan: _Plan, keyinfo: Any, outcome: Outcome) -> None:
-    from .cacheflow import record
-
+    record = _cacheflow()[2]
     settings = job.get_settings()
     try:
         job._set_result_hash(record(

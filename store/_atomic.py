@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import stat
 import time
 from pathlib import Path
 from typing import BinaryIO
 
-from ._shared import make_dirs, share_fd
+from ._shared import FILE_MODE, make_dirs, share_fd
 from .errors import StoreError
 
 _OPEN_FLAGS = (
@@ -29,6 +30,65 @@ def temp_name(tmp_dir: Path, prefix: str) -> Path:
     """A fresh, unique temp file path in ``tmp_dir`` (the file is not created)."""
     # pid + random token: unique across processes and hosts sharing an NFS store.
     return tmp_dir / f"{prefix}-{os.getpid()}-{os.urandom(8).hex()}.tmp"
+
+
+class _Names:
+    """Temp names for :func:`write_new`: this process's pid and a random token drawn once
+    (unique across processes and hosts sharing an NFS store), then a counter: no
+    ``getpid``/``getrandom`` call per file. Drawn again in a forked child."""
+
+    def __init__(self) -> None:
+        self.stem = f"-{os.getpid()}-{os.urandom(6).hex()}-"
+        self.count = itertools.count()
+
+
+_NAMES = _Names()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: globals().update(_NAMES=_Names()))
+
+
+def write_new(tmp_dir: str, prefix: str, data: bytes, target: str, *, fsync: bool,
+              shared: bool, want_stat: bool = True) -> os.stat_result | None:
+    """Write ``data`` to a fresh temp file in ``tmp_dir`` and rename it onto ``target``
+    (atomic, as :class:`TempFile` + :func:`publish`, with the fewest system calls: one
+    small write, no buffered file object). ``shared``: ``tmp_dir`` is group-shared (see
+    :func:`share_fd`). Returns the ``os.stat`` of ``target`` when it is still the file
+    written here (not already replaced by another writer), else None (always None
+    without ``want_stat``)."""
+    names = _NAMES
+    path = f"{tmp_dir}/{prefix}{names.stem}{next(names.count)}.tmp"
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o666)
+    except FileNotFoundError:
+        make_dirs(Path(tmp_dir))  # tmp/ was removed under us (a concurrent clear())
+        fd = os.open(path, _OPEN_FLAGS, 0o666)
+    try:
+        if shared:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, FILE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+        ours = os.fstat(fd) if want_stat else None
+    except BaseException:
+        os.close(fd)
+        remove_quietly(path)
+        raise
+    os.close(fd)
+    try:
+        publish(path, target)
+    except BaseException:
+        remove_quietly(path)
+        raise
+    if ours is None:
+        return None
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return st if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino) else None
 
 
 class TempFile:
@@ -105,14 +165,14 @@ def remove_quietly(path: str | Path) -> bool:
     return True
 
 
-def publish(tmp_path: Path, target: Path | str) -> None:
+def publish(tmp_path: Path | str, target: Path | str) -> None:
     """Atomically rename ``tmp_path`` onto ``target``, creating parent directories."""
     try:
         os.replace(tmp_path, target)
         return
     except FileNotFoundError:
         target = Path(target)
-        if not tmp_path.exists():
+        if not os.path.exists(tmp_path):
             raise StoreError(
                 f"temp file {tmp_path} vanished before it could be moved to {target} "
                 "(was the store cleared or garbage-collected with older_than=0 meanwhile?)"

@@ -70,6 +70,10 @@ def _parse(payload: str) -> Any:
         return None
 
 
+# == json.dumps(summary, sort_keys=True, separators=(",", ":")), the encoder made once
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def _checksum(key: str, payload: str) -> str:
     return hashlib.sha256(f"{key}\0{payload}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -129,7 +133,7 @@ class HitIndex:
     def put(self, key: str, path: str, sig: Signature, summary: dict[str, Any]) -> None:
         """Store ``summary`` for the record file ``path`` of ``key`` at signature ``sig``."""
         try:
-            payload = json.dumps(summary, sort_keys=True, separators=(",", ":"))
+            payload = _ENCODE(summary)
         except (TypeError, ValueError, RecursionError):
             return  # not JSON: no summary, lookups read the record
         value = f"{_checksum(key, payload)} {payload}"

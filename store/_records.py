@@ -25,7 +25,12 @@ class BadRecord(ValueError):
 
 def canonical_json(body: dict[str, Any]) -> str:
     """The canonical JSON text of a record body."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL(body)
+
+
+# == json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False), with the
+# encoder made once (json.dumps makes one per call when given options)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _canonical_bytes(body: dict[str, Any]) -> bytes:

@@ -21,12 +21,13 @@ from ._atomic import (
     publish,
     quarantine_file,
     remove_quietly,
+    write_new,
 )
 from ._hitindex import HitIndex, index_memo
 from ._maintenance import clear_store, collect_garbage, store_info
 from ._paths import _RECORD_SUFFIX, Layout, blob_uri, check_key, owned_name, parse_blob_uri
 from ._records import BadRecord, decode_record, encode_record
-from ._shared import ENV_GROUP, make_dirs, share_with_group
+from ._shared import ENV_GROUP, is_group_shared, make_dirs, share_with_group
 from ._statmemo import PersistentStatMemo, Signature, settled
 from ._verify import VERIFIED, hash_stream, signature
 from .errors import BlobNotFoundError, CorruptBlobError, StoreError, StoreWarning
@@ -84,6 +85,8 @@ class LocalStore:
                 share_with_group(self._layout.root, group, self._layout.subdirs())
             self._layout.create()
         self._records_root = str(self._layout.records_dir)
+        self._tmp_root = str(self._layout.tmp_dir)
+        self._shared, self._shared_at = False, -2.0
         self._memo, self._index = _index_of(self._layout.root, self.readonly)
 
     def _writing(self, what: str) -> None:
@@ -387,18 +390,19 @@ class LocalStore:
         # a plain string path, as in get_record: this runs for every job recorded
         path = f"{self._records_root}/{key[:2]}/{key}{_RECORD_SUFFIX}"
         data = encode_record(key, record)
-        with TempFile(self._layout.tmp_dir, "record", self.fsync) as tmp:
-            tmp.file.write(data)
-            ours = os.fstat(tmp.file.fileno()) if summary is not None else None
-            tmp.finish()
-            publish(tmp.path, path)
-        if ours is not None and summary is not None:
-            try:
-                st = os.stat(path)
-            except OSError:
-                return
-            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):  # not another writer's
-                self._index.put(key, path, signature(st), summary)
+        st = write_new(self._tmp_root, "record", data, path, fsync=self.fsync,
+                       shared=self._tmp_shared(), want_stat=summary is not None)
+        if st is not None and summary is not None:  # not replaced by another writer yet
+            self._index.put(key, path, signature(st), summary)
+
+    def _tmp_shared(self) -> bool:
+        """Whether ``tmp/`` is group-shared, looked up at most once a second (a store
+        may be made group-shared while this process writes to it)."""
+        now = time.monotonic()
+        if now - self._shared_at > 1.0:
+            self._shared = is_group_shared(self._tmp_root)
+            self._shared_at = now
+        return self._shared
 
     def get_hit(self, key: str) -> dict[str, Any] | None:
         """The summary stored with the record of ``key`` (see :meth:`put_record`), while

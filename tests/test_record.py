@@ -68,3 +68,43 @@ def test_displays_tolerate_missing_descriptive_fields():
     rec = Record.from_dict(raw, "k" * 64, strict=False)
     assert rec.function.version == "?" and rec.inputs["x"].upstream == ["j" * 64]
     assert InputEntry(digest="d").upstream == []
+
+
+def test_a_stored_failure_with_console_reads_back_and_round_trips(tmp_path):
+    from jobfuncs import jf_print_then_raise
+
+    cache = hi.JobCache(path=tmp_path / "store")
+    with hi.Config(job_cache=cache, cache_failing=True):
+        job = jf_print_then_raise.run(message="boom")
+        with pytest.raises(ValueError, match="boom"):
+            job.result()
+    raw = cache.get_record(job.key)
+    rec = Record.from_dict(raw, job.key)
+    assert not rec.ok and rec.error is not None and rec.error.short_type == "ValueError"
+    assert rec.error.args == ["boom"] and "boom" in rec.error.message
+    assert [(text, err) for _, text, err in rec.console][:2] == [
+        ("before the raise, on stdout", False), ("before the raise, on stderr", True)]
+    assert rec.to_dict() == raw
+
+
+def test_the_records_of_one_function_share_only_what_is_the_same_for_its_jobs(tmp_path):
+    """The constant part of a function's provenance is built once per function, code and
+    store: each record still has its own times and key parts, and a second store gets
+    its own code bundle."""
+    from jobfuncs import jf_add
+
+    stores = [hi.JobCache(path=tmp_path / name) for name in ("one", "two")]
+    recs = []
+    for cache in stores:
+        with hi.Config(job_cache=cache):
+            jobs = [jf_add.run(x=i) for i in range(2)]
+            assert [j.result() for j in jobs] == [0, 1]
+        recs.append([Record.from_dict(cache.get_record(j.key), j.key) for j in jobs])
+    for cache, (r0, r1) in zip(stores, recs, strict=True):
+        p0, p1 = r0.provenance, r1.provenance
+        assert p0.key_parts["inputs"] != p1.key_parts["inputs"]
+        assert p0.recorded_at is not None and p1.recorded_at is not None
+        assert p0.function == p1.function and p0.code_bundle == p1.code_bundle
+        assert p0.code_bundle is not None
+        assert (cache.path / "code" / p0.code_bundle).is_dir()
+        assert p0.packages is not None and cache.store.has_blob(p0.packages["ref"])

@@ -84,12 +84,12 @@ def run_job_stalled_before_record_publish(store_root: str, key_path: str,
                                           marker: str) -> None:
     """Run a cached job whose record file is written but, when the parent kills this
     process, not yet renamed into place (the rename is held back by a wrapper)."""
-    import hither_store.local as local
+    import hither_store._atomic as atomic
 
     import hither as hi
     from tests.cachefuncs import funcs as cf
 
-    real_publish = local.publish
+    real_publish = atomic.publish  # what the record writer renames with
 
     def slow_publish(tmp_path, target):
         if os.path.basename(str(tmp_path)).startswith("record-"):
@@ -98,7 +98,7 @@ def run_job_stalled_before_record_publish(store_root: str, key_path: str,
             time.sleep(60)  # killed here
         real_publish(tmp_path, target)
 
-    local.publish = slow_publish
+    atomic.publish = slow_publish
     with hi.Config(job_cache=hi.JobCache(path=store_root)):
         job = cf.cf_bytes.run(n=30_000, seed=11)
     with open(key_path, "w") as f:

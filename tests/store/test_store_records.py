@@ -249,3 +249,47 @@ def test_every_str_keyed_body_round_trips() -> None:
         assert _round_trips(body)
 
     check()
+
+
+def test_a_forked_writer_names_its_temp_files_apart(store: LocalStore) -> None:
+    """Temp names are a pid, a token drawn per process and a counter: a forked child
+    draws its own, so parent and child never write the same temp file."""
+    import os
+
+    from hither_store import _atomic
+
+    parent = _atomic._NAMES.stem
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its stem, write a record, leave at once
+        try:
+            os.write(w, _atomic._NAMES.stem.encode())
+            store.put_record(KEY + "-child", {"from": "child"})
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        child = f.read()
+    os.waitpid(pid, 0)
+    store.put_record(KEY, {"from": "parent"})
+    assert child and child != parent and str(os.getpid()) in parent
+    assert store.get_record(KEY + "-child") == {"from": "child"}
+    assert store.get_record(KEY) == {"from": "parent"}
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_a_failed_record_write_leaves_no_temp_file(store: LocalStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails (a full disk) leaves neither a record nor a temp file."""
+    import errno
+    import os
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        store.put_record(KEY, {"x": 1})
+    monkeypatch.undo()
+    assert store.get_record(KEY) is None
+    assert list((store.root / "tmp").iterdir()) == []

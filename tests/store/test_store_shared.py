@@ -170,3 +170,24 @@ def test_group_mode_for_this_user(tmp_path: Path) -> None:
     assert os.stat(st.record_path("abcdefgh-1")).st_mode & 0o060 == 0o060
     with pytest.raises(hi.CacheError, match="no such group"):
         hi.JobCache(path=tmp_path / "t", shared_group="no-such-group-hither", remotes=[])
+
+
+def test_a_store_made_group_shared_while_a_process_writes_to_it(tmp_path: Path) -> None:
+    """A writer that opened the store before it was shared gives its new record files the
+    group's write permission within a second (it looks at ``tmp/`` again)."""
+    import time
+
+    from hither_store import LocalStore
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    old = os.umask(0o022)
+    try:
+        st = LocalStore(tmp_path / "s")
+        st.put_record("abcdefgh-1", {"x": 1})
+        assert os.stat(st.record_path("abcdefgh-1")).st_mode & 0o020 == 0
+        LocalStore(tmp_path / "s", group=group)  # another process shares it
+        time.sleep(1.1)
+        st.put_record("abcdefgh-2", {"x": 2})
+    finally:
+        os.umask(old)
+    assert os.stat(st.record_path("abcdefgh-2")).st_mode & 0o060 == 0o060

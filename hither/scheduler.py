@@ -280,9 +280,8 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
             return _Plan(hit=hit)  # nothing else is needed: the job completes at once
         if snapshots:
             kwargs, links = arguments.link_snapshots(kwargs, cache.store, snapshots)
-    plan = _Plan(runtime=runtime, links=links)
-    if links is not None:
-        plan.store_of_links = cache.store
+    plan = _Plan(runtime=runtime, links=links,
+                 store_of_links=cache.store if links is not None else None)
     if plan.runtime is not None:
         from . import values
         from ._codec import EncodeError

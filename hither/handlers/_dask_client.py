@@ -5,13 +5,14 @@ watches the dask futures), and the reading of the tasks' answers."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 import traceback
 from concurrent.futures import Future
 from typing import Any
 
-from ..errors import UnreadableResultError
+from ..errors import HitherError, UnreadableResultError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from . import _dask_wire as W
 from .base import mark_io_thread
@@ -33,6 +34,40 @@ class Task:
         self.cancel_why: str | None = None
         self.files = False  # it wrote an argument file
         self.reply: bytes | None = None  # the answer that came with its "done" event
+
+
+def task_outcome(task: Task, status: str, result: Any) -> Outcome:
+    """The outcome of a task dask says ended with ``status`` and ``result``: its answer
+    (read back from the store when spilled), or the error dask reports."""
+    launch = task.launch
+    if status == "finished":
+        reply = result
+        if isinstance(reply, W.Spilled):
+            try:
+                path = os.path.join(task.xfer, reply.name)
+                reply = pickle.loads(W.read_file(path))
+            except Exception as e:  # noqa: BLE001
+                return Outcome(False, error=UnreadableResultError(
+                    f"the answer of job {launch.label!r} could not be read back from the "
+                    f"store: {type(e).__name__}: {e}", job_label=launch.label))
+        if reply is None:  # the task sent its answer with an event that never came
+            return Outcome(False, error=UnreadableResultError(
+                f"the answer of job {launch.label!r} was lost on its way from the dask "
+                "worker (its \"done\" event never reached this client)",
+                job_label=launch.label))
+        return reply_outcome(launch, reply)
+    if status == "error":
+        exc = result[1] if isinstance(result, tuple) and len(result) > 1 else result
+        if type(exc).__name__ == "KilledWorker":
+            return Outcome(False, error=WorkerCrashedError(
+                f"the dask workers running job {launch.label!r} died ({exc}); hither "
+                "does not run it again.", job_label=launch.label))
+        if isinstance(exc, BaseException):
+            return Outcome(False, error=exc)
+        return Outcome(False, error=HitherError(f"dask failed job {launch.label!r}: {exc}"))
+    return Outcome(False, error=WorkerCrashedError(
+        f"dask dropped job {launch.label!r} ({status}: {result}): the scheduler or the "
+        "connection to it was lost.", job_label=launch.label))
 
 
 def reply_outcome(launch: Launch, reply: Any) -> Outcome:

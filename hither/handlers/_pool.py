@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from concurrent.futures._base import PENDING
 from typing import Any
 
 from ..job import _Condition
 from ..launch import ConsoleLine, Launch, Outcome
+from .base import complete_future
 from .host import HostWorker
 from .stdio import StdioWorker, pool_key
 
@@ -114,15 +115,5 @@ def unsendable(e: Exception) -> Outcome:
 def settle(done: list[tuple[Task, Settle]]) -> None:
     """Make each outcome (decoding a result may take a while) and complete its future."""
     for task, item in done:
-        if callable(item):
-            try:
-                outcome = item()
-            except Exception as e:  # noqa: BLE001 - a result that cannot be read fails the job
-                outcome = Outcome(False, error=e)
-        else:
-            outcome = item
-        try:
-            task.future.set_result(outcome)
-        except InvalidStateError:
-            pass
+        complete_future(task.future, item)
 

@@ -6,7 +6,7 @@ import atexit
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import ClassVar
 
 from ..errors import HandlerClosedError, JobCancelledException
@@ -148,6 +148,22 @@ def completed_future(outcome: Outcome) -> Future[Outcome]:
     fut: Future[Outcome] = Future()
     fut.set_result(outcome)
     return fut
+
+
+def complete_future(future: Future[Outcome], outcome: Outcome | Callable[[], Outcome]
+                    ) -> None:
+    """Complete a job's handler future with ``outcome``, or with what ``outcome()`` makes
+    (decoding a result may take a while; one that cannot be read fails the job). A future
+    completed already (cancelled meanwhile) is left as it is."""
+    if callable(outcome):
+        try:
+            outcome = outcome()
+        except Exception as e:  # noqa: BLE001 - a result that cannot be read fails the job
+            outcome = Outcome(False, error=e)
+    try:
+        future.set_result(outcome)
+    except InvalidStateError:
+        pass
 
 
 _exit_lock = threading.Lock()

@@ -36,7 +36,6 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import HitherError, UnreadableResultError, WorkerCrashedError
 from ..launch import Launch, Outcome
 from ..progress import echo
 from . import _dask_wire as W
@@ -46,8 +45,8 @@ from ._dask_client import (
     collect,
     exit_hook,
     hand_out,
-    reply_outcome,
     submit_loop,
+    task_outcome,
 )
 from .base import JobHandler, completed_future, in_io_thread, mark_io_thread
 
@@ -425,7 +424,7 @@ class DaskJobHandler(JobHandler):
                 assert task.reply is not None
                 status, result = FromEvent(task.reply).load(task.launch.label)
                 if not task.future.done():
-                    self._settle(task, self._outcome(task, status, result))
+                    self._settle(task, task_outcome(task, status, result))
                 self._remove_files(task, claim=False,
                                    spilled=isinstance(result, W.Spilled))
             except Exception:  # noqa: BLE001 - the others are settled all the same
@@ -467,7 +466,7 @@ class DaskJobHandler(JobHandler):
             task.dask = None
             try:
                 if not task.future.done():
-                    self._settle(task, self._outcome(task, status, result))
+                    self._settle(task, task_outcome(task, status, result))
             except Exception:  # noqa: BLE001 - the others are settled all the same
                 traceback.print_exc()
             finally:
@@ -475,37 +474,6 @@ class DaskJobHandler(JobHandler):
                 # stays (until shutdown) so that it never runs the job
                 if status in ("finished", "error"):
                     self._remove_files(task, spilled=isinstance(result, W.Spilled))
-
-    def _outcome(self, task: Task, status: str, result: Any) -> Outcome:
-        launch = task.launch
-        if status == "finished":
-            reply = result
-            if isinstance(reply, W.Spilled):
-                try:
-                    path = os.path.join(task.xfer, reply.name)
-                    reply = pickle.loads(W.read_file(path))
-                except Exception as e:  # noqa: BLE001
-                    return Outcome(False, error=UnreadableResultError(
-                        f"the answer of job {launch.label!r} could not be read back from the "
-                        f"store: {type(e).__name__}: {e}", job_label=launch.label))
-            if reply is None:  # the task sent its answer with an event that never came
-                return Outcome(False, error=UnreadableResultError(
-                    f"the answer of job {launch.label!r} was lost on its way from the dask "
-                    "worker (its \"done\" event never reached this client)",
-                    job_label=launch.label))
-            return reply_outcome(launch, reply)
-        if status == "error":
-            exc = result[1] if isinstance(result, tuple) and len(result) > 1 else result
-            if type(exc).__name__ == "KilledWorker":
-                return Outcome(False, error=WorkerCrashedError(
-                    f"the dask workers running job {launch.label!r} died ({exc}); hither "
-                    "does not run it again.", job_label=launch.label))
-            if isinstance(exc, BaseException):
-                return Outcome(False, error=exc)
-            return Outcome(False, error=HitherError(f"dask failed job {launch.label!r}: {exc}"))
-        return Outcome(False, error=WorkerCrashedError(
-            f"dask dropped job {launch.label!r} ({status}: {result}): the scheduler or the "
-            "connection to it was lost.", job_label=launch.label))
 
     def _settle(self, task: Task, outcome: Outcome) -> None:
         with self._lock:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..launch import Launch, Outcome
 from . import slurm_script as ss
+from .base import complete_future
 
 
 @dataclass(eq=False)
@@ -40,12 +41,4 @@ def mark_running(task: Task) -> None:
 
 def settle(task: Task, outcome: Outcome | Callable[[], Outcome]) -> None:
     """Complete the job's future (an outcome made by a call is made here)."""
-    if callable(outcome):
-        try:
-            outcome = outcome()
-        except Exception as e:  # noqa: BLE001 - a result that cannot be read fails the job
-            outcome = Outcome(False, error=e)
-    try:
-        task.future.set_result(outcome)
-    except InvalidStateError:
-        pass
+    complete_future(task.future, outcome)

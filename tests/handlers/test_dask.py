@@ -617,7 +617,7 @@ def test_an_unreadable_or_lost_answer_fails_its_job_only(jh):
     task.launch = SimpleNamespace(label="x")
     status, error = D.FromEvent(b"\x80\x05not a pickle").load("x")
     assert status == "error" and isinstance(error, UnreadableResultError)
-    assert isinstance(jh._outcome(task, status, error).error, UnreadableResultError)
+    assert isinstance(D.task_outcome(task, status, error).error, UnreadableResultError)
     assert D.FromEvent(pickle.dumps(Outcome(True))).load("x")[0] == "finished"
 
     class _Finished:  # a finished dask future whose task returned None
@@ -629,7 +629,7 @@ def test_an_unreadable_or_lost_answer_fails_its_job_only(jh):
     task.key, task.dask = "hither-x-" + "1" * 32, _Finished()
     [(found, status, result)] = D.results(None, [task])
     assert (found, status, result) == (task, "finished", None)
-    lost = jh._outcome(task, status, result)
+    lost = D.task_outcome(task, status, result)
     assert isinstance(lost.error, UnreadableResultError) and "never reached" in str(lost.error)
 
 

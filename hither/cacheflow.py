@@ -15,16 +15,12 @@ manifest, the console output and the provenance of the run.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
-import platform
-import socket
 import sys
 import time
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from hither_store import StoreError, StoreWarning
@@ -51,26 +47,72 @@ KEY_FORMAT = 2  # 2: value digests from BLAKE3 (hashing scheme v2), never xxh3
 _TRANSIENT = (JobTimeoutError, WorkerCrashedError, HandlerClosedError, JobCancelledException)
 
 
-@dataclass(slots=True)
 class KeyInfo:
     """A job's key and everything that went into it (read it, do not change it).
 
-    Not frozen: a frozen dataclass pays an ``object.__setattr__`` per field, and every
-    job with a cache gets a KeyInfo."""
+    ``inputs`` (per argument: ``digest``, ``desc`` and, for a job's result, ``job`` or
+    ``jobs``: the keys of those jobs) is made when first read: a cache hit never needs it,
+    and a large pipeline keeps a KeyInfo per job. Until then the KeyInfo holds the
+    arguments as hashed, which it lets go of once ``inputs`` is made."""
 
-    key: str
-    code: CodeIdentity
-    inputs: dict[str, dict[str, Any]]
-    """Per argument: ``digest``, ``desc`` and, for a job's result, ``job`` (its key)."""
-    function: dict[str, Any]
-    runtime: dict[str, Any]
+    __slots__ = ("key", "code", "function", "runtime", "digests", "_inputs", "_args",
+                 "_links")
+
+    def __init__(self, key: str, code: CodeIdentity, digests: dict[str, str],
+                 function: dict[str, Any], runtime: dict[str, Any], *,
+                 args: dict[str, Any] | None = None,
+                 links: dict[str, str | None | tuple[str | None, ...]] | None = None,
+                 inputs: dict[str, dict[str, Any]] | None = None) -> None:
+        self.key = key
+        self.code = code
+        self.function = function
+        self.runtime = runtime
+        self.digests = digests
+        """Per argument, its ``hash_value`` (an upstream job's: its result hash)."""
+        self._inputs = inputs
+        self._args = args
+        self._links = links
+
+    @property
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """Per argument: ``digest``, ``desc`` and, for a job's result, ``job`` (its key) or
+        ``jobs`` (the keys of the jobs whose results it holds, inside lists, dicts, ...)."""
+        inputs = self._inputs
+        if inputs is None:
+            args, links = self._args or {}, self._links or {}
+            inputs = {}
+            for name, digest in self.digests.items():
+                entry: dict[str, Any] = {"digest": digest,
+                                         "desc": describe_value(args.get(name))}
+                link = links.get(name)
+                if type(link) is tuple:
+                    entry["jobs"] = list(link)
+                elif link is not None or name in links:
+                    entry["job"] = link
+                inputs[name] = entry
+            self._inputs, self._args = inputs, None
+        return inputs
 
     @property
     def parts(self) -> dict[str, Any]:
         """The structure whose canonical JSON hashes to the key (made when asked: a large
         pipeline keeps a KeyInfo per job)."""
         return {"format": KEY_FORMAT, "function": self.function, "runtime": self.runtime,
-                "inputs": {name: entry["digest"] for name, entry in self.inputs.items()}}
+                "inputs": dict(self.digests)}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled (to a cluster node) with its inputs made, never with the argument values
+        return (KeyInfo, (self.key, self.code, self.digests, self.function, self.runtime),
+                {"_inputs": self.inputs})
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple):  # slots state: (None, {slot: value})
+            state = state[1]
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"KeyInfo(key={self.key!r}, function={self.function!r})"
 
 
 _HOST: dict[str, Any] = {"kind": "host"}
@@ -99,23 +141,17 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
     """
     code = code_identity(fdef.fn, local_modules=fdef.local_modules,
                          additional_files=fdef.additional_files)
-    upstream = upstream or {}
-    inputs: dict[str, dict[str, Any]] = {}
     digests: dict[str, str] = {}
     plain = True  # every name an identifier: its JSON is the name in quotes
     for name in sorted(kwargs):
-        value = kwargs[name]
-        digest = hash_value(value, path=f"kw[{name!r}]")
-        entry: dict[str, Any] = {"digest": digest, "desc": describe_value(value)}
-        keys = upstream.get(name)
-        if keys:
-            if name in direct:
-                entry["job"] = keys[0]
-            else:
-                entry["jobs"] = keys
-        inputs[name] = entry
-        digests[name] = digest
+        digests[name] = hash_value(kwargs[name], path=_arg_path(name))
         plain = plain and name.isidentifier()
+    links: dict[str, str | None | tuple[str | None, ...]] | None = None
+    if upstream:
+        links = {}
+        for name, keys in upstream.items():
+            if keys:
+                links[name] = keys[0] if name in direct else tuple(keys)
     fn_id = (fdef.name, fdef.version, code.digest)
     known = _FUNCTIONS.get(fn_id)
     if known is None:  # one dict per function, shared by its jobs (never changed)
@@ -138,7 +174,20 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
     else:
         key = hash_struct({"format": KEY_FORMAT, "function": function, "runtime": identity,
                            "inputs": digests})
-    return KeyInfo(key=key, code=code, inputs=inputs, function=function, runtime=identity)
+    return KeyInfo(key, code, digests, function, identity, args=kwargs, links=links)
+
+
+_ARG_PATHS: dict[str, str] = {}
+
+
+def _arg_path(name: str) -> str:
+    """``kw['name']``, the path an argument's errors name (made once per name)."""
+    path = _ARG_PATHS.get(name)
+    if path is None:
+        if len(_ARG_PATHS) > 4096:
+            _ARG_PATHS.clear()
+        path = _ARG_PATHS[name] = f"kw[{name!r}]"
+    return path
 
 
 # ------------------------------------------------------------------------ lookup
@@ -308,6 +357,8 @@ _USER: list[str | None] = []
 def _user() -> str | None:
     """The user name, looked up once per process (a passwd lookup per record adds up)."""
     if not _USER:
+        import getpass  # on the first record: a replay never needs it
+
         try:
             _USER.append(getpass.getuser())
         except Exception:  # noqa: BLE001
@@ -350,6 +401,9 @@ _PROCESS: dict[str, Any] = {}
 def _process_facts() -> dict[str, Any]:
     """The provenance fields that are the same for every record this process writes."""
     if not _PROCESS:
+        import platform  # on the first record: a replay never needs these
+        import socket
+
         from . import __version__
 
         _PROCESS.update(host=socket.gethostname(), user=_user(), hither_version=__version__,

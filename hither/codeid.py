@@ -486,6 +486,9 @@ def _file_digest(path: str, python: bool) -> str:
 _CACHE: weakref.WeakKeyDictionary[Any, dict[Any, list[Any]]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _NO_FILES: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+# id(fn) -> (fn, the code object it ran, identity), for functions without local files:
+# every job asks, and a WeakKeyDictionary lookup costs more than the rest of the check
+_RECENT: dict[int, tuple[Any, Any, CodeIdentity]] = {}
 
 
 def _digest(parts: dict[str, str]) -> str:
@@ -513,8 +516,15 @@ def code_identity(fn: Callable[..., Any], *, local_modules: Iterable[PathArg] = 
     the directory of ``fn``'s source file (else the working directory). A missing local module
     raises :class:`FileNotFoundError`; a pattern matching nothing adds nothing.
     """
-    files_key = _NO_FILES if not local_modules and not additional_files else (
-        tuple(os.fspath(p) for p in local_modules), tuple(os.fspath(p) for p in additional_files))
+    if not local_modules and not additional_files:
+        recent = _RECENT.get(id(fn))
+        if recent is not None and recent[0] is fn and \
+                getattr(_unwrap(fn), "__code__", None) is recent[1]:
+            return recent[2]
+        files_key = _NO_FILES
+    else:
+        files_key = (tuple(os.fspath(p) for p in local_modules),
+                     tuple(os.fspath(p) for p in additional_files))
     try:
         entry = _CACHE.get(fn, {}).get(files_key)
     except TypeError:  # not weak-referenceable or not hashable: no caching
@@ -526,6 +536,8 @@ def code_identity(fn: Callable[..., Any], *, local_modules: Iterable[PathArg] = 
                 identity = _with_files(entry[2], fn, files_key)
                 if identity.digest != entry[3].digest:
                     entry[3] = identity
+            else:
+                _remember(fn, entry[1], entry[3])
             return entry[3]
 
     target = _unwrap(fn)
@@ -543,13 +555,24 @@ def code_identity(fn: Callable[..., Any], *, local_modules: Iterable[PathArg] = 
             _CACHE.setdefault(fn, {})[files_key] = new
     except TypeError:
         pass
+    else:
+        if files_key is _NO_FILES:
+            _remember(fn, new[1], identity)
     return identity
+
+
+def _remember(fn: Any, code: Any, identity: CodeIdentity) -> None:
+    with _LOCK:
+        if len(_RECENT) >= 256:  # a notebook redefining functions: start again
+            _RECENT.clear()
+        _RECENT[id(fn)] = (fn, code, identity)
 
 
 def clear_code_identity_cache() -> None:
     """Forget all cached identities (e.g. after redefining helpers or constants in a notebook)."""
     with _LOCK:
         _CACHE.clear()
+        _RECENT.clear()
         _parse.cache_clear()
         _PY_DIGESTS.clear()
         _RAW_DIGESTS.clear()

@@ -20,7 +20,6 @@ import time
 from collections import deque
 from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import FINISHED, PENDING
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import HitherError, JobCancelledException, JobError
@@ -555,6 +554,8 @@ class Job(Future):
 
     def print_console_out(self, file=None) -> None:
         """Print the job's captured console lines as ``<iso time>: <text>``."""
+        from datetime import datetime  # only to print a console
+
         file = file or sys.stdout
         for line in self.console_lines():
             stamp = datetime.fromtimestamp(line["timestamp"]).isoformat()

@@ -127,7 +127,7 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
     else:
         upstream, ready = [], True
     job = Job(fdef, kwargs, settings, handler, ENGINE, upstream=0 if ready else len(upstream))
-    plan: _Plan | None = None
+    plan: _Plan | Outcome | None = None
     failure: Exception | None = None
     if not upstream:
         plan = _plan(job, kwargs, nested)  # bad arguments raise here
@@ -136,12 +136,12 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
             plan = _plan(job, kwargs, nested)
         except Exception as e:  # noqa: BLE001 - as in _plan_and_dispatch: the job fails
             failure = e
-    if plan is not None and plan.hit is not None:
+    if type(plan) is Outcome:
         # a cache hit known at once: completed here, never live nor given to the handler
         if _show_progress(settings.progress):
             _progress().created()
             job.add_done_callback(_progress_done)
-        _complete_hit(job, plan.hit)
+        _complete_hit(job, plan)
         return job
     global _inline_live
     with _live_lock:
@@ -155,7 +155,7 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
         job.add_done_callback(_progress_done)
     if failure is not None:
         job._complete(Outcome(False, error=failure), JobStatus.ERROR)
-    elif plan is not None:
+    elif isinstance(plan, _Plan):
         _dispatch(job, plan)
     else:
         for up in upstream:
@@ -217,7 +217,6 @@ class _Plan:
     """What was decided for a job once its inputs were known."""
 
     runtime: Any = None
-    hit: Outcome | None = None
     kwargs_pickle: bytes | None = None
     kwargs: dict[str, Any] | None = None
     args_manifest: dict[str, Any] | None = None
@@ -242,9 +241,10 @@ def _cacheflow() -> tuple[Any, Any, Any]:
     return _cacheflow_fns
 
 
-def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Plan:
+def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Plan | Outcome:
     """Work that can fail on the arguments, done once they are known: the files snapshot,
-    the cache key and lookup, then (on a miss) the arguments frozen for the run."""
+    the cache key and lookup, then (on a miss) the arguments frozen for the run; a cache
+    hit is its Outcome."""
     plain = True  # every argument a number, string, ... (no File to snapshot)
     if nested:
         # the arguments that are one job's result as a whole (not inside a list, ...)
@@ -277,7 +277,7 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
         job._keyed(keyinfo)
         hit = lookup(keyinfo, settings)
         if hit is not None:
-            return _Plan(hit=hit)  # nothing else is needed: the job completes at once
+            return hit  # nothing else is needed: the job completes at once
         if snapshots:
             kwargs, links = arguments.link_snapshots(kwargs, cache.store, snapshots)
     plan = _Plan(runtime=runtime, links=links,
@@ -347,14 +347,14 @@ def _plan_and_dispatch(job: Job, nested: dict[str, list[Job]]) -> None:
     except Exception as e:  # noqa: BLE001 - the job fails, the pipeline goes on
         job._complete(Outcome(False, error=e), JobStatus.ERROR)
         return
-    _dispatch(job, plan)
+    if isinstance(plan, Outcome):
+        _complete_hit(job, plan)
+    else:
+        _dispatch(job, plan)
 
 
 # ------------------------------------------------------------------------ dispatch
 def _dispatch(job: Job, plan: _Plan) -> None:
-    if plan.hit is not None:
-        _complete_hit(job, plan.hit)
-        return
     settings = job.get_settings()
     fdef = job.function_def
     launch = Launch(

@@ -13,8 +13,9 @@ file and uses the summary only while the file keeps exactly that signature, so
 * concurrent writers and killed processes are sqlite's business (WAL, atomic commits);
   any sqlite trouble (a read-only or network file system, a damaged database) turns the
   index off for the process, with one warning, and lookups read the record files;
-* every row carries a checksum of its key and summary: a damaged or edited row is
-  ignored with a :class:`StoreWarning`, and the record file is read instead.
+* every row carries a checksum of its key and summary (XXH3-64; rows of earlier
+  versions, a truncated sha256): a damaged or edited row is ignored with a
+  :class:`StoreWarning`, and the record file is read instead.
 
 Rows are bound to record files the way the stat memo binds digests to files (see
 :mod:`._statmemo`): a row is stored for a record this process has just written itself
@@ -37,6 +38,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from xxhash import xxh3_64_hexdigest as _xxh3_64
 
 from ._shared import is_group_shared, make_dirs, share_fd
 from ._statmemo import PersistentStatMemo, Signature, sig_text
@@ -75,7 +78,18 @@ _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 def _checksum(key: str, payload: str) -> str:
-    return hashlib.sha256(f"{key}\0{payload}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    """The check of a row: XXH3-64 of its key and payload, 16 hex digits. It finds damage
+    (a torn page, a bit flip, an edit by hand), as sqlite does not; whoever can write the
+    database could forge any checksum, so a cryptographic hash would buy nothing more."""
+    return _xxh3_64(f"{key}\0{payload}".encode("utf-8", "surrogatepass"))
+
+
+def _checks_out(key: str, check: str, payload: str) -> bool:
+    data = f"{key}\0{payload}".encode("utf-8", "surrogatepass")
+    if len(check) == 16:
+        return check == _xxh3_64(data)
+    # rows written before XXH3 carry the first 32 hex digits of a sha256
+    return check == hashlib.sha256(data).hexdigest()[:32]
 
 
 class HitIndex:
@@ -117,7 +131,7 @@ class HitIndex:
         if sig != f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}":
             return None
         check, _, payload = value.partition(" ")
-        if check != _checksum(key, payload):
+        if not _checks_out(key, check, payload):
             self._bad(key, "its checksum does not match")
             return None
         body = _parse(payload)

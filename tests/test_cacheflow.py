@@ -280,7 +280,7 @@ def test_a_damaged_index_entry_reads_the_record_with_a_warning(cache, log):
     cache.store._index.flush()
     db = sqlite3.connect(cache.path / "index" / "stat.sqlite")
     with db:
-        db.execute("UPDATE statmemo_v2 SET value = replace(value, '\"two\"', '\"TWO\"')")
+        db.execute("UPDATE statmemo_v3 SET value = replace(value, '\"two\"', '\"TWO\"')")
     db.close()
     cache.store._index.forget()  # as a new process: the rows are read again
     with warnings.catch_warnings(record=True) as caught:
@@ -306,3 +306,35 @@ def test_plain_result_manifests_decode_as_the_codec_does(tmp_path):
         got = _outcome_of(hit, Settings(), store).value
         want = values.decode(manifest, store)
         assert type(got) is type(want) and got == want
+
+
+def test_keyinfo_inputs_are_made_when_read_and_pickle_without_the_values(tmp_path):
+    """A KeyInfo makes its ``inputs`` (descriptions, lineage) only when read, then lets go
+    of the argument values; pickled (to a cluster node), it carries the inputs, never the
+    values."""
+    import pickle
+
+    from hither.cacheflow import compute_key
+    from hither.config import current
+
+    big = "x" * 100_000
+    from hither.function import function_def
+
+    fdef = function_def(cf.cf_add)
+    info = compute_key(fdef, {"a": 3, "b": big}, current(),
+                       upstream={"a": ["k" * 64], "b": []}, direct={"a"})
+    clone = pickle.loads(pickle.dumps(info))
+    assert big not in pickle.dumps(info).decode("latin-1")
+    assert clone.key == info.key and clone.digests == info.digests
+    want = {"a": {"digest": info.digests["a"], "desc": "3", "job": "k" * 64},
+            "b": {"digest": info.digests["b"], "desc": describe(big)}}
+    assert clone.inputs == want
+    assert info.inputs == want and info._args is None  # the values are let go
+    assert info.parts["inputs"] == info.digests
+    nested = compute_key(fdef, {"a": [1, 2], "b": 0}, current(),
+                         upstream={"a": ["k1", None]})
+    assert nested.inputs["a"]["jobs"] == ["k1", None] and "job" not in nested.inputs["a"]
+
+
+def describe(value: Any) -> str:
+    return hashing.describe_value(value)

@@ -531,7 +531,7 @@ def test_concurrent_processes_share_the_db(tmp_path: Path, private_filehash_db: 
         assert proc.returncode == 0, err
         assert out.strip() == expected
     with sqlite3.connect(private_filehash_db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM statmemo_v2").fetchone()[0] == 20
+        assert conn.execute("SELECT COUNT(*) FROM statmemo_v3").fetchone()[0] == 20
 
 
 def test_threads_hash_concurrently(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def test_a_tampered_entry_is_a_miss_with_a_warning(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.put_record("k-tampered", {"v": 1}, summary={"v": 1})
     store._index.flush()
-    tamper(tmp_path, "UPDATE statmemo_v2 SET value = replace(value, ':1}', ':2}')")
+    tamper(tmp_path, "UPDATE statmemo_v3 SET value = replace(value, ':1}', ':2}')")
     hits, err = hits_in_new_process(tmp_path, ["k-tampered"])
     assert hits == {"k-tampered": None}
     assert "hit index entry of record 'k-tampered' ignored" in err
@@ -248,12 +248,40 @@ def test_a_row_with_valid_checksum_but_extra_text_is_no_summary(tmp_path: Path) 
     store.put_record("k-extra-text", {"v": 1}, summary={"v": 1})
     store._index.flush()
     db = sqlite3.connect(tmp_path / "index" / "stat.sqlite")
-    (sig, value), = db.execute("SELECT sig, value FROM statmemo_v2").fetchall()
+    (sig, value), = db.execute("SELECT sig, value FROM statmemo_v3").fetchall()
     payload = value.split(" ", 1)[1] + ' {"v":2}'
     check = hashlib.sha256(f"k-extra-text\0{payload}".encode()).hexdigest()[:32]
     with db:
-        db.execute("UPDATE statmemo_v2 SET value = ?", (f"{check} {payload}",))
+        db.execute("UPDATE statmemo_v3 SET value = ?", (f"{check} {payload}",))
     db.close()
     hits, err = hits_in_new_process(tmp_path, ["k-extra-text"])
     assert hits == {"k-extra-text": None}
     assert "hit index entry of record 'k-extra-text' ignored" in err
+
+
+@pytest.mark.parametrize("kind", ["xxh3", "sha256 (earlier rows)"])
+def test_a_row_is_checked_by_the_hash_its_check_names(tmp_path: Path, kind: str) -> None:
+    """Rows carry an XXH3-64 check (16 hex digits); rows written by earlier versions, the
+    first 32 hex digits of a sha256, are still read. Either kind with a payload that does
+    not match is a miss with a warning."""
+    import hashlib
+
+    import xxhash
+
+    store = LocalStore(tmp_path)
+    store.put_record("k-checkkind", {"v": 1}, summary={"v": 1})
+    store._index.flush()
+    db = sqlite3.connect(tmp_path / "index" / "stat.sqlite")
+    (value,), = db.execute("SELECT value FROM statmemo_v3").fetchall()
+    check, payload = value.split(" ", 1)
+    data = f"k-checkkind\0{payload}".encode()
+    assert check == xxhash.xxh3_64_hexdigest(data)
+    if kind != "xxh3":
+        check = hashlib.sha256(data).hexdigest()[:32]
+    for text, want in ((payload, {"v": 1}), (payload.replace(":1}", ":2}"), None)):
+        with db:
+            db.execute("UPDATE statmemo_v3 SET value = ?", (f"{check} {text}",))
+        hits, err = hits_in_new_process(tmp_path, ["k-checkkind"])
+        assert hits == {"k-checkkind": want}
+        assert ("hit index entry of record 'k-checkkind' ignored" in err) == (want is None)
+    db.close()

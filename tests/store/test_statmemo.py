@@ -142,3 +142,37 @@ def test_verified_blob_fresh_on_disk_is_hashed_again(tmp_path: Path,
     monkeypatch.setattr(_statmemo, "RACY_NS", 0)
     assert store.get_bytes(uri) == data
     assert VERIFIED.is_verified(str(path), signature(os.stat(path)))
+
+
+def test_persistent_memo_takes_over_the_rows_of_the_earlier_table(tmp_path: Path) -> None:
+    """A database written by an earlier version (table ``statmemo_v2``) keeps its rows:
+    the first process to open it moves them to the current table, clustered by path so a
+    folder's rows are one range scan, and drops the old table."""
+    import sqlite3
+
+    db = tmp_path / "memo.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE statmemo_v2 (path BLOB NOT NULL, kind TEXT NOT NULL, "
+                 "sig TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (path, kind))")
+    sig = (1, 2, 3, 4, 5)
+    rows = [(os.fsencode(f"/d/{i:03d}"), "k", _statmemo.sig_text(sig), f"v{i}")
+            for i in range(50)]
+    conn.executemany("INSERT INTO statmemo_v2 VALUES (?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+    memo = PersistentStatMemo(lambda: str(db))
+    assert memo.get("/d/007", "k", sig) == "v7"
+    under = memo.get_under("/d/0", "k")
+    assert len(under) == 50 and under[b"/d/049"] == f"{_statmemo.sig_text(sig)} v49"
+    memo.put("/d/new", "k", sig, "fresh")
+    tables = {name for (name,) in sqlite3.connect(db).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"statmemo_v3"}
+    # a second process opens the migrated database as it is
+    script = ("import sys\nfrom hither_store import PersistentStatMemo\n"
+              "m = PersistentStatMemo(lambda: sys.argv[1])\n"
+              "print(m.get('/d/new', 'k', (1, 2, 3, 4, 5)), len(m.get_under('/d/', 'k')))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["fresh", "51"]

@@ -16,6 +16,7 @@ manifest, the console output and the provenance of the run.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 import warnings
@@ -100,6 +101,35 @@ class KeyInfo:
         return {"format": KEY_FORMAT, "function": self.function, "runtime": self.runtime,
                 "inputs": dict(self.digests)}
 
+    def packed(self) -> tuple[Any, ...]:
+        """This KeyInfo as one flat tuple of plain values (see :func:`unpack_keyinfo`): how
+        a finished job keeps it. The cyclic GC stops tracking such a tuple at its first
+        collection, where a KeyInfo would be one more object to visit per job in every
+        full collection of a large pipeline. Per argument: name, digest, whether the next
+        item is the value itself (a number, string, ...: described when unpacked) or its
+        description, and the lineage link (see :func:`_link_text`)."""
+        code = self.code
+        _CODES.setdefault(code.digest, code)
+        runtime = None if self.runtime is _HOST else canonical_json(self.runtime).decode()
+        out: list[Any] = [self.key, code.digest, self.function["name"],
+                          self.function["version"], runtime]
+        inputs = self._inputs
+        if inputs is None:
+            args, links = self._args or {}, self._links
+            for name, digest in self.digests.items():
+                value = args.get(name)
+                link = None if not links or name not in links else _link_text(links[name])
+                if type(value) in _PLAIN:
+                    out += (name, digest, True, value, link)
+                else:
+                    out += (name, digest, False, describe_value(value), link)
+        else:
+            for name, e in inputs.items():
+                link = _link_text(tuple(e["jobs"])) if "jobs" in e else \
+                    _link_text(e["job"]) if "job" in e else None
+                out += (name, e["digest"], False, e["desc"], link)
+        return tuple(out)
+
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled (to a cluster node) with its inputs made, never with the argument values
         return (KeyInfo, (self.key, self.code, self.digests, self.function, self.runtime),
@@ -115,6 +145,38 @@ class KeyInfo:
         return f"KeyInfo(key={self.key!r}, function={self.function!r})"
 
 
+def unpack_keyinfo(packed: tuple[Any, ...]) -> KeyInfo:
+    """The KeyInfo that :meth:`KeyInfo.packed` made ``packed`` of."""
+    key, digest, name, version, runtime = packed[:5]
+    inputs: dict[str, dict[str, Any]] = {}
+    for i in range(5, len(packed), 5):
+        arg, arg_digest, is_value, item, link = packed[i:i + 5]
+        entry: dict[str, Any] = {"digest": arg_digest,
+                                 "desc": describe_value(item) if is_value else item}
+        if link is not None:
+            if link[0] == "=":
+                entry["job"] = link[1:] or None
+            else:
+                entry["jobs"] = [k or None for k in link[1:].split("\n")]
+        inputs[arg] = entry
+    return KeyInfo(key, _CODES[digest], {n: e["digest"] for n, e in inputs.items()},
+                   {"name": name, "version": version, "code": digest},
+                   _HOST if runtime is None else json.loads(runtime), inputs=inputs)
+
+
+def _link_text(link: str | None | tuple[str | None, ...]) -> str:
+    """The lineage of one argument as one string: ``=<key>`` for one job's result, ``*``
+    and the keys joined by newlines for results inside a list, dict, ... (a key is never
+    empty nor has a newline: an empty one stands for a job without a key)."""
+    if isinstance(link, tuple):
+        return "*" + "\n".join(k or "" for k in link)
+    return "=" + (link or "")
+
+
+#: values a packed KeyInfo keeps as they are (immutable, no references: not GC-tracked)
+_PLAIN = (int, float, str, bytes, bool, complex, type(None))
+#: the code identities of packed KeyInfos, by digest (one per version of a function's code)
+_CODES: dict[str, CodeIdentity] = {}
 _HOST: dict[str, Any] = {"kind": "host"}
 _HOST_TAIL = b',"runtime":{"kind":"host"}}'
 _FUNCTIONS: dict[tuple[str, str, str], tuple[dict[str, Any], bytes]] = {}

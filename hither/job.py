@@ -371,10 +371,13 @@ class Job(Future):
                 self.result_hash = result_hash
             self._waiting = -1
             self._done = (self._label, outcome.start_time, outcome.end_time,
-                          tuple(outcome.console), tuple(outcome.info.items()),
-                          outcome.traceback_text,
-                          time.time())
+                          tuple(outcome.console), outcome.traceback_text, time.time(),
+                          *_flat(outcome.info.items()))
             self._hfuture = None  # the handler's future (and what it holds) can go now
+            keyinfo = self._keyinfo
+            if keyinfo is not None and type(keyinfo) is not tuple:
+                # kept as tuples of strings from now on (the cyclic GC stops tracking them)
+                self._keyinfo = keyinfo.packed()
             self.cache_hit = cache_hit
             self._status = status
             self._cancelled = status is JobStatus.CANCELLED
@@ -527,7 +530,12 @@ class Job(Future):
     @property
     def keyinfo(self) -> Any:
         """The job's key and what went into it (a ``cacheflow.KeyInfo``), once known."""
-        return self._keyinfo
+        keyinfo = self._keyinfo
+        if type(keyinfo) is tuple:  # a completed job's (see _complete)
+            from .cacheflow import unpack_keyinfo
+
+            return unpack_keyinfo(keyinfo)
+        return keyinfo
 
     @property
     def created_by(self) -> int:
@@ -571,13 +579,17 @@ class Job(Future):
         return job_html(self)
 
 
-#: (label, start time, end time, console lines, info items, traceback text, completed at)
-_Done = tuple[str, float | None, float | None, tuple[Any, ...], tuple[tuple[str, Any], ...],
-              str | None, float]
+#: (label, start time, end time, console lines, traceback text, completed at, then the info
+#: as key, value, key, value, ...): flat, as the cyclic GC stops tracking a tuple of plain
+#: values at its first collection, but a tuple of such tuples only at a later one
+_Done = tuple[Any, ...]
+
+_flat = itertools.chain.from_iterable
 
 
 def _runtime_info(done: _Done, status: JobStatus, cache_hit: bool) -> dict[str, Any]:
-    label, start, end, console, extra, traceback_text, completed_at = done
+    label, start, end, console, traceback_text, completed_at = done[:6]
+    extra = done[6:]
     if start is None:
         start = end = completed_at
     info: dict[str, Any] = {
@@ -589,7 +601,7 @@ def _runtime_info(done: _Done, status: JobStatus, cache_hit: bool) -> dict[str, 
         "console_out": {"label": label, "lines": [
             {"timestamp": t, "text": text, "stderr": err} for t, text, err in console]},
     }
-    info.update(extra)
+    info.update(zip(extra[::2], extra[1::2]))
     if traceback_text:
         info["traceback"] = traceback_text
     return info

@@ -338,3 +338,28 @@ def test_keyinfo_inputs_are_made_when_read_and_pickle_without_the_values(tmp_pat
 
 def describe(value: Any) -> str:
     return hashing.describe_value(value)
+
+
+def test_a_completed_job_keeps_its_keyinfo_as_tuples_the_gc_stops_tracking(tmp_path, log):
+    """A finished job keeps its KeyInfo packed (nested tuples of strings: no object for the
+    cyclic GC to visit per job); ``job.keyinfo`` gives the same key, inputs and parts."""
+    import gc
+
+    cache = hi.JobCache(path=tmp_path / "store")
+    with hi.Config(job_cache=cache):
+        up = cf.cf_add.run(a=1, b=2)
+        live = up.keyinfo  # before completion (inline: completed at .result())
+        assert up.result() == 3
+        down = cf.cf_add.run(a=up, b=10)
+        both = cf.cf_add.run(a=[up, 4], b=[5])
+        assert down.result() == 13 and both.result() == [3, 4, 5]
+    for job in (up, down, both):
+        assert type(job._keyinfo) is tuple
+    gc.collect()
+    assert not gc.is_tracked(up._keyinfo) and not gc.is_tracked(both._keyinfo)
+    info = up.keyinfo
+    assert info.key == live.key == up.key and info.parts == live.parts
+    assert info.inputs == live.inputs and info.code is live.code
+    assert down.keyinfo.inputs["a"]["job"] == up.key
+    assert both.keyinfo.inputs["a"]["jobs"] == [up.key]
+    assert both.keyinfo.inputs["b"]["desc"] == "list(1)"

@@ -601,7 +601,7 @@ def _runtime_info(done: _Done, status: JobStatus, cache_hit: bool) -> dict[str, 
         "console_out": {"label": label, "lines": [
             {"timestamp": t, "text": text, "stderr": err} for t, text, err in console]},
     }
-    info.update(zip(extra[::2], extra[1::2]))
+    info.update(zip(extra[::2], extra[1::2], strict=True))
     if traceback_text:
         info["traceback"] = traceback_text
     return info

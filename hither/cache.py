@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hither_store import LocalStore, RemoteStoreWarning, default_store_path
+from hither_store import LocalStore, RemoteStoreWarning, Summary, default_store_path
 
 from .errors import CacheError
 
@@ -123,7 +123,7 @@ class JobCache:
         return list(self._stack.remotes) if self._stack is not None else []
 
     def get_record(self, key: str, *,
-                   summarize: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+                   summarize: Callable[[dict[str, Any]], Summary | None] | None = None
                    ) -> dict[str, Any] | None:
         """The record stored under ``key`` (None when absent or unreadable); a record
         found on a remote is verified and copied into the local store first.
@@ -133,13 +133,13 @@ class JobCache:
             rec = self._stack.fetch(key)
         return rec
 
-    def get_hit(self, key: str) -> dict[str, Any] | None:
+    def get_hit(self, key: str) -> Summary | None:
         """The summary of the local record of ``key`` from the store's hit index (None:
         read the record with :meth:`get_record`)."""
         return self.store.get_hit(key)
 
     def put_record(self, key: str, record: dict[str, Any], *,
-                   summary: dict[str, Any] | None = None) -> None:
+                   summary: Summary | None = None) -> None:
         """Store ``record`` under ``key`` (nothing when read-only); signed when a signing
         key is set, and pushed to the remotes whose policy is ``"on_finish"``. ``summary``
         goes to the hit index when the record is stored here directly."""

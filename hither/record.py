@@ -314,19 +314,23 @@ class Record:
 def _outcome_fields(d: dict[str, Any]) -> tuple[str, str | None, ErrorInfo | None,
                                                tuple[tuple[float, str, bool], ...]]:
     """The checked status, result hash, error and console of a record (or a summary)."""
-    status = d.get("status")
-    result_hash = error = None
+    return _checked_outcome(d.get("status"), d.get("result_hash"), "result" in d,
+                            d.get("error"), d.get("console"))
+
+
+def _checked_outcome(status: Any, result_hash: Any, has_result: bool, error: Any,
+                     console: Any) -> tuple[str, str | None, ErrorInfo | None,
+                                            tuple[tuple[float, str, bool], ...]]:
     if status == "finished":
-        result_hash = d.get("result_hash")
         if type(result_hash) is not str or not _HEX64.fullmatch(result_hash):
             raise BadRecord(f"result_hash {result_hash!r:.80} is not a sha256 hex digest")
-        if "result" not in d:
+        if not has_result:
             raise BadRecord("no result")
+        error = None
     elif status == "error":
-        error = ErrorInfo.from_dict(d.get("error"))
+        result_hash, error = None, ErrorInfo.from_dict(error)
     else:
         raise BadRecord(f"unknown status {status!r:.80}")
-    console = d.get("console")
     if not console:  # the common case: no output (as before, any false value is none)
         return status, result_hash, error, ()
     if not isinstance(console, list) or not all(
@@ -344,20 +348,21 @@ def _time(t: Any) -> float | None:
     raise BadRecord("malformed times")
 
 
-_SUMMARY_FIELDS = ("format", "key", "status", "result", "result_hash", "error", "console")
 _SUMMARY_TIMES = ("start_time", "end_time", "recorded_at")
 
 
-def hit_summary(d: dict[str, Any]) -> dict[str, Any] | None:
+def hit_summary(d: dict[str, Any]) -> list[Any] | None:
     """The part of a stored record that a cache hit needs (what the store's hit index
-    keeps): no sources, inputs or other provenance. None for what is not a record."""
-    if not isinstance(d, dict):
-        return None
+    keeps): no sources, inputs or other provenance. A JSON array in a fixed order, which
+    reads faster than an object: ``[format, key, status, result_hash, result, error,
+    console, start_time, end_time, recorded_at]``. None for what is not a record."""
+    if not isinstance(d, dict) or (d.get("status") == "finished" and "result" not in d):
+        return None  # (a record without its result is read in full, and fails there)
     prov = d.get("provenance")
     times = prov if isinstance(prov, dict) else {}
-    out = {k: d[k] for k in _SUMMARY_FIELDS if k in d}
-    out["times"] = [times.get(k) for k in _SUMMARY_TIMES]
-    return out
+    return [d.get("format"), d.get("key"), d.get("status"), d.get("result_hash"),
+            d.get("result"), d.get("error"), d.get("console"), times.get("start_time"),
+            times.get("end_time"), times.get("recorded_at")]
 
 
 @dataclass(slots=True)
@@ -384,20 +389,32 @@ class Hit:
 
     @classmethod
     def from_summary(cls, d: Any, key: str) -> Hit:
-        """Read a summary made by :func:`hit_summary`; raises :class:`BadRecord`."""
-        if not isinstance(d, dict):
-            raise BadRecord(f"a summary is a {type(d).__name__}, not an object")
-        if d.get("format") != FORMAT or d.get("key") != key:
-            raise BadRecord(f"summary of format {d.get('format')!r:.20} and key "
-                            f"{str(d.get('key'))[:16]!r}, not {key[:16]!r}")
-        times = d.get("times")
-        if type(times) is not list or len(times) != len(_SUMMARY_TIMES):
-            raise BadRecord("malformed times")
-        start, end, recorded = times
+        """Read a summary made by :func:`hit_summary` (or, in index rows written by earlier
+        versions, the same fields as a JSON object); raises :class:`BadRecord`."""
+        if type(d) is list:
+            if len(d) != 10:
+                raise BadRecord(f"a summary of {len(d)} items, not 10")
+            fmt, found, status, result_hash, result, error, console, start, end, recorded = d
+            has_result = True
+        elif isinstance(d, dict):
+            fmt, found, result = d.get("format"), d.get("key"), d.get("result")
+            times = d.get("times")
+            if type(times) is not list or len(times) != len(_SUMMARY_TIMES):
+                raise BadRecord("malformed times")
+            start, end, recorded = times
+            status, result_hash, has_result = d.get("status"), d.get("result_hash"), \
+                "result" in d
+            error, console = d.get("error"), d.get("console")
+        else:
+            raise BadRecord(f"a summary is a {type(d).__name__}, not an array")
+        if fmt != FORMAT or found != key:
+            raise BadRecord(f"summary of format {fmt!r:.20} and key {str(found)[:16]!r}, "
+                            f"not {key[:16]!r}")
         if not (type(start) is float and type(end) is float and type(recorded) is float):
             start, end, recorded = _time(start), _time(end), _time(recorded)
-        status, result_hash, error, console = _outcome_fields(d)
-        return cls(key=key, status=status, result=d.get("result"), result_hash=result_hash,
+        status, result_hash, error, console = _checked_outcome(status, result_hash,
+                                                               has_result, error, console)
+        return cls(key=key, status=status, result=result, result_hash=result_hash,
                    error=error, console=console, start_time=start, end_time=end,
                    recorded_at=recorded)
 

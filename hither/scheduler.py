@@ -246,14 +246,26 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
     the cache key and lookup, then (on a miss) the arguments frozen for the run; a cache
     hit is its Outcome."""
     plain = True  # every argument a number, string, ... (no File to snapshot)
+    leaves = arguments.LEAVES
     if nested:
-        # the arguments that are one job's result as a whole (not inside a list, ...)
-        direct = {name for name, jobs in nested.items() if kwargs[name] is jobs[0]}
-        kwargs = {k: arguments.replace_jobs(v) if k in nested else v for k, v in kwargs.items()}
-        plain = False
+        direct = set()  # the arguments that are one job's result as a whole
+        upstream: dict[str, list[str | None]] = {}  # the keys of the jobs in each argument
+        given, kwargs = kwargs, {}
+        for name, value in given.items():
+            jobs = nested.get(name)
+            if jobs is not None:
+                upstream[name] = [up.key for up in jobs]
+                if value is jobs[0]:
+                    direct.add(name)
+                    value = value._result_now()
+                else:
+                    value = arguments.replace_jobs(value)
+            kwargs[name] = value
+            if type(value) not in leaves:
+                plain = False
     else:  # validated here; jobs with upstream jobs were validated by create_job
         for name, value in kwargs.items():
-            if type(value) not in arguments.LEAVES:
+            if type(value) not in leaves:
                 plain = False
                 for _ in arguments.walk(value, f"kw[{name!r}]"):
                     pass
@@ -265,11 +277,9 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
     links = None
     if cache is not None:
         compute_key, lookup, _ = _cacheflow()
-        if not plain and not cache.readonly and any(
-                type(v) not in arguments.LEAVES for v in kwargs.values()):
+        if not plain and not cache.readonly:
             kwargs = arguments.snapshot_files(kwargs, cache.store, snapshots)
         if nested:
-            upstream = {name: [up.key for up in jobs] for name, jobs in nested.items()}
             keyinfo = compute_key(fdef, kwargs, settings, runtime, upstream=upstream,
                                   direct=direct)
         else:

@@ -15,6 +15,7 @@ This package depends on nothing in ``hither``.
 
 from typing import TYPE_CHECKING, Any
 
+from ._hitindex import Summary
 from ._maintenance import owned_dirs, tree_size
 from ._paths import blob_uri, default_store_path, owned_name, parse_blob_uri
 from ._statmemo import FileMemo, PersistentStatMemo, StatMemo
@@ -76,6 +77,7 @@ __all__ = [
     "StoreError",
     "StoreStack",
     "StoreWarning",
+    "Summary",
     "TrustedKeys",
     "blob_uri",
     "compute_closure",

@@ -45,7 +45,10 @@ from ._shared import is_group_shared, make_dirs, share_fd
 from ._statmemo import PersistentStatMemo, Signature, sig_text
 from .errors import StoreWarning
 
-__all__ = ["INDEX_DB", "HitIndex"]
+__all__ = ["INDEX_DB", "HitIndex", "Summary"]
+
+Summary = dict[str, Any] | list[Any]
+"""What the index keeps of a record: a JSON object or array (chosen by the writer)."""
 
 INDEX_DB = "index/stat.sqlite"
 """The index database, relative to the store root."""
@@ -113,7 +116,7 @@ class HitIndex:
         self._since = 0.0
         _LIVE.add(self)
 
-    def get(self, key: str, path: str) -> dict[str, Any] | None:
+    def get(self, key: str, path: str) -> Summary | None:
         """The summary stored with the record file ``path`` of ``key`` as it is now."""
         try:
             st = os.stat(path)
@@ -135,8 +138,8 @@ class HitIndex:
             self._bad(key, "its checksum does not match")
             return None
         body = _parse(payload)
-        if not isinstance(body, dict):
-            self._bad(key, "it is not a JSON object")
+        if not isinstance(body, (dict, list)):
+            self._bad(key, "it is not a JSON object or array")
             return None
         return body
 
@@ -144,7 +147,7 @@ class HitIndex:
         self.flush()
         return self._memo.get_under(folder, _KIND)
 
-    def put(self, key: str, path: str, sig: Signature, summary: dict[str, Any]) -> None:
+    def put(self, key: str, path: str, sig: Signature, summary: Summary) -> None:
         """Store ``summary`` for the record file ``path`` of ``key`` at signature ``sig``."""
         try:
             payload = _ENCODE(summary)

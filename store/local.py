@@ -23,7 +23,7 @@ from ._atomic import (
     remove_quietly,
     write_new,
 )
-from ._hitindex import HitIndex, index_memo
+from ._hitindex import HitIndex, Summary, index_memo
 from ._maintenance import clear_store, collect_garbage, store_info
 from ._paths import _RECORD_SUFFIX, Layout, blob_uri, check_key, owned_name, parse_blob_uri
 from ._records import BadRecord, decode_record, encode_record
@@ -373,7 +373,7 @@ class LocalStore:
         return self._layout.record_path(check_key(key))
 
     def put_record(self, key: str, record: dict[str, Any], *,
-                   summary: dict[str, Any] | None = None) -> None:
+                   summary: Summary | None = None) -> None:
         """Store a JSON-serializable dict under ``key``, replacing any previous record.
 
         When several writers store the same key at once, the last rename wins and every
@@ -404,7 +404,7 @@ class LocalStore:
             self._shared_at = now
         return self._shared
 
-    def get_hit(self, key: str) -> dict[str, Any] | None:
+    def get_hit(self, key: str) -> Summary | None:
         """The summary stored with the record of ``key`` (see :meth:`put_record`), while
         that record file is unchanged; None otherwise (then read :meth:`get_record`).
 
@@ -414,7 +414,7 @@ class LocalStore:
         return self._index.get(key, f"{self._records_root}/{key[:2]}/{key}{_RECORD_SUFFIX}")
 
     def get_record(self, key: str, *,
-                   summarize: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+                   summarize: Callable[[dict[str, Any]], Summary | None] | None = None
                    ) -> dict[str, Any] | None:
         """Return the record stored under ``key``, or None if there is none.
 
@@ -429,7 +429,7 @@ class LocalStore:
         return self._read_record(path, key, summarize)
 
     def _read_record(self, path: Path | str, key: str,
-                     summarize: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+                     summarize: Callable[[dict[str, Any]], Summary | None] | None = None
                      ) -> dict[str, Any] | None:
         # A second attempt covers a damaged file being replaced by a writer as we look.
         for _ in range(2):

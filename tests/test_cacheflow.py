@@ -21,6 +21,7 @@ from hither_store import StoreWarning
 import hither as hi
 from hither import hashing
 from hither.hashing import MAX_DEPTH
+from hither.record import hit_summary
 from tests.cachefuncs import CALL_LOG_ENV, blob_path_of, read_calls
 from tests.cachefuncs import funcs as cf
 
@@ -242,27 +243,28 @@ def test_long_str_and_bytes_are_blobs_not_record_text(handler, cache, log, kind)
     assert total <= 1.2 * size
 
 
-def _forge_summary(cache: Any, key: str, change: Callable[[dict[str, Any]], None]) -> None:
+def _forge_summary(cache: Any, key: str, change: Callable[[Any], Any]) -> None:
     """Store a changed summary in the hit index with a valid checksum, bound to the
     record file in place (as another writer to the index could)."""
     from hither_store._statmemo import signature
 
-    from hither.record import hit_summary
-
     summary = hit_summary(cache.get_record(key))
-    change(summary)
+    summary = change(summary) or summary
     path = cache.store.record_path(key)
     cache.store._index.put(key, str(path), signature(os.stat(path)), summary)
     cache.store._index.flush()
 
 
-@pytest.mark.parametrize("change", ["wrong result type", "another key", "bad status"])
+@pytest.mark.parametrize("change", ["wrong result type", "another key", "bad status",
+                                    "too short"])
 def test_an_unusable_index_summary_is_a_miss_with_one_warning(change, cache, log):
     h = hi.DefaultJobHandler()
     first = run(cf.cf_echo, h, cache, x=[1, "two"])
-    edits = {"wrong result type": lambda s: s.update(result={"~": "tuple", "v": 7}),
-             "another key": lambda s: s.update(key="f" * 64),
-             "bad status": lambda s: s.update(status="done")}
+    # the summary: [format, key, status, result_hash, result, error, console, times...]
+    edits = {"wrong result type": lambda s: s.__setitem__(4, {"~": "tuple", "v": 7}),
+             "another key": lambda s: s.__setitem__(1, "f" * 64),
+             "bad status": lambda s: s.__setitem__(2, "done"),
+             "too short": lambda s: s.__delitem__(9)}
     _forge_summary(cache, first.key, edits[change])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -270,6 +272,24 @@ def test_an_unusable_index_summary_is_a_miss_with_one_warning(change, cache, log
     assert second.result() == [1, "two"] and not second.cache_hit
     mine = [w for w in caught if issubclass(w.category, StoreWarning)]
     assert len(mine) == 1, [str(w.message) for w in mine]
+
+
+def test_an_index_summary_of_an_earlier_version_is_still_a_hit(cache, log):
+    """Index rows written before summaries were arrays hold the same fields as an object
+    (times in one list): they are still read."""
+    h = hi.DefaultJobHandler()
+    first = run(cf.cf_echo, h, cache, x=[1, "two"])
+    fmt, key, status, result_hash, result, error, console, *times = \
+        hit_summary(cache.get_record(first.key))
+    old = {"format": fmt, "key": key, "status": status, "result_hash": result_hash,
+           "result": result, "console": console, "times": times}
+    _forge_summary(cache, first.key, lambda s: old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = run(cf.cf_echo, h, cache, x=[1, "two"])
+    assert again.cache_hit and again.result() == [1, "two"]
+    assert read_calls(log)["cf_echo"] == 1
+    assert cache.store.get_hit(first.key) == old  # the row read was the object
 
 
 def test_a_damaged_index_entry_reads_the_record_with_a_warning(cache, log):

@@ -68,9 +68,9 @@ _HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "ABCDEFGHIJKLMNOP")
 _counter = itertools.count()
 
 
-def _new_job_id() -> str:
+def _job_id_text(number: int) -> str:
     """15 ASCII letters, as in hither 0.4.2: 7 random per process, then 8 from a counter."""
-    return _PREFIX + format(next(_counter) & 0xFFFFFFFF, "08x").translate(_HEX_TO_LETTERS)
+    return _PREFIX + format(number & 0xFFFFFFFF, "08x").translate(_HEX_TO_LETTERS)
 
 
 class _Condition(threading.Condition):
@@ -180,7 +180,7 @@ class Job(Future):
         self._settings = settings
         self._handler = handler
         self._engine = engine
-        self._job_id = _new_job_id()
+        self._job_id: int | str = next(_counter)  # its text is made when first asked for
         self._label = fdef.name
         self._creator = threading.get_ident()
         self._created = time.time()
@@ -464,12 +464,15 @@ class Job(Future):
 
     def get_job_id(self) -> str:
         """The job's random id."""
-        return self._job_id
+        return self.job_id
 
     @property
     def job_id(self) -> str:
         """The job's random id."""
-        return self._job_id
+        job_id = self._job_id
+        if isinstance(job_id, int):  # a cache hit completed at .run() may never need it
+            job_id = self._job_id = _job_id_text(job_id)
+        return job_id
 
     def get_label(self) -> str:
         """The label (default: the function name)."""
@@ -570,7 +573,7 @@ class Job(Future):
             print(f"{stamp}: {line['text']}", file=file)
 
     def __repr__(self) -> str:
-        return f"<Job {self._label} {self._job_id} {self.get_status().value}>"
+        return f"<Job {self._label} {self.job_id} {self.get_status().value}>"
 
     def _repr_html_(self) -> str:
         """The job in a notebook: status, key, cache hit, elapsed time, console tail."""

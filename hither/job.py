@@ -376,8 +376,12 @@ class Job(Future):
             self._hfuture = None  # the handler's future (and what it holds) can go now
             keyinfo = self._keyinfo
             if keyinfo is not None and type(keyinfo) is not tuple:
-                # kept as tuples of strings from now on (the cyclic GC stops tracking them)
-                self._keyinfo = keyinfo.packed()
+                # kept as one tuple of plain values from now on (the cyclic GC stops
+                # tracking it); as it is if it cannot be (it stays correct, only heavier)
+                try:
+                    self._keyinfo = keyinfo.packed()
+                except Exception:  # noqa: BLE001 - the job completes whatever happens here
+                    _LOG.debug("key info of %r kept unpacked", self, exc_info=True)
             self.cache_hit = cache_hit
             self._status = status
             self._cancelled = status is JobStatus.CANCELLED

@@ -383,3 +383,21 @@ def test_a_completed_job_keeps_its_keyinfo_as_tuples_the_gc_stops_tracking(tmp_p
     assert down.keyinfo.inputs["a"]["job"] == up.key
     assert both.keyinfo.inputs["a"]["jobs"] == [up.key]
     assert both.keyinfo.inputs["b"]["desc"] == "list(1)"
+
+
+def test_a_job_completes_even_when_its_keyinfo_cannot_be_packed(tmp_path, log, monkeypatch):
+    """Packing a KeyInfo only saves memory and GC time: a failure there leaves the job's
+    KeyInfo as it is, and the job completes (a hit at .run(), a miss from its handler)."""
+    from hither.cacheflow import KeyInfo
+
+    def boom(self):
+        raise RuntimeError("cannot pack")
+
+    monkeypatch.setattr(KeyInfo, "packed", boom)
+    cache = hi.JobCache(path=tmp_path / "store")
+    for handler in (hi.DefaultJobHandler(), hi.ParallelJobHandler(1)):
+        with hi.Config(job_cache=cache, job_handler=handler):
+            job = cf.cf_add.run(a=5, b=6)
+            assert job.result(timeout=60) == 11
+        assert isinstance(job.keyinfo, KeyInfo) and job.keyinfo.key == job.key
+        handler.shutdown()

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import FINISHED, PENDING
 from datetime import datetime
@@ -238,6 +239,19 @@ class Job(Future):
     def _waiters(self, waiters: list[Any]) -> None:
         self._waiter_list = waiters
 
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:
+        """Call ``fn(job)`` once the job completed (at once if it has); as a Future's,
+        without making the condition only waiting threads need."""
+        with self._state_lock:
+            callbacks = self._done_callbacks
+            if type(callbacks) is list:  # its completion will call fn
+                callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _LOG.exception("exception calling callback for %r", self)
+
     def done(self) -> bool:
         """True once the job completed (finished, failed or cancelled)."""
         return self._state is FINISHED  # a job is never RUNNING or CANCELLED as a Future
@@ -395,14 +409,15 @@ class Job(Future):
             with cond:
                 self._finish_future(outcome.value if err is None else None, err)
                 cond.notify_all()
-        for callback in self._done_callbacks:
+        # the callbacks to run; one added from now on runs at once (and the list lets go of
+        # the downstream jobs and plans they hold)
+        with self._state_lock:
+            callbacks, self._done_callbacks = self._done_callbacks, ()
+        for callback in callbacks:
             try:
                 callback(self)
             except Exception:
                 _LOG.exception("exception calling callback for %r", self)
-        # the callbacks have run, and one added from now on runs at once: let go of them
-        # (and of the downstream jobs and plans they hold)
-        self._done_callbacks = ()
         return True
 
     def _finish_future(self, value: Any, err: BaseException | None) -> None:

@@ -88,12 +88,15 @@ class ParallelJobHandler(JobHandler):
         done: list[tuple[Task, Settle]] = []
         with self._lock:
             self._tasks[launch.job_id] = task
-            q = self._pending.setdefault(key, deque())
+            q = self._pending.get(key)
+            if q is None:
+                q = self._pending[key] = deque()
             q.append(task)
             if key is not None:
                 self._runtimes[key] = (launch.runtime, launch.store)
-            self._shared.start(self)
-            if len(q) > 1 or self._policy.enabled and any(s.inflight for s in self._slots):
+            if self._shared.thread is None:
+                self._shared.start(self)
+            if len(q) > 1 or self._policy.enabled and self._busy():
                 # the loop sends the jobs waiting together, once it gets its turn
                 self._shared.wake()
                 return task.future
@@ -166,6 +169,13 @@ class ParallelJobHandler(JobHandler):
     def __repr__(self) -> str:
         return (f"<ParallelJobHandler num_workers={self.num_workers} "
                 f"start_method={self.start_method!r}{' closed' if self._closed else ''}>")
+
+    def _busy(self) -> bool:
+        """Whether a worker holds a job (lock held)."""
+        for s in self._slots:
+            if s.inflight:
+                return True
+        return False
 
     def _in_loop(self) -> bool:
         return threading.current_thread() is self._shared.thread

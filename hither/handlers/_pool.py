@@ -50,7 +50,7 @@ class Task:
     def __init__(self, launch: Launch, future: Future[Outcome]) -> None:
         self.launch = launch
         self.future = future
-        self.console: list[ConsoleLine] = []  # lines received live (kept at a timeout)
+        self.console: list[ConsoleLine] | None = None  # lines received live (kept at a timeout)
         self.head_at: float | None = None  # monotonic time it became its worker's head
         self.started: float | None = None  # monotonic time its function started (timeouts)
         self.cancel_why: str | None = None

@@ -236,9 +236,20 @@ class ParallelJobHandler(JobHandler):
             return False
         self._sends[0] += 1
         self._sends[1] += len(tasks)
-        for task in tasks:  # a message takes ~1 KB of the socket's buffer besides its bytes
-            task.wire = (size + 1024) // len(tasks)
-            self._sent(slot, task)
+        # (as _sent for each, in one pass) a message takes ~1 KB of the socket's buffer
+        # besides its bytes
+        wire = (size + 1024) // len(tasks)
+        idle = not slot.inflight
+        unbatched = 0
+        for task in tasks:
+            task.wire = wire
+            task.slot = slot
+            unbatched += not task.batched
+        slot.inflight.extend(tasks)
+        slot.unread += wire * len(tasks)
+        slot.unbatched += unbatched
+        if idle:
+            self._start(tasks[0])
         return True
 
     def _sent(self, slot: Slot, task: Task) -> None:
@@ -248,12 +259,6 @@ class ParallelJobHandler(JobHandler):
         slot.unbatched += not task.batched
         if len(slot.inflight) == 1:
             self._start(task)
-
-    def _pop_head(self, slot: Slot) -> Task:
-        task = slot.inflight.popleft()
-        slot.unread -= task.wire
-        slot.unbatched -= not task.batched
-        return task
 
     def _start(self, task: Task) -> None:
         task.head_at = time.monotonic()
@@ -533,7 +538,7 @@ class ParallelJobHandler(JobHandler):
                     f"job {head.launch.label!r} ran longer than its job_timeout of {t} s; its "
                     "worker process was killed and replaced. Raise job_timeout in hi.Config "
                     "if the job needs more time.", job_label=head.launch.label),
-                    console=head.console, start_time=started, end_time=time.time(),
+                    console=head.console or [], start_time=started, end_time=time.time(),
                     info={"worker_pid": slot.pid})
             self._kill_slot(slot, done, head_outcome=outcome)
 
@@ -544,6 +549,8 @@ class ParallelJobHandler(JobHandler):
                 if slot.inflight:
                     head = slot.inflight[0]
                     if head.launch.timeout:
+                        if head.console is None:
+                            head.console = []
                         head.console.append((time.time(), msg[1].rstrip("\n"),
                                              bool(msg[2]) if len(msg) > 2 else False))
                     prefix = head.launch.stream_prefix()
@@ -558,7 +565,9 @@ class ParallelJobHandler(JobHandler):
         if kind == "started":  # the function starts: its job_timeout counts from now
             slot.inflight[0].started = time.monotonic()
             return
-        task = self._pop_head(slot)
+        task = slot.inflight.popleft()
+        slot.unread -= task.wire
+        slot.unbatched -= not task.batched
         if slot.inflight:
             self._start(slot.inflight[0])
         outcome: Settle

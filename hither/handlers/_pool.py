@@ -210,20 +210,24 @@ class LeanFuture(Future):
 
     def set_result(self, result: Any) -> None:  # noqa: D102 - Future's
         with self._lock:
-            if self._state in _DONE:
-                raise InvalidStateError(f"{self._state}: {self!r}")
-            self._result = result
-            self._state = FINISHED
-            cond, callbacks = self._cond, self._take_callbacks()
+            state = self._state
+            if state not in _DONE:
+                self._result = result
+                self._state = FINISHED
+                cond, callbacks = self._cond, self._take_callbacks()
+        if state in _DONE:  # (its repr takes the lock)
+            raise InvalidStateError(f"{state}: {self!r}")
         self._settled(cond, callbacks)
 
     def set_exception(self, exception: BaseException | None) -> None:  # noqa: D102
         with self._lock:
-            if self._state in _DONE:
-                raise InvalidStateError(f"{self._state}: {self!r}")
-            self._exception = exception
-            self._state = FINISHED
-            cond, callbacks = self._cond, self._take_callbacks()
+            state = self._state
+            if state not in _DONE:
+                self._exception = exception
+                self._state = FINISHED
+                cond, callbacks = self._cond, self._take_callbacks()
+        if state in _DONE:  # (its repr takes the lock)
+            raise InvalidStateError(f"{state}: {self!r}")
         self._settled(cond, callbacks)
 
     def _take_callbacks(self) -> list[Any] | tuple[()]:

@@ -75,6 +75,20 @@ class Slot:
         self.unbatched = 0  # jobs in flight that were not sent as batched
         self.unread = 0  # bytes sent for the jobs in flight (at most what it has not read)
 
+    def took(self, tasks: list[Task], wire: int) -> bool:
+        """The worker was sent ``tasks`` (``wire`` bytes of its buffer each); True when they
+        are its first (the first one starts now)."""
+        idle = not self.inflight
+        unbatched = 0
+        for task in tasks:
+            task.wire = wire
+            task.slot = self
+            unbatched += not task.batched
+        self.inflight.extend(tasks)
+        self.unread += wire * len(tasks)
+        self.unbatched += unbatched
+        return idle
+
     def fds(self) -> tuple[int, ...]:
         if self.host is not None:
             return self.host.fds()
@@ -85,6 +99,14 @@ class Slot:
 def load(s: Slot) -> int:
     """How many jobs a worker holds (sort key: idle workers first)."""
     return len(s.inflight)
+
+
+def busy(slots: list[Slot]) -> bool:
+    """Whether a worker holds a job."""
+    for s in slots:
+        if s.inflight:
+            return True
+    return False
 
 
 def launch_pool(launch: Launch) -> Hashable:

@@ -96,7 +96,7 @@ class ParallelJobHandler(JobHandler):
                 self._runtimes[key] = (launch.runtime, launch.store)
             if self._shared.thread is None:
                 self._shared.start(self)
-            if len(q) > 1 or self._policy.enabled and self._busy():
+            if len(q) > 1 or self._policy.enabled and _pool.busy(self._slots):
                 # the loop sends the jobs waiting together, once it gets its turn
                 self._shared.wake()
                 return task.future
@@ -170,13 +170,6 @@ class ParallelJobHandler(JobHandler):
         return (f"<ParallelJobHandler num_workers={self.num_workers} "
                 f"start_method={self.start_method!r}{' closed' if self._closed else ''}>")
 
-    def _busy(self) -> bool:
-        """Whether a worker holds a job (lock held)."""
-        for s in self._slots:
-            if s.inflight:
-                return True
-        return False
-
     def _in_loop(self) -> bool:
         return threading.current_thread() is self._shared.thread
 
@@ -236,19 +229,8 @@ class ParallelJobHandler(JobHandler):
             return False
         self._sends[0] += 1
         self._sends[1] += len(tasks)
-        # (as _sent for each, in one pass) a message takes ~1 KB of the socket's buffer
-        # besides its bytes
-        wire = (size + 1024) // len(tasks)
-        idle = not slot.inflight
-        unbatched = 0
-        for task in tasks:
-            task.wire = wire
-            task.slot = slot
-            unbatched += not task.batched
-        slot.inflight.extend(tasks)
-        slot.unread += wire * len(tasks)
-        slot.unbatched += unbatched
-        if idle:
+        # a message takes ~1 KB of the socket's buffer besides its bytes
+        if slot.took(tasks, (size + 1024) // len(tasks)):
             self._start(tasks[0])
         return True
 

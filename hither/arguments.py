@@ -205,14 +205,14 @@ def pickle_kwargs(fdef: FunctionDef, kwargs: dict[str, Any]) -> bytes:
 
     Arguments that refer to ``__main__`` (an object of a class defined in the script or
     notebook) go by value: a worker has no ``__main__`` of the caller to find it in."""
-    import cloudpickle
-
     try:
         data = pickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)
-        if b"__main__" not in data:
+        if data.find(b"__main__") < 0:  # (`in` tries the bytes as an int first: an exception)
             return data
     except Exception:  # noqa: BLE001 - try harder, then explain
         pass
+
+    import cloudpickle
 
     try:
         return cloudpickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL)

@@ -98,12 +98,12 @@ class FunctionDef:
 
     def check_kwargs(self, kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` for arguments the function cannot take, before any job runs."""
-        if self._params is not None:
+        if self._params is not None and not self._params.issuperset(kwargs):
             unknown = [k for k in kwargs if k not in self._params]
             if unknown:
                 raise TypeError(f"{self.name}() got unexpected keyword argument(s) "
                                 f"{', '.join(map(repr, unknown))}")
-        if self._required:
+        if self._required and not kwargs.keys() >= self._required:
             missing = [k for k in self._required if k not in kwargs]
             if missing:
                 raise TypeError(f"{self.name}() missing required argument(s) "

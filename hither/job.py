@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import FINISHED, PENDING
 from typing import TYPE_CHECKING, Any, Protocol
@@ -68,9 +69,21 @@ _HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "ABCDEFGHIJKLMNOP")
 _counter = itertools.count()
 
 
+_LOW = tuple(format(i, "02x").translate(_HEX_TO_LETTERS) for i in range(256))
+_head: tuple[int, str] = (-1, "")  # the last block of 256 ids: its number and first 13 letters
+
+
 def _job_id_text(number: int) -> str:
-    """15 ASCII letters, as in hither 0.4.2: 7 random per process, then 8 from a counter."""
-    return _PREFIX + format(number & 0xFFFFFFFF, "08x").translate(_HEX_TO_LETTERS)
+    """15 ASCII letters, as in hither 0.4.2: 7 random per process, then 8 from a counter
+    (the first 6 of them made once per block of 256 ids)."""
+    global _head
+    n = number & 0xFFFFFFFF
+    block, head = _head
+    if n >> 8 != block:
+        block = n >> 8
+        head = _PREFIX + format(block, "06x").translate(_HEX_TO_LETTERS)
+        _head = (block, head)
+    return head + _LOW[n & 0xFF]
 
 
 class _Condition(threading.Condition):
@@ -237,6 +250,19 @@ class Job(Future):
     def _waiters(self, waiters: list[Any]) -> None:
         self._waiter_list = waiters
 
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:
+        """Call ``fn(job)`` once the job completed (at once if it has); as a Future's,
+        without making the condition only waiting threads need."""
+        with self._state_lock:
+            callbacks = self._done_callbacks
+            if type(callbacks) is list:  # its completion will call fn
+                callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _LOG.exception("exception calling callback for %r", self)
+
     def done(self) -> bool:
         """True once the job completed (finished, failed or cancelled)."""
         return self._state is FINISHED  # a job is never RUNNING or CANCELLED as a Future
@@ -401,14 +427,15 @@ class Job(Future):
             with cond:
                 self._finish_future(outcome.value if err is None else None, err)
                 cond.notify_all()
-        for callback in self._done_callbacks:
+        # the callbacks to run; one added from now on runs at once (and the list lets go of
+        # the downstream jobs and plans they hold)
+        with self._state_lock:
+            callbacks, self._done_callbacks = self._done_callbacks, ()
+        for callback in callbacks:
             try:
                 callback(self)
             except Exception:
                 _LOG.exception("exception calling callback for %r", self)
-        # the callbacks have run, and one added from now on runs at once: let go of them
-        # (and of the downstream jobs and plans they hold)
-        self._done_callbacks = ()
         return True
 
     def _finish_future(self, value: Any, err: BaseException | None) -> None:

@@ -59,10 +59,7 @@ class BatchPolicy:
         """Whether a job of ``fid`` may join a worker that holds ``queued`` jobs, of which
         ``unbatched`` are of functions that are not batched: any job within ``prefetch``;
         beyond it, only batched jobs behind batched jobs, up to the function's size."""
-        if queued < prefetch:
-            return True
-        size = self.size(fid)
-        return size > 1 and not unbatched and queued < size
+        return queued < prefetch or _fits(self.size(fid), queued, unbatched)
 
     def record(self, fid: str, seconds: float) -> None:
         """A job of ``fid`` ran for ``seconds`` (its function's run time in the worker)."""
@@ -88,6 +85,12 @@ class BatchPolicy:
         st.mean = max(st.mean, seconds if seconds is not None else self.target)
 
 
+def _fits(size: int, queued: int, unbatched: int) -> bool:
+    """Whether a batched job (its function's size ``size``) may join a worker beyond its
+    prefetch (see :meth:`BatchPolicy.room`)."""
+    return size > 1 and not unbatched and queued < size
+
+
 def take_batch(policy: BatchPolicy, queue: deque[Any], slot: Any, limit: int,
                prefetch: int) -> list[Any]:
     """Take from the front of ``queue`` (tasks with a ``launch``) the jobs host worker
@@ -97,16 +100,19 @@ def take_batch(policy: BatchPolicy, queue: deque[Any], slot: Any, limit: int,
     queued = len(slot.inflight)
     unbatched = slot.unbatched
     budget = slot.host.direct_budget - slot.unread
+    fid, size = None, 1  # the size of the function of the last job (a batch has one)
     while queue and len(taken) < limit:
         launch = queue[0].launch
-        if not policy.room(launch.fid, queued, unbatched, prefetch):
+        if launch.fid != fid:
+            fid, size = launch.fid, policy.size(launch.fid)
+        if queued >= prefetch and not _fits(size, queued, unbatched):  # policy.room
             break
         cost = len(launch.kwargs_pickle or b"") + 256
         if taken and cost > budget:
             break
         budget -= cost
         task = queue.popleft()
-        task.batched = policy.size(launch.fid) > 1
+        task.batched = size > 1
         unbatched += not task.batched
         queued += 1
         taken.append(task)

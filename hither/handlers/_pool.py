@@ -3,10 +3,14 @@ the small helpers around them."""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
+import threading
 from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
-from concurrent.futures._base import PENDING
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any
 
 from ..job import _Condition
@@ -18,6 +22,24 @@ from .stdio import StdioWorker, pool_key
 #: an outcome, or a call that makes it (run on an I/O thread, not in the loop)
 Settle = Outcome | Callable[[], Outcome]
 
+_DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
+_CANCELLED = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED))
+_LOG = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
+# the futures' state locks: each guards a few fields for an instant, never with another
+_LOCKS = tuple(threading.Lock() for _ in range(64))
+_LOCK_MASK = len(_LOCKS) - 1
+_lock_turn = itertools.count()
+
+
+def _new_locks() -> None:
+    """A forked child gets fresh locks (one may have been held by another parent thread)."""
+    global _LOCKS
+    _LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks)
+
 
 class Task:
     """A job given to the pool: its launch, its future, and where it is."""
@@ -28,7 +50,7 @@ class Task:
     def __init__(self, launch: Launch, future: Future[Outcome]) -> None:
         self.launch = launch
         self.future = future
-        self.console: list[ConsoleLine] = []  # lines received live (kept at a timeout)
+        self.console: list[ConsoleLine] | None = None  # lines received live (kept at a timeout)
         self.head_at: float | None = None  # monotonic time it became its worker's head
         self.started: float | None = None  # monotonic time its function started (timeouts)
         self.cancel_why: str | None = None
@@ -53,6 +75,20 @@ class Slot:
         self.unbatched = 0  # jobs in flight that were not sent as batched
         self.unread = 0  # bytes sent for the jobs in flight (at most what it has not read)
 
+    def took(self, tasks: list[Task], wire: int) -> bool:
+        """The worker was sent ``tasks`` (``wire`` bytes of its buffer each); True when they
+        are its first (the first one starts now)."""
+        idle = not self.inflight
+        unbatched = 0
+        for task in tasks:
+            task.wire = wire
+            task.slot = self
+            unbatched += not task.batched
+        self.inflight.extend(tasks)
+        self.unread += wire * len(tasks)
+        self.unbatched += unbatched
+        return idle
+
     def fds(self) -> tuple[int, ...]:
         if self.host is not None:
             return self.host.fds()
@@ -63,6 +99,14 @@ class Slot:
 def load(s: Slot) -> int:
     """How many jobs a worker holds (sort key: idle workers first)."""
     return len(s.inflight)
+
+
+def busy(slots: list[Slot]) -> bool:
+    """Whether a worker holds a job."""
+    for s in slots:
+        if s.inflight:
+            return True
+    return False
 
 
 def launch_pool(launch: Launch) -> Hashable:
@@ -92,18 +136,145 @@ def reap(host: HostWorker, timeout: float) -> None:
 
 
 class LeanFuture(Future):
-    """A Future with the lighter condition jobs use (one is made per job: a
-    ``threading.Condition`` costs a tiny job's driver several percent)."""
+    """The future of a job given to the pool: a ``concurrent.futures.Future`` whose state
+    changes under a plain lock shared with other futures, and whose condition and waiter
+    list are made when a thread first waits (as a Job's are). One is made per job: a
+    ``threading.Condition`` and its RLock, taken by every ``done()``, ``running()`` and
+    ``add_done_callback()``, cost a tiny job's driver several percent."""
 
-    _done_callbacks: list[Any]  # Future's own (typeshed does not declare it)
+    _done_callbacks: list[Any] | tuple[()]  # Future's own (typeshed does not declare it)
 
-    def __init__(self) -> None:  # noqa: D107 - Future.__init__'s fields, but the condition
-        self._condition = _Condition()
+    def __init__(self) -> None:  # noqa: D107 - Future.__init__'s fields, made lazily
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters = []
         self._done_callbacks = []
+        self._lock = _LOCKS[next(_lock_turn) & _LOCK_MASK]
+        self._cond: threading.Condition | None = None
+        self._waiter_list: list[Any] | None = None
+
+    @property
+    def _condition(self) -> threading.Condition:
+        """Future's condition, made on first use (under the state lock, which a state
+        change also holds while it looks for a condition to notify)."""
+        cond = self._cond
+        if cond is None:
+            with self._lock:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = _Condition()
+        return cond
+
+    @_condition.setter
+    def _condition(self, cond: threading.Condition) -> None:
+        self._cond = cond
+
+    @property
+    def _waiters(self) -> list[Any]:
+        """Future's list of ``concurrent.futures.wait`` waiters, made on first use (always
+        under the condition, by the ``concurrent.futures`` functions)."""
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._waiter_list = waiters
+
+    def cancelled(self) -> bool:  # noqa: D102 - Future's
+        return self._state in _CANCELLED
+
+    def running(self) -> bool:  # noqa: D102 - Future's
+        return self._state == RUNNING
+
+    def done(self) -> bool:  # noqa: D102 - Future's
+        return self._state in _DONE
+
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:  # noqa: D102
+        with self._lock:
+            callbacks = self._done_callbacks
+            if type(callbacks) is list:  # not complete yet: its completion calls fn
+                callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _LOG.exception("exception calling callback for %r", self)
+
+    def result(self, timeout: float | None = None) -> Any:  # noqa: D102 - Future's
+        if self._state == FINISHED and self._exception is None:
+            return self._result  # final: no condition needed
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:  # noqa: D102
+        if self._state == FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
+    def set_running_or_notify_cancel(self) -> bool:  # noqa: D102 - Future's
+        with self._lock:
+            if self._state == PENDING:
+                self._state = RUNNING
+                return True
+        return super().set_running_or_notify_cancel()  # cancelled, or a wrong state
+
+    def cancel(self) -> bool:  # noqa: D102 - Future's
+        with self._lock:
+            if self._state in (RUNNING, FINISHED):
+                return False
+            if self._state in _CANCELLED:
+                return True
+            self._state = CANCELLED
+            cond, callbacks = self._cond, self._take_callbacks()
+        self._settled(cond, callbacks)
+        return True
+
+    def set_result(self, result: Any) -> None:  # noqa: D102 - Future's
+        with self._lock:
+            state = self._state
+            if state not in _DONE:
+                self._result = result
+                self._state = FINISHED
+                cond, callbacks = self._cond, self._take_callbacks()
+        if state in _DONE:  # (its repr takes the lock)
+            raise InvalidStateError(f"{state}: {self!r}")
+        self._settled(cond, callbacks)
+
+    def set_exception(self, exception: BaseException | None) -> None:  # noqa: D102
+        with self._lock:
+            state = self._state
+            if state not in _DONE:
+                self._exception = exception
+                self._state = FINISHED
+                cond, callbacks = self._cond, self._take_callbacks()
+        if state in _DONE:  # (its repr takes the lock)
+            raise InvalidStateError(f"{state}: {self!r}")
+        self._settled(cond, callbacks)
+
+    def _take_callbacks(self) -> list[Any] | tuple[()]:
+        """The callbacks to run now that the state is final (under the lock): one added
+        from now on runs at once."""
+        callbacks, self._done_callbacks = self._done_callbacks, ()
+        return callbacks
+
+    def _settled(self, cond: threading.Condition | None, callbacks: list[Any] | tuple[()]) -> None:
+        """The state became final: wake the waiters, if a thread ever waited (a condition
+        made from now on sees the final state), then run the callbacks."""
+        if cond is not None:
+            with cond:
+                if self._waiter_list and self._state == FINISHED:  # a cancel reaches
+                    for waiter in self._waiter_list:  # wait() at set_running_or_notify_cancel
+                        if self._exception is None:
+                            waiter.add_result(self)
+                        else:
+                            waiter.add_exception(self)
+                cond.notify_all()
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:
+                _LOG.exception("exception calling callback for %r", self)
 
 
 def unsendable(e: Exception) -> Outcome:

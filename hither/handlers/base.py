@@ -34,7 +34,9 @@ class JobHandler:
         # jobs routed to this handler and not complete yet, also those still waiting for
         # their upstream jobs: leaving the `with` block waits for them
         self._adopted: dict[str, Callable[[], object]] = {}
-        self._adopted_cond = threading.Condition()
+        # a plain lock: taken twice per job, where a Condition's own `with` is a Python call
+        self._adopted_lock = threading.Lock()
+        self._adopted_cond = threading.Condition(self._adopted_lock)
         JobHandler._instances.add(self)
 
     # -- the interface ------------------------------------------------------------------
@@ -67,12 +69,12 @@ class JobHandler:
     # -- jobs routed here (called by the engine) ------------------------------------------
     def adopt(self, job_id: str, cancel: Callable[[], object]) -> None:
         """A job that will run on this handler was created; ``cancel`` cancels it."""
-        with self._adopted_cond:
+        with self._adopted_lock:
             self._adopted[job_id] = cancel
 
     def forget(self, job_id: str) -> None:
         """An adopted job completed."""
-        with self._adopted_cond:
+        with self._adopted_lock:
             if self._adopted.pop(job_id, None) is not None and not self._adopted:
                 self._adopted_cond.notify_all()
 

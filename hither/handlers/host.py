@@ -394,14 +394,7 @@ _SIGNAL_CAUSES: dict[int, str] = {
 def decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,
                    end: float, pid: int | None = None) -> Outcome:
     """The Outcome of a host worker's ``done`` message."""
-    out = _decode_outcome(launch, ok, payload, lines, start, end)
-    if pid is not None:
-        out.info["worker_pid"] = pid
-    return out
-
-
-def _decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: float,
-                    end: float) -> Outcome:
+    info: dict[str, Any] = {} if pid is None else {"worker_pid": pid}
     if ok:
         try:
             value = pickle.loads(payload)
@@ -410,8 +403,9 @@ def _decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: 
                 f"the result of job {launch.label!r} could not be unpickled in the parent "
                 f"process: {type(e).__name__}: {e}", remote_type=type(e).__name__,
                 job_label=launch.label)
-            return Outcome(False, error=err, console=lines, start_time=start, end_time=end)
-        return Outcome(True, value=value, console=lines, start_time=start, end_time=end)
+            return Outcome(False, error=err, console=lines, start_time=start, end_time=end,
+                           info=info)
+        return Outcome(True, value, None, None, lines, start, end, info)
     pickled, type_name, message, tb, raised = payload
     exc: BaseException | None = None
     if pickled is not None:
@@ -422,5 +416,6 @@ def _decode_outcome(launch: Launch, ok: bool, payload: Any, lines: list, start: 
     if exc is None:
         exc = JobFailedError(message, remote_type=type_name, job_label=launch.label,
                              traceback_text=tb)
+    info["raised"] = raised
     return Outcome(False, error=exc, traceback_text=tb, console=lines,
-                   start_time=start, end_time=end, info={"raised": raised})
+                   start_time=start, end_time=end, info=info)

@@ -88,12 +88,15 @@ class ParallelJobHandler(JobHandler):
         done: list[tuple[Task, Settle]] = []
         with self._lock:
             self._tasks[launch.job_id] = task
-            q = self._pending.setdefault(key, deque())
+            q = self._pending.get(key)
+            if q is None:
+                q = self._pending[key] = deque()
             q.append(task)
             if key is not None:
                 self._runtimes[key] = (launch.runtime, launch.store)
-            self._shared.start(self)
-            if len(q) > 1 or self._policy.enabled and any(s.inflight for s in self._slots):
+            if self._shared.thread is None:
+                self._shared.start(self)
+            if len(q) > 1 or self._policy.enabled and _pool.busy(self._slots):
                 # the loop sends the jobs waiting together, once it gets its turn
                 self._shared.wake()
                 return task.future
@@ -226,9 +229,9 @@ class ParallelJobHandler(JobHandler):
             return False
         self._sends[0] += 1
         self._sends[1] += len(tasks)
-        for task in tasks:  # a message takes ~1 KB of the socket's buffer besides its bytes
-            task.wire = (size + 1024) // len(tasks)
-            self._sent(slot, task)
+        # a message takes ~1 KB of the socket's buffer besides its bytes
+        if slot.took(tasks, (size + 1024) // len(tasks)):
+            self._start(tasks[0])
         return True
 
     def _sent(self, slot: Slot, task: Task) -> None:
@@ -238,12 +241,6 @@ class ParallelJobHandler(JobHandler):
         slot.unbatched += not task.batched
         if len(slot.inflight) == 1:
             self._start(task)
-
-    def _pop_head(self, slot: Slot) -> Task:
-        task = slot.inflight.popleft()
-        slot.unread -= task.wire
-        slot.unbatched -= not task.batched
-        return task
 
     def _start(self, task: Task) -> None:
         task.head_at = time.monotonic()
@@ -523,7 +520,7 @@ class ParallelJobHandler(JobHandler):
                     f"job {head.launch.label!r} ran longer than its job_timeout of {t} s; its "
                     "worker process was killed and replaced. Raise job_timeout in hi.Config "
                     "if the job needs more time.", job_label=head.launch.label),
-                    console=head.console, start_time=started, end_time=time.time(),
+                    console=head.console or [], start_time=started, end_time=time.time(),
                     info={"worker_pid": slot.pid})
             self._kill_slot(slot, done, head_outcome=outcome)
 
@@ -534,6 +531,8 @@ class ParallelJobHandler(JobHandler):
                 if slot.inflight:
                     head = slot.inflight[0]
                     if head.launch.timeout:
+                        if head.console is None:
+                            head.console = []
                         head.console.append((time.time(), msg[1].rstrip("\n"),
                                              bool(msg[2]) if len(msg) > 2 else False))
                     prefix = head.launch.stream_prefix()
@@ -548,7 +547,9 @@ class ParallelJobHandler(JobHandler):
         if kind == "started":  # the function starts: its job_timeout counts from now
             slot.inflight[0].started = time.monotonic()
             return
-        task = self._pop_head(slot)
+        task = slot.inflight.popleft()
+        slot.unread -= task.wire
+        slot.unbatched -= not task.batched
         if slot.inflight:
             self._start(slot.inflight[0])
         outcome: Settle

@@ -17,12 +17,12 @@ import string
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import FINISHED, PENDING
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._futures import LazyCondition, LockPool
 from .errors import HitherError, JobCancelledException, JobError
 from .launch import Outcome
 
@@ -86,66 +86,10 @@ def _job_id_text(number: int) -> str:
     return head + _LOW[n & 0xFF]
 
 
-class _Condition(threading.Condition):
-    """The condition of one job: a ``threading.Condition`` on an RLock, without the five
-    bound methods per instance, and with its queue of waiters made when a thread first
-    waits. A large pipeline keeps one per job: ~1.3 KB and 9 objects for the collector
-    become ~0.2 KB and 3."""
-
-    def __init__(self) -> None:  # noqa: D107 - the base class's contract
-        self._rlock: Any = threading.RLock()  # Any: its save/restore methods are private
-        self._lock = self._rlock
-        self._queue: deque | None = None
-
-    @property
-    def _waiters(self) -> deque:
-        q = self._queue
-        if q is None:  # only under the lock: wait() and notify() hold it
-            q = self._queue = deque()
-        return q
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._rlock.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        self._rlock.release()
-
-    def _release_save(self) -> Any:
-        return self._rlock._release_save()
-
-    def _acquire_restore(self, state: Any) -> None:
-        self._rlock._acquire_restore(state)
-
-    def _is_owned(self) -> bool:
-        return self._rlock._is_owned()
-
-    def notify(self, n: int = 1) -> None:
-        if self._queue is None:  # nobody ever waited: nothing to wake
-            if not self._is_owned():
-                raise RuntimeError("cannot notify on un-acquired lock")
-            return
-        super().notify(n)
-
-    def notify_all(self) -> None:
-        self.notify(len(self._queue) if self._queue is not None else 0)
-
-
 # A job's state lock guards a few fields for an instant and is never held with another
 # job's: jobs share a fixed set of locks (one lock object per job would be one more object
 # per job for the cyclic GC to visit, in a pipeline that keeps 100,000 jobs).
-_STATE_LOCKS = tuple(threading.Lock() for _ in range(64))
-_LOCK_MASK = len(_STATE_LOCKS) - 1
-_lock_turn = itertools.count()
-
-
-def _new_state_locks() -> None:
-    """A forked child gets fresh locks (one may have been held by another parent thread)."""
-    global _STATE_LOCKS
-    _STATE_LOCKS = tuple(threading.Lock() for _ in range(64))
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_state_locks)
+_STATE_LOCKS = LockPool()
 _LOG = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
 #: guards the making of a job's condition against its completion (see Job._condition)
 _LAZY = threading.Lock()
@@ -197,7 +141,7 @@ class Job(Future):
         self._label = fdef.name
         self._creator = threading.get_ident()
         self._created = time.time()
-        self._state_lock = _STATE_LOCKS[next(_lock_turn) & _LOCK_MASK]
+        self._state_lock = _STATE_LOCKS.take()
         self._status = JobStatus.PENDING
         self._completing = False
         self._cancelled = False
@@ -227,7 +171,7 @@ class Job(Future):
             with _LAZY:
                 cond = self._cond
                 if cond is None:
-                    cond = self._cond = _Condition()
+                    cond = self._cond = LazyCondition()
         return cond
 
     @_condition.setter

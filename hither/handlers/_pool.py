@@ -3,9 +3,7 @@ the small helpers around them."""
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -13,7 +11,7 @@ from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any
 
-from ..job import _Condition
+from .._futures import LazyCondition, LockPool
 from ..launch import ConsoleLine, Launch, Outcome
 from .base import complete_future
 from .host import HostWorker
@@ -26,19 +24,7 @@ _DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
 _CANCELLED = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED))
 _LOG = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
 # the futures' state locks: each guards a few fields for an instant, never with another
-_LOCKS = tuple(threading.Lock() for _ in range(64))
-_LOCK_MASK = len(_LOCKS) - 1
-_lock_turn = itertools.count()
-
-
-def _new_locks() -> None:
-    """A forked child gets fresh locks (one may have been held by another parent thread)."""
-    global _LOCKS
-    _LOCKS = tuple(threading.Lock() for _ in range(64))
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_locks)
+_LOCKS = LockPool()
 
 
 class Task:
@@ -149,7 +135,7 @@ class LeanFuture(Future):
         self._result = None
         self._exception = None
         self._done_callbacks = []
-        self._lock = _LOCKS[next(_lock_turn) & _LOCK_MASK]
+        self._lock = _LOCKS.take()
         self._cond: threading.Condition | None = None
         self._waiter_list: list[Any] | None = None
 
@@ -162,7 +148,7 @@ class LeanFuture(Future):
             with self._lock:
                 cond = self._cond
                 if cond is None:
-                    cond = self._cond = _Condition()
+                    cond = self._cond = LazyCondition()
         return cond
 
     @_condition.setter

@@ -98,6 +98,21 @@ def child(tool: str, path: str, chains: int, expect_hits: bool | None = None,
     return wall, float(calls), int(peak)
 
 
+def interpreter_start(repeats: int) -> tuple[float, float]:
+    """The best wall time of ``python -c pass``, and of ``python -S -c pass`` (without
+    ``site``: the difference is what this installation's ``.pth`` start-up hooks cost
+    every process, hither's and joblib's alike)."""
+    def best(*flags: str) -> float:
+        times = []
+        for _ in range(max(3, repeats)):
+            t = C.now()
+            subprocess.run([sys.executable, *flags, "-c", "pass"], check=True)
+            times.append(C.now() - t)
+        return min(times)
+
+    return best(), best("-S")
+
+
 def bench_replay(tmp: str, keys: int, repeats: int, peaks: dict[str, int]) -> list[C.Row]:
     chains = keys // 2
     hpath, jpath = os.path.join(tmp, f"h{keys}"), os.path.join(tmp, f"j{keys}")
@@ -161,7 +176,10 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="hither-bench-replay-")
     peaks: dict[str, int] = {}
     try:
+        start, bare = interpreter_start(args.repeats)
         print("1. replay of a filled store (fresh process, interpreter start included)")
+        print(f"  (interpreter start, `python -c pass`: {C.fmt_s(start)}; without site "
+              f"(-S): {C.fmt_s(bare)})", flush=True)
         replay: dict[int, list[C.Row]] = {}
         for keys in sizes:
             reps = args.repeats if keys <= 10_000 else max(1, min(args.repeats, 2))

@@ -340,28 +340,13 @@ class Job(Future):
             if result_hash is not None:
                 self.result_hash = result_hash
             self._waiting = -1
-            self._done = (self._label, outcome.start_time, outcome.end_time,
-                          tuple(outcome.console), outcome.traceback_text, time.time(),
-                          *_flat(outcome.info.items()))
+            self._done = self._done_of(outcome)
             self._hfuture = None  # the handler's future (and what it holds) can go now
-            keyinfo = self._keyinfo
-            if keyinfo is not None and type(keyinfo) is not tuple:
-                # kept as one tuple of plain values from now on (the cyclic GC stops
-                # tracking it); as it is if it cannot be (it stays correct, only heavier)
-                try:
-                    self._keyinfo = keyinfo.packed()
-                except Exception:  # noqa: BLE001 - the job completes whatever happens here
-                    _LOG.debug("key info of %r kept unpacked", self, exc_info=True)
+            self._pack_keyinfo()
             self.cache_hit = cache_hit
             self._status = status
             self._cancelled = status is JobStatus.CANCELLED
-        err = None
-        if not outcome.ok:
-            err = outcome.error
-            if err is None:
-                err = JobError(f"job {self._label!r} failed", job_label=self._label)
-            if outcome.traceback_text and err.__cause__ is None and remote:
-                err.__cause__ = RemoteTraceback(outcome.traceback_text)
+        err = None if outcome.ok else self._error_of(outcome, remote)
         # Future.set_result / set_exception, with the condition only when one was made
         with _LAZY:
             cond = self._cond
@@ -381,6 +366,49 @@ class Job(Future):
             except Exception:
                 _LOG.exception("exception calling callback for %r", self)
         return True
+
+    def _complete_new(self, keyinfo: Any, outcome: Outcome, result_hash: str | None) -> None:
+        """Complete a job just made, with the cache hit ``outcome`` of ``keyinfo``: what
+        ``_keyed`` and ``_complete`` do, without their locks and callbacks. Only for a job
+        no other thread can know of yet (nothing waits for it, no callback was added)."""
+        self._keyinfo = keyinfo
+        self.key = keyinfo.key
+        self._completing = True
+        self.result_hash = result_hash
+        self._waiting = -1
+        self._done = self._done_of(outcome)
+        self._pack_keyinfo()
+        self.cache_hit = True
+        self._done_callbacks = ()
+        self._state = FINISHED
+        if outcome.ok:
+            self._status = JobStatus.FINISHED
+            self._result = outcome.value
+        else:
+            self._status = JobStatus.ERROR
+            self._exception = self._error_of(outcome, False)
+
+    def _done_of(self, outcome: Outcome) -> _Done:
+        return (self._label, outcome.start_time, outcome.end_time, tuple(outcome.console),
+                outcome.traceback_text, time.time(), *_flat(outcome.info.items()))
+
+    def _pack_keyinfo(self) -> None:
+        keyinfo = self._keyinfo
+        if keyinfo is not None and type(keyinfo) is not tuple:
+            # kept as one tuple of plain values from now on (the cyclic GC stops tracking
+            # it); as it is if it cannot be (it stays correct, only heavier)
+            try:
+                self._keyinfo = keyinfo.packed()
+            except Exception:  # noqa: BLE001 - the job completes whatever happens here
+                _LOG.debug("key info of %r kept unpacked", self, exc_info=True)
+
+    def _error_of(self, outcome: Outcome, remote: bool) -> BaseException:
+        err = outcome.error
+        if err is None:
+            err = JobError(f"job {self._label!r} failed", job_label=self._label)
+        if outcome.traceback_text and err.__cause__ is None and remote:
+            err.__cause__ = RemoteTraceback(outcome.traceback_text)
+        return err
 
     def _finish_future(self, value: Any, err: BaseException | None) -> None:
         """Set the Future's final state (under its condition, or ``_LAZY`` without one)."""

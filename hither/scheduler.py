@@ -127,7 +127,7 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
     else:
         upstream, ready = [], True
     job = Job(fdef, kwargs, settings, handler, ENGINE, upstream=0 if ready else len(upstream))
-    plan: _Plan | Outcome | None = None
+    plan: _Plan | _Hit | None = None
     failure: Exception | None = None
     if not upstream:
         plan = _plan(job, kwargs, nested)  # bad arguments raise here
@@ -136,12 +136,13 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
             plan = _plan(job, kwargs, nested)
         except Exception as e:  # noqa: BLE001 - as in _plan_and_dispatch: the job fails
             failure = e
-    if type(plan) is Outcome:
+    if type(plan) is tuple:
         # a cache hit known at once: completed here, never live nor given to the handler
+        outcome, keyinfo = plan
+        job._complete_new(keyinfo, outcome, outcome.info.get("result_hash"))
         if _show_progress(settings.progress):
             _progress().created()
             job.add_done_callback(_progress_done)
-        _complete_hit(job, plan)
         return job
     global _inline_live
     with _live_lock:
@@ -241,10 +242,14 @@ def _cacheflow() -> tuple[Any, Any, Any]:
     return _cacheflow_fns
 
 
-def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Plan | Outcome:
+_Hit = tuple[Outcome, Any]
+"""A cache hit found by ``_plan``: its Outcome and the job's KeyInfo."""
+
+
+def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Plan | _Hit:
     """Work that can fail on the arguments, done once they are known: the files snapshot,
-    the cache key and lookup, then (on a miss) the arguments frozen for the run; a cache
-    hit is its Outcome."""
+    the cache key and lookup, then (on a miss) the arguments frozen for the run. A cache
+    hit is its Outcome and KeyInfo, which the caller gives the job."""
     plain = True  # every argument a number, string, ... (no File to snapshot)
     leaves = arguments.LEAVES
     if nested:
@@ -284,10 +289,10 @@ def _plan(job: Job, kwargs: dict[str, Any], nested: dict[str, list[Job]]) -> _Pl
                                   direct=direct)
         else:
             keyinfo = compute_key(fdef, kwargs, settings, runtime)
-        job._keyed(keyinfo)
         hit = lookup(keyinfo, settings)
         if hit is not None:
-            return hit  # nothing else is needed: the job completes at once
+            return hit, keyinfo  # nothing else is needed: the job completes at once
+        job._keyed(keyinfo)
         if snapshots:
             kwargs, links = arguments.link_snapshots(kwargs, cache.store, snapshots)
     plan = _Plan(runtime=runtime, links=links,
@@ -357,10 +362,13 @@ def _plan_and_dispatch(job: Job, nested: dict[str, list[Job]]) -> None:
     except Exception as e:  # noqa: BLE001 - the job fails, the pipeline goes on
         job._complete(Outcome(False, error=e), JobStatus.ERROR)
         return
-    if isinstance(plan, Outcome):
-        _complete_hit(job, plan)
-    else:
+    if isinstance(plan, _Plan):
         _dispatch(job, plan)
+    else:
+        outcome, keyinfo = plan
+        job._keyed(keyinfo)
+        job._complete(outcome, JobStatus.FINISHED if outcome.ok else JobStatus.ERROR,
+                      cache_hit=True, result_hash=outcome.info.get("result_hash"))
 
 
 # ------------------------------------------------------------------------ dispatch
@@ -398,11 +406,6 @@ def _dispatch(job: Job, plan: _Plan) -> None:
         _cleanup(plan)
         return
     hfut.add_done_callback(partial(_on_outcome, job, plan))
-
-
-def _complete_hit(job: Job, hit: Outcome) -> None:
-    job._complete(hit, JobStatus.FINISHED if hit.ok else JobStatus.ERROR, cache_hit=True,
-                  result_hash=hit.info.get("result_hash"))
 
 
 def _on_outcome(job: Job, plan: _Plan, hfut: Future) -> None:

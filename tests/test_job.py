@@ -339,3 +339,29 @@ def test_done_callbacks_before_and_after_completion():
     with pytest.raises(ValueError, match="x"):
         failing.result()
     assert calls[-1] == "ValueError" and isinstance(failing.exception(), ValueError)
+
+
+def test_a_cache_hit_is_a_completed_future_from_run(tmp_path):
+    """A hit known at ``.run()`` is completed as it is made (without the locks and the
+    callbacks of a completion): it must still be every bit a finished job."""
+    import concurrent.futures as cf
+
+    cache = hi.JobCache(path=str(tmp_path / "c"))
+    with hi.Config(job_cache=cache):
+        first = jf_add.run(x=2, y=3)
+        assert first.result() == 5 and not first.cache_hit
+        job = jf_add.run(x=2, y=3)
+    assert job.done() and job.cache_hit and not job.cancelled()
+    assert job.get_status() is hi.JobStatus.FINISHED and job._state == "FINISHED"
+    assert job.result(timeout=0) == 5 and job.exception(timeout=0) is None
+    assert job.key == first.key and job.result_hash == first.result_hash
+    assert job.keyinfo is not None and job.keyinfo.key == job.key
+    assert job.keyinfo.inputs["x"]["desc"] == first.keyinfo.inputs["x"]["desc"]
+    info = job.get_runtime_info()
+    assert info["cache_hit"] is True and info["result_hash"] == first.result_hash
+    seen: list[object] = []
+    job.add_done_callback(lambda j: seen.append(j.result()))
+    assert seen == [5]
+    assert cf.wait([job], timeout=0).done == {job}
+    assert next(cf.as_completed([job], timeout=1)) is job
+    assert not job.cancel()  # a finished job cannot be cancelled

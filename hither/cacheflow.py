@@ -60,9 +60,9 @@ class KeyInfo:
                  "_links")
 
     def __init__(self, key: str, code: CodeIdentity, digests: dict[str, str],
-                 function: dict[str, Any], runtime: dict[str, Any], *,
+                 function: dict[str, Any], runtime: dict[str, Any],
                  args: dict[str, Any] | None = None,
-                 links: dict[str, str | None | tuple[str | None, ...]] | None = None,
+                 links: dict[str, str | None | tuple[str | None, ...]] | None = None, *,
                  inputs: dict[str, dict[str, Any]] | None = None) -> None:
         self.key = key
         self.code = code
@@ -236,7 +236,7 @@ def compute_key(fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
     else:
         key = hash_struct({"format": KEY_FORMAT, "function": function, "runtime": identity,
                            "inputs": digests})
-    return KeyInfo(key, code, digests, function, identity, args=kwargs, links=links)
+    return KeyInfo(key, code, digests, function, identity, kwargs, links)
 
 
 _ARG_PATHS: dict[str, str] = {}
@@ -288,9 +288,11 @@ def _outcome_of(rec: Hit, settings: Settings, store: Any) -> Outcome | None:
     info = {"result_hash": rec.result_hash, "cached_at": rec.recorded_at}
     if rec.status == "finished":
         m = rec.result  # a number, string, bool or None is its own manifest
-        return Outcome(True, value=m if type(m) in _OWN_MANIFEST or m is None
-                       else values.decode(m, store), console=list(rec.console),
-                       start_time=rec.start_time, end_time=rec.end_time, info=info)
+        value = m if type(m) in _OWN_MANIFEST or m is None else values.decode(m, store)
+        # positional (ok, value, error, traceback_text, console, start_time, end_time,
+        # info): a call by keywords costs more, once per hit
+        return Outcome(True, value, None, None, list(rec.console), rec.start_time,
+                       rec.end_time, info)
     if not settings.cache_failing or settings.rerun_failing:
         return None
     err = rec.error

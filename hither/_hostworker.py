@@ -146,10 +146,44 @@ def _flush_std() -> None:
             pass
 
 
+def forget_imports_of_other_threads() -> list[str]:
+    """In a child just forked from a process with threads: forget the imports that other
+    threads had under way at the fork; the names of the modules forgotten.
+
+    Those threads do not exist in the child, so such a module stays half-initialized in
+    ``sys.modules`` and its import lock stays held: the child's first import of it (say
+    ``cloudpickle``, which the parent's main thread was importing while the launcher thread
+    forked) would wait forever. Forgotten, it is imported afresh, as in a new process. The
+    forking thread's own imports are kept. This reads importlib's private lock table
+    (``_module_locks``, ``_ModuleLock.owner``): on an interpreter where it looks different,
+    nothing is done."""
+    try:
+        import threading
+        from importlib import _bootstrap
+
+        locks = _bootstrap._module_locks  # type: ignore[attr-defined]
+        me = threading.get_ident()
+        stale = []
+        for name, ref in list(locks.items()):
+            lock = ref()
+            owner = getattr(lock, "owner", None)
+            if lock is not None and owner is not None and owner != me:
+                stale.append(name)
+        for name in stale:
+            locks.pop(name, None)  # the next import of it makes a new lock
+            module = sys.modules.get(name)
+            if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                del sys.modules[name]
+        return stale
+    except Exception:  # noqa: BLE001 - only a repair: the worker starts either way
+        return []
+
+
 def run_forked_worker(conn_fd: int, parent_pid: int) -> None:
     """The body of a worker forked from a running interpreter: never returns."""
     code = 0
     try:
+        forget_imports_of_other_threads()
         become_worker(conn_fd, parent_pid)
     except BaseException:  # noqa: BLE001 - report, then leave without running the parent's code
         code = 1

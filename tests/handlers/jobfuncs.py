@@ -323,3 +323,10 @@ def jf_tiny(x, gate=None, seconds=0.0, fail=False, exit_code=None, spoil_clock=F
 def jf_tiny_other(x):
     """A function of its own (no run-time history when first called)."""
     return -x
+
+
+@hi.function("jf_import_attr", "1")
+def jf_import_attr(module, attr):
+    import importlib
+
+    return getattr(importlib.import_module(module), attr)

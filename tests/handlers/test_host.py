@@ -481,3 +481,42 @@ def test_workers_die_with_a_killed_parent(method, tmp_path):
         assert all_dead([sleeper], timeout=15) == []
     else:
         os.kill(sleeper, signal.SIGKILL)
+
+
+@pytest.mark.timeout(90)
+def test_forked_worker_imports_what_another_thread_was_importing_at_the_fork(tmp_path):
+    """A worker forked while another thread of the driver is in the middle of an import
+    (its module half-initialized, its import lock held by a thread the child does not
+    have) imports that module afresh, instead of waiting for that lock forever."""
+    name = f"slowimp_{uuid.uuid4().hex[:8]}"
+    gate = f"{name}_gate"
+    (tmp_path / f"{gate}.py").write_text(textwrap.dedent("""
+        import os, threading
+        PARENT = os.getpid()
+        STARTED, GO = threading.Event(), threading.Event()
+    """))
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
+        import os
+        import {gate} as gate
+        gate.STARTED.set()
+        if os.getpid() == gate.PARENT:  # the driver's import stays under way at the fork
+            gate.GO.wait(60)
+        VALUE = 42
+    """))
+    sys.path.insert(0, str(tmp_path))
+    h = hi.ParallelJobHandler(1, start_method="fork")
+    importer = None
+    try:
+        gate_mod = __import__(gate)
+        importer = threading.Thread(target=__import__, args=(name,), daemon=True)
+        importer.start()
+        assert gate_mod.STARTED.wait(30)
+        with hi.Config(job_handler=h):
+            job = jobfuncs.jf_import_attr.run(module=name, attr="VALUE")
+            assert job.result(timeout=RESULT_TIMEOUT) == 42
+    finally:
+        if importer is not None:
+            sys.modules[gate].GO.set()
+            importer.join(30)
+        h.shutdown(wait=False, cancel=True)
+        sys.path.remove(str(tmp_path))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-import os
-import string
 import sys
 import threading
 import time
@@ -23,6 +21,7 @@ from concurrent.futures._base import FINISHED, PENDING
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._futures import LazyCondition, LockPool
+from ._jobids import job_id_text, next_job_number
 from .errors import HitherError, JobCancelledException, JobError
 from .launch import Outcome
 
@@ -60,30 +59,6 @@ class Engine(Protocol):
 
     def interrupted(self) -> None:
         """Ctrl-C reached a thread waiting on a job: cancel what that thread started."""
-
-
-# A random prefix per process and a counter: unique across processes, and much cheaper than
-# drawing randomness per job (os.urandom is a system call, ~10 us on some VMs).
-_PREFIX = os.urandom(7).translate(bytes((string.ascii_letters * 5).encode()[:256])).decode()
-_HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "ABCDEFGHIJKLMNOP")
-_counter = itertools.count()
-
-
-_LOW = tuple(format(i, "02x").translate(_HEX_TO_LETTERS) for i in range(256))
-_head: tuple[int, str] = (-1, "")  # the last block of 256 ids: its number and first 13 letters
-
-
-def _job_id_text(number: int) -> str:
-    """15 ASCII letters, as in hither 0.4.2: 7 random per process, then 8 from a counter
-    (the first 6 of them made once per block of 256 ids)."""
-    global _head
-    n = number & 0xFFFFFFFF
-    block, head = _head
-    if n >> 8 != block:
-        block = n >> 8
-        head = _PREFIX + format(block, "06x").translate(_HEX_TO_LETTERS)
-        _head = (block, head)
-    return head + _LOW[n & 0xFF]
 
 
 # A job's state lock guards a few fields for an instant and is never held with another
@@ -137,7 +112,7 @@ class Job(Future):
         self._settings = settings
         self._handler = handler
         self._engine = engine
-        self._job_id: int | str = next(_counter)  # its text is made when first asked for
+        self._job_id: int | str = next_job_number()  # its text is made when first asked for
         self._label = fdef.name
         self._creator = threading.get_ident()
         self._created = time.time()
@@ -336,16 +311,7 @@ class Job(Future):
         with self._state_lock:
             if self._completing:
                 return False
-            self._completing = True
-            if result_hash is not None:
-                self.result_hash = result_hash
-            self._waiting = -1
-            self._done = self._done_of(outcome)
-            self._hfuture = None  # the handler's future (and what it holds) can go now
-            self._pack_keyinfo()
-            self.cache_hit = cache_hit
-            self._status = status
-            self._cancelled = status is JobStatus.CANCELLED
+            self._completed(outcome, status, cache_hit, result_hash)
         err = None if outcome.ok else self._error_of(outcome, remote)
         # Future.set_result / set_exception, with the condition only when one was made
         with _LAZY:
@@ -373,26 +339,25 @@ class Job(Future):
         no other thread can know of yet (nothing waits for it, no callback was added)."""
         self._keyinfo = keyinfo
         self.key = keyinfo.key
-        self._completing = True
-        self.result_hash = result_hash
-        self._waiting = -1
-        self._done = self._done_of(outcome)
-        self._pack_keyinfo()
-        self.cache_hit = True
+        ok = outcome.ok
+        self._completed(outcome, JobStatus.FINISHED if ok else JobStatus.ERROR, True,
+                        result_hash)
         self._done_callbacks = ()
-        self._state = FINISHED
-        if outcome.ok:
-            self._status = JobStatus.FINISHED
-            self._result = outcome.value
-        else:
-            self._status = JobStatus.ERROR
-            self._exception = self._error_of(outcome, False)
+        self._finish_future(outcome.value if ok else None,
+                            None if ok else self._error_of(outcome, False))
 
-    def _done_of(self, outcome: Outcome) -> _Done:
-        return (self._label, outcome.start_time, outcome.end_time, tuple(outcome.console),
-                outcome.traceback_text, time.time(), *_flat(outcome.info.items()))
-
-    def _pack_keyinfo(self) -> None:
+    def _completed(self, outcome: Outcome, status: JobStatus, cache_hit: bool,
+                   result_hash: str | None) -> None:
+        """The job's own state once complete (under the state lock, or before anyone can
+        see the job)."""
+        self._completing = True
+        if result_hash is not None:
+            self.result_hash = result_hash
+        self._waiting = -1
+        self._done = (self._label, outcome.start_time, outcome.end_time,
+                      tuple(outcome.console), outcome.traceback_text, time.time(),
+                      *_flat(outcome.info.items()))
+        self._hfuture = None  # the handler's future (and what it holds) can go now
         keyinfo = self._keyinfo
         if keyinfo is not None and type(keyinfo) is not tuple:
             # kept as one tuple of plain values from now on (the cyclic GC stops tracking
@@ -401,6 +366,9 @@ class Job(Future):
                 self._keyinfo = keyinfo.packed()
             except Exception:  # noqa: BLE001 - the job completes whatever happens here
                 _LOG.debug("key info of %r kept unpacked", self, exc_info=True)
+        self.cache_hit = cache_hit
+        self._status = status
+        self._cancelled = status is JobStatus.CANCELLED
 
     def _error_of(self, outcome: Outcome, remote: bool) -> BaseException:
         err = outcome.error
@@ -474,7 +442,7 @@ class Job(Future):
         """The job's random id."""
         job_id = self._job_id
         if isinstance(job_id, int):  # a cache hit completed at .run() may never need it
-            job_id = self._job_id = _job_id_text(job_id)
+            job_id = self._job_id = job_id_text(job_id)
         return job_id
 
     def get_label(self) -> str:

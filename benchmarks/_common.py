@@ -45,8 +45,28 @@ def _version(mod: str) -> str:
         return "-"
 
 
+def machine_speed(rounds: int = 5) -> float:
+    """Best time, in seconds, of a fixed pure-Python workload (calls, dict and string
+    work, as a cache hit does). On a shared virtual machine the speed of one core moves
+    by up to 2x from one hour to the next; printed beside the figures of a run, it says
+    how fast the machine was then, so that runs made at different times compare."""
+    def work() -> None:
+        d: dict[str, int] = {}
+        for i in range(100_000):
+            k = f"k{i % 997}"
+            d[k] = d.get(k, 0) + len(k)
+
+    best = float("inf")
+    for _ in range(rounds):
+        t = now()
+        work()
+        best = min(best, now() - t)
+    return best
+
+
 def print_header(title: str, args: argparse.Namespace) -> None:
-    """Title, sizes and the versions that matter for reading the figures."""
+    """Title, sizes, the versions that matter for reading the figures and the machine's
+    speed at the start of the run (see :func:`machine_speed`)."""
     print("=" * 78)
     print(title + ("   [--quick]" if args.quick else ""))
     print(f"python {platform.python_version()} on {platform.system()} {platform.machine()}, "
@@ -54,6 +74,7 @@ def print_header(title: str, args: argparse.Namespace) -> None:
     vers = ", ".join(f"{m} {_version(m)}" for m in
                      ("hither", "joblib", "distributed", "ray", "diskcache", "numpy"))
     print(vers)
+    print(f"machine speed reference (see _common.machine_speed): {fmt_s(machine_speed())}")
     print("=" * 78, flush=True)
 
 

@@ -220,6 +220,7 @@ def main() -> None:
             targets.append(C.Target(f"3. driver peak RSS, {what}", peaks[what] / 1e6,
                                     500, "MB"))
     C.print_targets(targets)
+    print(f"machine speed reference at the end of the run: {C.fmt_s(C.machine_speed())}")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ class Job(Future):
     # made when a thread first waits (see _condition), which a cache hit completed at
     # .run() never needs.
     __slots__ = ("_fdef", "_kwargs", "_settings", "_handler", "_engine", "_job_id", "_label",
-                 "_creator", "_created", "_state_lock", "_status", "_completing",
+                 "_creator", "_state_lock", "_status", "_completing",
                  "_cancelled", "_hfuture", "_waiting", "_done",
                  "_keyinfo", "key",
                  "result_hash", "cache_hit",
@@ -99,7 +99,7 @@ class Job(Future):
     _done_callbacks: list[Any] | tuple[()]  # Future's own (typeshed does not declare it)
 
     def __init__(self, fdef: FunctionDef, kwargs: dict[str, Any], settings: Settings,
-                 handler: JobHandler, engine: Engine, *, upstream: int = 0) -> None:
+                 handler: JobHandler, engine: Engine, upstream: int = 0) -> None:
         # not Future.__init__: it makes a threading.Condition per job (see _condition)
         self._state = PENDING
         self._result: Any = None
@@ -115,7 +115,6 @@ class Job(Future):
         self._job_id: int | str = next_job_number()  # its text is made when first asked for
         self._label = fdef.name
         self._creator = threading.get_ident()
-        self._created = time.time()
         self._state_lock = _STATE_LOCKS.take()
         self._status = JobStatus.PENDING
         self._completing = False

@@ -126,7 +126,7 @@ def create_job(fdef: FunctionDef, kwargs: dict[str, Any]) -> Job:
         ready = all(map(_finished, upstream))
     else:
         upstream, ready = [], True
-    job = Job(fdef, kwargs, settings, handler, ENGINE, upstream=0 if ready else len(upstream))
+    job = Job(fdef, kwargs, settings, handler, ENGINE, 0 if ready else len(upstream))
     plan: _Plan | _Hit | None = None
     failure: Exception | None = None
     if not upstream:

@@ -49,7 +49,9 @@ def machine_speed(rounds: int = 5) -> float:
     """Best time, in seconds, of a fixed pure-Python workload (calls, dict and string
     work, as a cache hit does). On a shared virtual machine the speed of one core moves
     by up to 2x from one hour to the next; printed beside the figures of a run, it says
-    how fast the machine was then, so that runs made at different times compare."""
+    how fast one core ran Python then. It does not see a slow disk or time spent waiting
+    (the wall time of a replay can exceed its CPU time while this stays low): compare
+    the CPU times a benchmark prints as well."""
     def work() -> None:
         d: dict[str, int] = {}
         for i in range(100_000):

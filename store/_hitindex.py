@@ -11,8 +11,10 @@ file and uses the summary only while the file keeps exactly that signature, so
   without the index; a record replaced by another writer, or edited in place, no longer
   matches its row and is read in full again;
 * concurrent writers and killed processes are sqlite's business (WAL, atomic commits);
-  any sqlite trouble (a read-only or network file system, a damaged database) turns the
-  index off for the process, with one warning, and lookups read the record files;
+  while the database is busy with other writers, lookups read the record files and
+  this process's rows wait for a later write; any other sqlite trouble (a read-only or
+  network file system, a damaged database) turns the index off for the process, with
+  one warning, and lookups read the record files;
 * every row carries a checksum of its key and summary (XXH3-64; rows of earlier
   versions, a truncated sha256): a damaged or edited row is ignored with a
   :class:`StoreWarning`, and the record file is read instead.
@@ -42,7 +44,7 @@ from typing import Any
 from xxhash import xxh3_64_hexdigest as _xxh3_64
 
 from ._shared import is_group_shared, make_dirs, share_fd
-from ._statmemo import PersistentStatMemo, Signature, sig_text
+from ._statmemo import PersistentStatMemo, Signature, is_busy, sig_text
 from .errors import StoreWarning
 
 __all__ = ["INDEX_DB", "HitIndex", "Summary"]
@@ -102,11 +104,13 @@ class HitIndex:
     when the shard is first looked up; a key missing there is read from its record file,
     which stays the authority. Rows are written in batches (at most :data:`BATCH` rows or
     :data:`FLUSH_SECONDS` late, and at exit): a row lost to a killed process only costs a
-    full record read later.
+    full record read later. Rows the database was too busy to take wait for the next
+    batch (the oldest are let go beyond :data:`MAX_PENDING`).
     """
 
     BATCH = 512
     FLUSH_SECONDS = 1.0
+    MAX_PENDING = 65_536
 
     def __init__(self, memo: PersistentStatMemo) -> None:
         self._memo = memo
@@ -114,6 +118,7 @@ class HitIndex:
         self._shards: dict[str, dict[bytes, str]] = {}
         self._pending: list[tuple[str, str, Signature, str]] = []
         self._since = 0.0
+        self._batch = self.BATCH  # pending rows that make a write due
         _LIVE.add(self)
 
     def get(self, key: str, path: str) -> Summary | None:
@@ -125,6 +130,8 @@ class HitIndex:
         shard = self._shards.get(key[:2])
         if shard is None:
             shard = self._load(path[: -len(os.path.basename(path))])
+            if shard is None:  # the database is busy: the record file, this time
+                return None
             self._shards[key[:2]] = shard
         row = shard.get(path.encode(_FS_ENCODING, _FS_ERRORS))  # == os.fsencode(path)
         if row is None:
@@ -143,7 +150,7 @@ class HitIndex:
             return None
         return body
 
-    def _load(self, folder: str) -> dict[bytes, str]:
+    def _load(self, folder: str) -> dict[bytes, str] | None:
         self.flush()
         return self._memo.get_under(folder, _KIND)
 
@@ -162,22 +169,34 @@ class HitIndex:
             if not self._pending:
                 self._since = now
             self._pending.append((path, _KIND, sig, value))
-            due = len(self._pending) >= self.BATCH or now - self._since > self.FLUSH_SECONDS
+            due = len(self._pending) >= self._batch or now - self._since > self.FLUSH_SECONDS
         if due:
             self.flush()
 
-    def flush(self) -> None:
-        """Write the rows waiting in this process."""
+    def flush(self, *, patient: bool = False) -> None:
+        """Write the rows waiting in this process (``patient``: even if the database was
+        busy a moment ago)."""
         with self._lock:
             rows, self._pending = self._pending, []
-        if rows:
-            self._memo.put_many(rows)
+        if not rows:
+            return
+        written = self._memo.put_many(rows, patient=patient)
+        with self._lock:
+            if written:
+                self._batch = self.BATCH
+                return
+            # the database is busy: try again a batch or FLUSH_SECONDS later
+            rows.extend(self._pending)
+            self._pending = rows[-self.MAX_PENDING:]
+            self._since = time.monotonic()
+            self._batch = len(self._pending) + self.BATCH
 
     def forget(self) -> None:
         """Drop what this process read and has not written (the store was cleared)."""
         with self._lock:
             self._shards.clear()
             self._pending = []
+            self._batch = self.BATCH
 
     def _bad(self, key: str, why: str) -> None:
         warnings.warn(f"hit index entry of record {key!r} ignored ({why}); the record file "
@@ -190,7 +209,7 @@ _LIVE: weakref.WeakSet[HitIndex] = weakref.WeakSet()
 @atexit.register
 def _flush_all() -> None:
     for index in list(_LIVE):
-        index.flush()
+        index.flush(patient=True)
 
 
 def _after_fork() -> None:
@@ -227,6 +246,11 @@ def _locate(root: Path) -> str:
 
 
 def _disabled_warning(db: str, error: BaseException) -> None:
+    if is_busy(error):
+        warnings.warn(f"the store index {db} has been busy with other processes for a "
+                      f"minute ({error}); results are read from the record files meanwhile "
+                      "(correct, only slower)", StoreWarning, stacklevel=5)
+        return
     text = str(error).lower()
     if isinstance(error, PermissionError) or "readonly" in text or "unable to open" in text:
         return  # a store this user may read but not write: no index, nothing wrong

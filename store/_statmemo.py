@@ -23,6 +23,7 @@ code identities and image digests: one implementation of the rules above.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -32,8 +33,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = ["RACY_NS", "FileMemo", "PersistentStatMemo", "Signature", "StatMemo", "settled",
-           "sig_text", "signature"]
+__all__ = ["RACY_NS", "FileMemo", "PersistentStatMemo", "Signature", "StatMemo", "is_busy",
+           "settled", "sig_text", "signature"]
 
 RACY_NS = 2_000_000_000
 """A file changed less than this many nanoseconds before a read is not memoized."""
@@ -117,10 +118,21 @@ class PersistentStatMemo:
 
     ``locate()`` gives the database path (``None`` or ``""``: no persistent memo); it is
     called when the database is first needed and again after :meth:`reset`. Any sqlite or
-    file system trouble silently disables the memo for this process: it only saves time.
-    Paths are stored as bytes (``os.fsencode``), so names that are not valid UTF-8 work.
-    ``on_error(db, error)``, when given, is called once when trouble disables the memo.
+    file system trouble disables the memo for this process: it only saves time. A database
+    busy with other processes (``database is locked``, once sqlite's own wait ran out) is
+    not trouble: the memo steps aside for a while (from :data:`BUSY_FIRST` seconds,
+    doubling up to :data:`BUSY_MOST` while it stays busy) and is tried again. Paths are
+    stored as bytes (``os.fsencode``), so names that are not valid UTF-8 work.
+    ``on_error(db, error)``, when given, is called once when trouble disables the memo, and
+    once when the database has stayed busy for :data:`BUSY_WARN` seconds (``error`` is then
+    the busy error: see :func:`is_busy`).
     """
+
+    BUSY_TIMEOUT = 2.0
+    """Seconds sqlite itself waits for a busy database before it answers "locked"."""
+    BUSY_FIRST = 0.25
+    BUSY_MOST = 30.0
+    BUSY_WARN = 60.0
 
     _TABLE = "statmemo_v3"
     # v3: the same rows as v2, clustered by (path, kind) (WITHOUT ROWID), so the rows
@@ -137,6 +149,10 @@ class PersistentStatMemo:
         self._pid = -1
         self._disabled = False
         self._orphans: list[sqlite3.Connection] = []
+        self._busy_until = 0.0  # time.monotonic() before which the database is not tried
+        self._busy_wait = 0.0
+        self._busy_since = -1.0  # when it became busy (-1: it is not)
+        self._busy_told = False
 
     def reset(self, *, wipe: bool = False) -> None:
         """Close the database (it is located again on next use); ``wipe`` deletes its rows."""
@@ -153,11 +169,13 @@ class PersistentStatMemo:
                 self._conn.close()
             self._conn = None
             self._disabled = False
+            self._busy_until, self._busy_wait, self._busy_since = 0.0, 0.0, -1.0
 
-    def _connect(self) -> sqlite3.Connection | None:
+    def _connect(self, patient: bool = False) -> sqlite3.Connection | None:
         import sqlite3  # on first use: `import hither` stays fast
 
-        if self._disabled:
+        if self._disabled or (not patient and self._busy_until
+                              and time.monotonic() < self._busy_until):
             return None
         if self._conn is not None:
             if self._pid == os.getpid():
@@ -169,19 +187,24 @@ class PersistentStatMemo:
         if not db:
             self._disabled = True
             return None
+        self._db = db
+        conn = None
         try:
             os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
-            conn = sqlite3.connect(db, timeout=2.0, isolation_level=None,
+            conn = sqlite3.connect(db, timeout=self.BUSY_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=2000")
-            conn.execute("PRAGMA journal_mode=WAL")
+            # switching to WAL needs the database to itself (it waits for every reader):
+            # only its first user switches it
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
                             (self._TABLE,)).fetchone() is None:
                 self._create(conn)
         except (sqlite3.Error, OSError) as e:
-            self._db = db
-            self._disable(e)
+            if conn is not None:
+                conn.close()
+            self._trouble(e)
             return None
         self._conn, self._pid, self._db = conn, os.getpid(), db
         return conn
@@ -216,8 +239,9 @@ class PersistentStatMemo:
                 row = conn.execute(f"SELECT sig, value FROM {self._TABLE} WHERE path = ? AND "
                                    "kind = ?", (os.fsencode(path), kind)).fetchone()
             except (sqlite3.Error, ValueError) as e:
-                self._disable(e)
+                self._trouble(e)
                 return None
+            self._busy_since = -1.0
         if row is None or row[0] != _sig_text(sig):
             return None
         return str(row[1])
@@ -233,13 +257,15 @@ class PersistentStatMemo:
                     conn.execute(f"INSERT OR REPLACE INTO {self._TABLE} (path, kind, sig, value) "
                                  "VALUES (?, ?, ?, ?)",
                                  (os.fsencode(path), kind, _sig_text(sig), value))
+                    self._busy_since = -1.0
             except (sqlite3.Error, ValueError) as e:
-                self._disable(e)
+                self._trouble(e)
 
-    def get_under(self, prefix: str, kind: str) -> dict[bytes, str]:
+    def get_under(self, prefix: str, kind: str) -> dict[bytes, str] | None:
         """Every row of ``kind`` whose path starts with ``prefix``: ``{os.fsencode(path):
         signature text + " " + value}`` (see :func:`sig_text`; one string per row, for
-        memory); empty when the memo is off."""
+        memory); empty when the memo is off, ``None`` while the database is busy (ask
+        again later)."""
         import sqlite3  # on first use: `import hither` stays fast
 
         low = os.fsencode(prefix)
@@ -247,37 +273,73 @@ class PersistentStatMemo:
             try:
                 conn = self._connect()
                 if conn is None:
-                    return {}
+                    return None if self._busy() else {}
                 rows = conn.execute(f"SELECT path, sig || ' ' || value FROM {self._TABLE} WHERE "
                                     "path >= ? AND path < ? AND kind = ?",
                                     (low, low + b"\xff", kind)).fetchall()
             except (sqlite3.Error, ValueError) as e:
-                self._disable(e)
-                return {}
+                self._trouble(e)
+                return None if self._busy() else {}
+            self._busy_since = -1.0
         return dict(rows)
 
-    def put_many(self, rows: list[tuple[str, str, Signature, str]]) -> None:
-        """Store ``(path, kind, signature, value)`` rows in one transaction."""
+    def put_many(self, rows: list[tuple[str, str, Signature, str]], *,
+                 patient: bool = False) -> bool:
+        """Store ``(path, kind, signature, value)`` rows in one transaction; False when the
+        database is busy and they were not stored (try again later). ``patient`` tries
+        even while the memo steps aside (a last chance, at exit)."""
         import sqlite3  # on first use: `import hither` stays fast
 
         with self._lock:
             try:
-                conn = self._connect()
-                if conn is not None:
-                    with conn:
-                        conn.execute("BEGIN")
-                        conn.executemany(
-                            f"INSERT OR REPLACE INTO {self._TABLE} (path, kind, sig, value) "
-                            "VALUES (?, ?, ?, ?)",
-                            [(os.fsencode(p), k, _sig_text(s), v) for p, k, s, v in rows])
+                conn = self._connect(patient)
+                if conn is None:
+                    return not self._busy()
+                with conn:
+                    conn.execute("BEGIN")
+                    conn.executemany(
+                        f"INSERT OR REPLACE INTO {self._TABLE} (path, kind, sig, value) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(os.fsencode(p), k, _sig_text(s), v) for p, k, s, v in rows])
             except (sqlite3.Error, ValueError) as e:
-                self._disable(e)
+                self._trouble(e)
+                return self._disabled
+            self._busy_since = -1.0
+            return True
 
-    def _disable(self, error: BaseException) -> None:
-        """Stop using the database in this process (called under the lock)."""
-        if not self._disabled and self._on_error is not None:
+    def _busy(self) -> bool:
+        """Whether the database was busy when last tried (and the memo is still on)."""
+        return self._busy_since >= 0 and not self._disabled
+
+    def _trouble(self, error: BaseException) -> None:
+        """Step aside for a while when the database is busy, else stop using it in this
+        process (called under the lock)."""
+        if not is_busy(error):
+            if not self._disabled and self._on_error is not None:
+                self._on_error(self._db, error)
+            self._disabled = True
+            return
+        now = time.monotonic()
+        if self._busy_since < 0:
+            self._busy_since, self._busy_wait = now, 0.0
+        self._busy_wait = min(max(2 * self._busy_wait, self.BUSY_FIRST), self.BUSY_MOST)
+        # jittered, so processes that collided do not come back together
+        self._busy_until = now + self._busy_wait * random.uniform(0.5, 1.0)
+        if (now - self._busy_since >= self.BUSY_WARN and not self._busy_told
+                and self._on_error is not None):
+            self._busy_told = True
             self._on_error(self._db, error)
-        self._disabled = True
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether a sqlite error says the database is busy with another connection (it may
+    well work a moment later), rather than broken or out of reach."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+    text = str(error)
+    return type(error).__name__ == "OperationalError" and ("is locked" in text
+                                                           or "is busy" in text)
 
 
 def sig_text(sig: Signature) -> str:

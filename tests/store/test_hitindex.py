@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hither_store import LocalStore, StoreWarning
+from hither_store import LocalStore, PersistentStatMemo, StoreWarning
+from hither_store._statmemo import is_busy
 
 from . import _hitindex_helpers as helpers
 
@@ -285,3 +286,106 @@ def test_a_row_is_checked_by_the_hash_its_check_names(tmp_path: Path, kind: str)
         assert hits == {"k-checkkind": want}
         assert ("hit index entry of record 'k-checkkind' ignored" in err) == (want is None)
     db.close()
+
+
+@pytest.fixture
+def quick_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sqlite gives up on a busy database at once, and the memo steps aside briefly."""
+    monkeypatch.setattr(PersistentStatMemo, "BUSY_TIMEOUT", 0.0)
+    monkeypatch.setattr(PersistentStatMemo, "BUSY_FIRST", 0.01)
+    monkeypatch.setattr(PersistentStatMemo, "BUSY_MOST", 0.02)
+
+
+def _hold(root: Path, exclusive: bool) -> sqlite3.Connection:
+    """Another connection holding the index database: its write lock, or (``exclusive``)
+    every lock, so that not even readers get in."""
+    db = sqlite3.connect(root / "index" / "stat.sqlite", isolation_level=None)
+    if exclusive:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("DELETE FROM statmemo_v3 WHERE path = x'00'")  # a write: the lock is taken
+    return db
+
+
+@pytest.mark.usefixtures("quick_busy")
+def test_rows_the_busy_index_cannot_take_are_written_later(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_record("k-busy-first", {"v": 0}, summary={"v": 0})
+    store._index.flush()
+    holder = _hold(tmp_path, exclusive=False)
+    keys = [f"k-busyrow{i}" for i in range(5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreWarning)  # busy is no trouble to warn of
+        for i, key in enumerate(keys):
+            store.put_record(key, {"v": i}, summary={"v": i})
+        store._index.flush()
+        assert len(store._index._pending) == 5  # kept for the next write
+        holder.execute("COMMIT")
+        holder.close()
+        time.sleep(0.05)  # the memo's pause is over
+        store._index.flush()
+    assert store._index._pending == []
+    hits, err = hits_in_new_process(tmp_path, ["k-busy-first", *keys])
+    assert hits == {"k-busy-first": {"v": 0}, **{k: {"v": i} for i, k in enumerate(keys)}}
+    assert "StoreWarning" not in err
+
+
+@pytest.mark.usefixtures("quick_busy")
+def test_a_busy_index_is_read_again_once_free(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_record("k-busy-read", {"v": 1}, summary={"v": 1})
+    store._index.flush()
+    store._index.forget()  # as in a new process: the shard is not read yet, and
+    store._memo.reset()  # the database is not open
+    holder = _hold(tmp_path, exclusive=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreWarning)
+        assert store.get_hit("k-busy-read") is None  # the record file answers instead
+        assert store.get_record("k-busy-read") == {"v": 1}
+        holder.execute("COMMIT")
+        holder.close()  # ends the exclusive locking mode
+        time.sleep(0.05)
+        assert store.get_hit("k-busy-read") == {"v": 1}  # the busy shard was not kept empty
+
+
+def test_an_index_busy_for_long_warns_once_and_stays_on(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BUSY_TIMEOUT", "BUSY_FIRST", "BUSY_MOST", "BUSY_WARN"):
+        monkeypatch.setattr(PersistentStatMemo, name, 0.0)
+    store = LocalStore(tmp_path)
+    store.put_record("k-longbusy", {"v": 1}, summary={"v": 1})
+    store._index.flush()
+    holder = _hold(tmp_path, exclusive=False)
+    with pytest.warns(StoreWarning) as caught:
+        for i in range(3):
+            store.put_record(f"k-longrow{i}", {"v": i}, summary={"v": i})
+            store._index.flush()
+    texts = [str(w.message) for w in caught if "store index" in str(w.message)]
+    assert len(texts) == 1 and "busy with other processes" in texts[0], texts
+    assert "Remove the file" not in texts[0]  # nothing is wrong with the file
+    holder.execute("COMMIT")
+    holder.close()
+    store._index.flush()
+    assert store._index._pending == []
+    assert hits_in_new_process(tmp_path, ["k-longrow2"])[0] == {"k-longrow2": {"v": 2}}
+
+
+def test_is_busy_tells_a_busy_database_from_a_broken_one(tmp_path: Path) -> None:
+    db = tmp_path / "x.sqlite"
+    a = sqlite3.connect(db, isolation_level=None)
+    a.execute("CREATE TABLE t (x)")
+    a.execute("BEGIN IMMEDIATE")
+    b = sqlite3.connect(db, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        b.execute("BEGIN IMMEDIATE")
+    assert is_busy(locked.value)
+    a.execute("ROLLBACK")
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(sqlite3.DatabaseError) as broken:
+        sqlite3.connect(garbage).execute("SELECT * FROM sqlite_master")
+    assert not is_busy(broken.value)
+    assert not is_busy(OSError("database is locked"))
+    # errors made without sqlite's code (and all errors on Python 3.10) go by their text
+    assert is_busy(sqlite3.OperationalError("database is locked"))
+    assert not is_busy(sqlite3.OperationalError("no such table: t"))

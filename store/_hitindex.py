@@ -176,6 +176,8 @@ class HitIndex:
     def flush(self, *, patient: bool = False) -> None:
         """Write the rows waiting in this process (``patient``: even if the database was
         busy a moment ago)."""
+        if not patient and self._memo.pausing():
+            return  # the rows wait where they are
         with self._lock:
             rows, self._pending = self._pending, []
         if not rows:

@@ -307,6 +307,10 @@ class PersistentStatMemo:
             self._busy_since = -1.0
             return True
 
+    def pausing(self) -> bool:
+        """Whether the memo is stepping aside for a busy database right now."""
+        return self._busy() and time.monotonic() < self._busy_until
+
     def _busy(self) -> bool:
         """Whether the database was busy when last tried (and the memo is still on)."""
         return self._busy_since >= 0 and not self._disabled

@@ -324,7 +324,8 @@ class PersistentStatMemo:
             self._disabled = True
             return
         now = time.monotonic()
-        if self._busy_since < 0:
+        # a new spell of busy, unless this try came soon after the last pause ended
+        if self._busy_since < 0 or now > self._busy_until + self.BUSY_MOST:
             self._busy_since, self._busy_wait = now, 0.0
         self._busy_wait = min(max(2 * self._busy_wait, self.BUSY_FIRST), self.BUSY_MOST)
         # jittered, so processes that collided do not come back together

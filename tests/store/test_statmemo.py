@@ -176,3 +176,38 @@ def test_persistent_memo_takes_over_the_rows_of_the_earlier_table(tmp_path: Path
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["fresh", "51"]
+
+
+def test_busy_warns_only_after_a_minute_of_busy_in_a_row(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+    import types
+
+    clock = types.SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(_statmemo, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    monkeypatch.setattr(PersistentStatMemo, "BUSY_TIMEOUT", 0.0)
+    db = tmp_path / "m.sqlite"
+    told: list[BaseException] = []
+    memo = PersistentStatMemo(lambda: str(db), on_error=lambda _db, e: told.append(e))
+    row = [("/d/a", "k", (1, 2, 3, 4, 5), "v")]
+    assert memo.put_many(row)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    assert not memo.put_many(row)  # busy: not written, not disabled
+    assert memo.pausing()
+    clock.now += 40  # a lone try long after: a new spell of busy, no warning
+    assert not memo.put_many(row)
+    start = clock.now
+    while memo._busy_until + 0.5 - start < PersistentStatMemo.BUSY_WARN:
+        clock.now = memo._busy_until + 0.5  # tries as soon as each pause ends
+        assert not memo.put_many(row)
+    assert told == []
+    for _ in range(3):
+        clock.now = memo._busy_until + 0.5
+        assert not memo.put_many(row)
+    assert len(told) == 1 and _statmemo.is_busy(told[0])  # once, for a minute of busy
+    holder.execute("COMMIT")
+    assert not memo.put_many(row)  # free now, but the memo's pause is not over
+    clock.now = memo._busy_until + 0.5
+    assert memo.put_many(row) and not memo.pausing()
+    assert memo.get("/d/a", "k", (1, 2, 3, 4, 5)) == "v"

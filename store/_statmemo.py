@@ -159,7 +159,7 @@ class PersistentStatMemo:
         import sqlite3  # on first use: `import hither` stays fast
 
         with self._lock:
-            conn = self._connect() if wipe else None
+            conn = self._connect(patient=True) if wipe else None
             if conn is not None:
                 try:
                     conn.execute(f"DELETE FROM {self._TABLE}")

@@ -119,6 +119,7 @@ class HitIndex:
         self._pending: list[tuple[str, str, Signature, str]] = []
         self._since = 0.0
         self._batch = self.BATCH  # pending rows that make a write due
+        self._generation = 0  # moved on by forget(): rows of before are not put back
         _LIVE.add(self)
 
     def get(self, key: str, path: str) -> Summary | None:
@@ -169,6 +170,8 @@ class HitIndex:
             if not self._pending:
                 self._since = now
             self._pending.append((path, _KIND, sig, value))
+            if len(self._pending) > self.MAX_PENDING + self.BATCH:  # a long busy spell
+                del self._pending[: -self.MAX_PENDING]
             due = len(self._pending) >= self._batch or now - self._since > self.FLUSH_SECONDS
         if due:
             self.flush()
@@ -180,11 +183,12 @@ class HitIndex:
             return  # the rows wait where they are
         with self._lock:
             rows, self._pending = self._pending, []
+            generation = self._generation
         if not rows:
             return
         written = self._memo.put_many(rows, patient=patient)
         with self._lock:
-            if written:
+            if written or generation != self._generation:
                 self._batch = self.BATCH
                 return
             # the database is busy: try again a batch or FLUSH_SECONDS later
@@ -199,6 +203,7 @@ class HitIndex:
             self._shards.clear()
             self._pending = []
             self._batch = self.BATCH
+            self._generation += 1
 
     def _bad(self, key: str, why: str) -> None:
         warnings.warn(f"hit index entry of record {key!r} ignored ({why}); the record file "
@@ -218,6 +223,7 @@ def _after_fork() -> None:
     for index in list(_LIVE):  # the parent writes its own rows
         index._lock = threading.Lock()
         index._pending = []
+        index._batch = index.BATCH
 
 
 if hasattr(os, "register_at_fork"):

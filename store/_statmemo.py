@@ -26,6 +26,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -124,8 +125,8 @@ class PersistentStatMemo:
     doubling up to :data:`BUSY_MOST` while it stays busy) and is tried again. Paths are
     stored as bytes (``os.fsencode``), so names that are not valid UTF-8 work.
     ``on_error(db, error)``, when given, is called once when trouble disables the memo, and
-    once when the database has stayed busy for :data:`BUSY_WARN` seconds (``error`` is then
-    the busy error: see :func:`is_busy`).
+    once (until :meth:`reset`) when the database has stayed busy for :data:`BUSY_WARN`
+    seconds in a row (``error`` is then the busy error: see :func:`is_busy`).
     """
 
     BUSY_TIMEOUT = 2.0
@@ -153,6 +154,7 @@ class PersistentStatMemo:
         self._busy_wait = 0.0
         self._busy_since = -1.0  # when it became busy (-1: it is not)
         self._busy_told = False
+        _MEMOS.add(self)
 
     def reset(self, *, wipe: bool = False) -> None:
         """Close the database (it is located again on next use); ``wipe`` deletes its rows."""
@@ -169,7 +171,8 @@ class PersistentStatMemo:
                 self._conn.close()
             self._conn = None
             self._disabled = False
-            self._busy_until, self._busy_wait, self._busy_since = 0.0, 0.0, -1.0
+            self._free()
+            self._busy_told = False
 
     def _connect(self, patient: bool = False) -> sqlite3.Connection | None:
         import sqlite3  # on first use: `import hither` stays fast
@@ -241,7 +244,7 @@ class PersistentStatMemo:
             except (sqlite3.Error, ValueError) as e:
                 self._trouble(e)
                 return None
-            self._busy_since = -1.0
+            self._free()
         if row is None or row[0] != _sig_text(sig):
             return None
         return str(row[1])
@@ -257,7 +260,7 @@ class PersistentStatMemo:
                     conn.execute(f"INSERT OR REPLACE INTO {self._TABLE} (path, kind, sig, value) "
                                  "VALUES (?, ?, ?, ?)",
                                  (os.fsencode(path), kind, _sig_text(sig), value))
-                    self._busy_since = -1.0
+                    self._free()
             except (sqlite3.Error, ValueError) as e:
                 self._trouble(e)
 
@@ -280,7 +283,7 @@ class PersistentStatMemo:
             except (sqlite3.Error, ValueError) as e:
                 self._trouble(e)
                 return None if self._busy() else {}
-            self._busy_since = -1.0
+            self._free()
         return dict(rows)
 
     def put_many(self, rows: list[tuple[str, str, Signature, str]], *,
@@ -304,7 +307,7 @@ class PersistentStatMemo:
             except (sqlite3.Error, ValueError) as e:
                 self._trouble(e)
                 return self._disabled
-            self._busy_since = -1.0
+            self._free()
             return True
 
     def pausing(self) -> bool:
@@ -314,6 +317,10 @@ class PersistentStatMemo:
     def _busy(self) -> bool:
         """Whether the database was busy when last tried (and the memo is still on)."""
         return self._busy_since >= 0 and not self._disabled
+
+    def _free(self) -> None:
+        """The database answered: no pause, no spell of busy (called under the lock)."""
+        self._busy_since, self._busy_until, self._busy_wait = -1.0, 0.0, 0.0
 
     def _trouble(self, error: BaseException) -> None:
         """Step aside for a while when the database is busy, else stop using it in this
@@ -334,6 +341,20 @@ class PersistentStatMemo:
                 and self._on_error is not None):
             self._busy_told = True
             self._on_error(self._db, error)
+
+
+_MEMOS: weakref.WeakSet[PersistentStatMemo] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # a lock held by another thread of the parent (waiting out a busy database) would
+    # never be released in the child
+    for memo in list(_MEMOS):
+        memo._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def is_busy(error: BaseException) -> bool:

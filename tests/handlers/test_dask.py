@@ -472,6 +472,11 @@ def test_a_container_job_of_a_killed_dask_worker_leaves_no_container(cli_client,
         cli_client.wait_for_workers(2, timeout=WAIT)
 
 
+def _scheduler_keys(dask_scheduler=None) -> list[str]:
+    """The keys the dask scheduler knows (run on the scheduler)."""
+    return [str(k) for k in dask_scheduler.tasks]
+
+
 def test_worker_processes_and_containers_go_with_their_dask_worker(docker_image):
     """A dask worker that closes (retired, scaled down) takes its warm host worker and its
     container worker with it."""
@@ -491,6 +496,9 @@ def test_worker_processes_and_containers_go_with_their_dask_worker(docker_image)
         # the handler lets go of the dask futures of settled jobs shortly after (a worker
         # holding a result only a client wants cannot be retired)
         assert wait_until(lambda: not jh._by_key, WAIT)
+        # and the scheduler has heard it: the client's release travels on another stream
+        # than the retire request, and a worker holding a wanted result is not retired
+        assert wait_until(lambda: not client.run_on_scheduler(_scheduler_keys), WAIT)
         client.retire_workers([address], close_workers=True)
         assert wait_until(lambda: not pid_alive(host_pid), WAIT)
         assert wait_until(lambda: worker_containers([dask_pid]) == [], WAIT), \

@@ -389,3 +389,103 @@ def test_is_busy_tells_a_busy_database_from_a_broken_one(tmp_path: Path) -> None
     # errors made without sqlite's code (and all errors on Python 3.10) go by their text
     assert is_busy(sqlite3.OperationalError("database is locked"))
     assert not is_busy(sqlite3.OperationalError("no such table: t"))
+
+
+@pytest.mark.usefixtures("quick_busy")
+def test_rows_waiting_for_a_busy_index_stay_bounded(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from hither_store._hitindex import HitIndex
+
+    monkeypatch.setattr(HitIndex, "MAX_PENDING", 100)
+    monkeypatch.setattr(HitIndex, "BATCH", 10)
+    monkeypatch.setattr(PersistentStatMemo, "BUSY_FIRST", 60.0)  # one long pause
+    store = LocalStore(tmp_path)
+    store.put_record("k-bounded", {"v": 0}, summary={"v": 0})
+    store._index.flush()
+    holder = _hold(tmp_path, exclusive=False)
+    sig = (1, 2, 3, 4, 5)
+    for i in range(1000):
+        store._index.put(f"kb{i:06d}", str(tmp_path / f"r{i}"), sig, {"v": i})
+        assert len(store._index._pending) <= 110
+    assert store._memo.pausing()
+    holder.execute("COMMIT")
+    holder.close()
+    store._index.flush(patient=True)
+    assert store._index._pending == []
+    rows = store._memo.get_under(str(tmp_path) + os.sep, "hit1")
+    assert rows is not None
+    kept = {p for p in rows if p.startswith(os.fsencode(str(tmp_path / "r")))}
+    assert os.fsencode(str(tmp_path / "r999")) in kept and 100 <= len(kept) <= 110
+
+
+def _paused(root: Path, monkeypatch: pytest.MonkeyPatch, prefix: str) -> LocalStore:
+    """A store whose index met a busy database (now free again) while ``{prefix}1`` was
+    stored, and pauses for a minute: ``{prefix}0`` is in the index, ``{prefix}1`` waits."""
+    monkeypatch.setattr(PersistentStatMemo, "BUSY_TIMEOUT", 0.0)
+    monkeypatch.setattr(PersistentStatMemo, "BUSY_FIRST", 60.0)
+    store = LocalStore(root)
+    store.put_record(f"{prefix}0", {"v": 0}, summary={"v": 0})
+    store._index.flush()
+    holder = _hold(root, exclusive=False)
+    store.put_record(f"{prefix}1", {"v": 1}, summary={"v": 1})
+    store._index.flush()
+    holder.execute("COMMIT")
+    holder.close()
+    assert store._memo.pausing() and len(store._index._pending) == 1
+    return store
+
+
+def test_a_patient_write_ends_the_pause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _paused(tmp_path, monkeypatch, "k-patient")
+    store._index.flush(patient=True)  # as at exit
+    assert not store._memo.pausing() and store._index._pending == []
+    # fully back: shard reads are real reads (never kept empty) and writes are written
+    assert store._memo.get_under(str(tmp_path) + os.sep, "hit1")
+    store.put_record("k-patient2", {"v": 2}, summary={"v": 2})
+    store._index.flush()
+    assert store._index._pending == []
+    hits, _ = hits_in_new_process(tmp_path, ["k-patient1", "k-patient2"])
+    assert hits == {"k-patient1": {"v": 1}, "k-patient2": {"v": 2}}
+
+
+def test_rows_of_before_a_clear_are_not_put_back(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalStore(tmp_path)
+    store.put_record("k-before-clear", {"v": 1}, summary={"v": 1})
+
+    def busy_while_cleared(rows, *, patient=False):
+        store._index.forget()  # another thread clears the store meanwhile
+        return False  # and the database was busy
+
+    monkeypatch.setattr(store._memo, "put_many", busy_while_cleared)
+    store._index.flush()
+    assert store._index._pending == []
+
+
+def test_rows_waiting_at_exit_are_written_when_the_database_is_free(tmp_path: Path) -> None:
+    script = (
+        "import sqlite3, sys\n"
+        "from hither_store import LocalStore, PersistentStatMemo\n"
+        "PersistentStatMemo.BUSY_TIMEOUT = 0.0\n"
+        "PersistentStatMemo.BUSY_FIRST = 600.0\n"
+        "s = LocalStore(sys.argv[1])\n"
+        "s.put_record('k-atexit0', {'v': 0}, summary={'v': 0}); s._index.flush()\n"
+        "db = sqlite3.connect(sys.argv[1] + '/index/stat.sqlite', isolation_level=None)\n"
+        "db.execute('BEGIN IMMEDIATE')\n"
+        "s.put_record('k-atexit1', {'v': 1}, summary={'v': 1}); s._index.flush()\n"
+        "assert s._memo.pausing() and len(s._index._pending) == 1\n"
+        "db.execute('COMMIT')\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    hits, _ = hits_in_new_process(tmp_path, ["k-atexit1"])
+    assert hits == {"k-atexit1": {"v": 1}}
+
+
+def test_clear_during_a_pause_wipes_the_rows(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _paused(tmp_path, monkeypatch, "k-wiped0")
+    store.clear()
+    db = sqlite3.connect(tmp_path / "index" / "stat.sqlite")
+    assert db.execute("SELECT count(*) FROM statmemo_v3").fetchone() == (0,)
+    db.close()

@@ -211,3 +211,24 @@ def test_busy_warns_only_after_a_minute_of_busy_in_a_row(tmp_path: Path,
     clock.now = memo._busy_until + 0.5
     assert memo.put_many(row) and not memo.pausing()
     assert memo.get("/d/a", "k", (1, 2, 3, 4, 5)) == "v"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_the_memo_is_busy_does_not_hang(tmp_path: Path) -> None:
+    memo = PersistentStatMemo(lambda: str(tmp_path / "m.sqlite"))
+    memo.put("/d/a", "k", (1, 2, 3, 4, 5), "v")
+    with memo._lock:  # another thread of the parent is inside the memo at the fork
+        pid = os.fork()
+        if pid == 0:  # the child: its own lock, its own connection
+            ok = memo.get("/d/a", "k", (1, 2, 3, 4, 5)) == "v"
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on the memo's lock")

@@ -121,8 +121,9 @@ class PersistentStatMemo:
     called when the database is first needed and again after :meth:`reset`. Any sqlite or
     file system trouble disables the memo for this process: it only saves time. A database
     busy with other processes (``database is locked``, once sqlite's own wait ran out) is
-    not trouble: the memo steps aside for a while (from :data:`BUSY_FIRST` seconds,
-    doubling up to :data:`BUSY_MOST` while it stays busy) and is tried again. Paths are
+    not trouble: the memo steps aside for a while (a randomized pause of up to
+    :data:`BUSY_FIRST` seconds, doubling up to :data:`BUSY_MOST` while it stays busy) and
+    is tried again. Paths are
     stored as bytes (``os.fsencode``), so names that are not valid UTF-8 work.
     ``on_error(db, error)``, when given, is called once when trouble disables the memo, and
     once (until :meth:`reset`) when the database has stayed busy for :data:`BUSY_WARN`

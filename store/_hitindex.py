@@ -191,9 +191,10 @@ class HitIndex:
             if written or generation != self._generation:
                 self._batch = self.BATCH
                 return
-            # the database is busy: try again a batch or FLUSH_SECONDS later
+            # the database is busy: try again a batch or FLUSH_SECONDS later (put() keeps
+            # the list bounded)
             rows.extend(self._pending)
-            self._pending = rows[-self.MAX_PENDING:]
+            self._pending = rows
             self._since = time.monotonic()
             self._batch = len(self._pending) + self.BATCH
 

@@ -123,8 +123,8 @@ class PersistentStatMemo:
     busy with other processes (``database is locked``, once sqlite's own wait ran out) is
     not trouble: the memo steps aside for a while (a randomized pause of up to
     :data:`BUSY_FIRST` seconds, doubling up to :data:`BUSY_MOST` while it stays busy) and
-    is tried again. Paths are
-    stored as bytes (``os.fsencode``), so names that are not valid UTF-8 work.
+    is tried again. Paths are stored as bytes (``os.fsencode``), so names that are not
+    valid UTF-8 work.
     ``on_error(db, error)``, when given, is called once when trouble disables the memo, and
     once (until :meth:`reset`) when the database has stayed busy for :data:`BUSY_WARN`
     seconds in a row (``error`` is then the busy error: see :func:`is_busy`).
@@ -178,8 +178,7 @@ class PersistentStatMemo:
     def _connect(self, patient: bool = False) -> sqlite3.Connection | None:
         import sqlite3  # on first use: `import hither` stays fast
 
-        if self._disabled or (not patient and self._busy_until
-                              and time.monotonic() < self._busy_until):
+        if self._disabled or (not patient and self.pausing()):
             return None
         if self._conn is not None:
             if self._pid == os.getpid():

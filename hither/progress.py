@@ -15,6 +15,7 @@ progress=False)`` or ``HITHER_PROGRESS=0`` turns it off, ``progress=True`` force
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 SHOW_JOBS = 3
 SHOW_AFTER = 1.0
 _REFRESH = 0.25
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +114,11 @@ class Tracker:
         self._start = 0.0
         self._thread: threading.Thread | None = None
         self._session = 0
+        # every change of the counts moves _version on; the display thread sets _drawn to the
+        # version of the snapshot it has just dealt with, so settle() and the thread's own end
+        # know whether the display shows the counts as they are
+        self._version = 0
+        self._drawn = 0
 
     def created(self) -> None:
         """A job of a shown pipeline was created."""
@@ -125,6 +132,7 @@ class Tracker:
                 self._thread.start()
             self._live += 1
             self._counts.total += 1
+            self._version += 1
 
     def completed(self, status: str, cache_hit: bool) -> None:
         """A job of a shown pipeline completed (``status``: finished, error, cancelled)."""
@@ -132,6 +140,7 @@ class Tracker:
             self._live -= 1
             if self._live == 0:
                 self._changed.notify_all()  # draw the last frame now
+            self._version += 1
             c = self._counts
             if status == "finished":
                 c.done += 1
@@ -143,52 +152,96 @@ class Tracker:
 
     def snapshot(self) -> tuple[Counts, float, bool]:
         """The counts now, the elapsed time, and whether the session is over."""
+        counts, elapsed, over, _ = self._snapshot()
+        return counts, elapsed, over
+
+    def _snapshot(self) -> tuple[Counts, float, bool, int]:
         with self._lock:
             c = Counts(**vars(self._counts))
             over = self._live == 0
             elapsed = time.monotonic() - self._start
+            version = self._version
         c.running = 0 if over else self._running()
-        return c, elapsed, over
+        return c, elapsed, over, version
+
+    #: the longest settle() waits for a frame (drawing one takes milliseconds)
+    SETTLE_SECONDS = 1.0
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Once no job is live, wait (at most ``timeout`` seconds, default
+        :attr:`SETTLE_SECONDS`) until the display shows the final counts: what the caller
+        prints next then comes after the last frame, not through it (in Jupyter a frame
+        sent while a line is being printed splits the line)."""
+        deadline = time.monotonic() + (self.SETTLE_SECONDS if timeout is None else timeout)
+        with self._lock:
+            while self._thread is not None and self._live == 0 \
+                    and self._drawn != self._version:
+                self._changed.notify_all()  # the display thread draws now, not at its tick
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._changed.wait(remaining)
 
     def _run(self, session: int) -> None:
         display = None
+        broken = False  # the display failed: counted on, shown no more in this session
         try:
             while True:
-                counts, elapsed, over = self.snapshot()
-                if display is None and not over and (counts.total > SHOW_JOBS
-                                                     or elapsed >= SHOW_AFTER):
-                    display = (self._make_display or _default_display)()
-                    display.start()
-                    _displays.add(display)
-                if display is not None:
-                    display.update(counts, elapsed)
+                counts, elapsed, over, version = self._snapshot()
+                try:
+                    if display is None and not broken and not over and (
+                            counts.total > SHOW_JOBS or elapsed >= SHOW_AFTER):
+                        display = (self._make_display or _default_display)()
+                        _displays.add(display)
+                        display.start()
+                    if display is not None:
+                        display.update(counts, elapsed)
+                except Exception as e:  # noqa: BLE001 - progress never breaks a pipeline
+                    _LOG.warning("hither progress display failed, not shown any more: %s", e)
+                    broken = True
+                    if display is not None:
+                        _displays.discard(display)
+                        _stop(display)
+                        display = None
                 with self._lock:
-                    if over and self._live == 0:
+                    self._drawn = version
+                    self._changed.notify_all()  # settle() waits for this
+                    if self._live != 0:
+                        self._changed.wait(_REFRESH)
+                    elif self._version == version:  # the frame drawn is the final one
                         # a pipeline often creates its next jobs at once: linger a moment
                         self._changed.wait(_REFRESH)
-                        if self._live == 0:
+                        if self._live == 0 and self._version == version:
                             self._thread = None
                             break
-                    else:
-                        self._changed.wait(_REFRESH)
+                    # else jobs came and went since the snapshot: draw them now, so that
+                    # the last frame of a session is never stale
         finally:
+            with self._lock:
+                if self._thread is threading.current_thread():  # ended by an error
+                    self._thread = None
+                self._changed.notify_all()
             if display is not None:
                 _displays.discard(display)
-                display.stop()
+                _stop(display)
 
 
 # ----------------------------------------------------------------------------- displays
 _displays: set[Any] = set()
 
 
+def _stop(display: Any) -> None:
+    try:
+        display.stop()
+    except Exception:  # noqa: BLE001 - best effort
+        _LOG.debug("stopping the progress display failed", exc_info=True)
+
+
 @atexit.register
 def _stop_displays() -> None:
     """Leave the terminal clean when the program ends while a display is up."""
     for display in list(_displays):
-        try:
-            display.stop()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
+        _stop(display)
 
 class _RichDisplay:
     """A rich progress bar at the bottom of the terminal; printed lines go above it."""

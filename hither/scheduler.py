@@ -484,6 +484,8 @@ def wait_all(timeout: float | None = None, jobs: list[Job] | None = None) -> Non
     while True:
         pending = [j for j in (live_jobs() if jobs is None else jobs) if not j.done()]
         if not pending:
+            if _tracker is not None:  # its last frame is drawn before the caller prints
+                _tracker.settle()
             return
         for j in pending:
             remaining = None if deadline is None else deadline - time.monotonic()

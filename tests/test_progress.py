@@ -8,6 +8,7 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -55,6 +56,7 @@ class _Recorder:
 
 def test_a_session_counts_done_cached_and_failed(monkeypatch, tmp_path):
     monkeypatch.setattr(progress, "_default_display", _Recorder)
+    monkeypatch.setattr(progress.Tracker, "SETTLE_SECONDS", 30.0)  # a loaded machine
     _Recorder.frames = []
     cache = hi.JobCache(path=tmp_path / "store")
     with hi.Config(progress=True, job_cache=cache, cache_failing=True):
@@ -65,12 +67,9 @@ def test_a_session_counts_done_cached_and_failed(monkeypatch, tmp_path):
         jobs.append(jf_print_then_raise.run(message="counted as failed"))
         jobs.append(jf_add.run(x=100))
         hi.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not (
-            _Recorder.frames and _Recorder.frames[-1].failed == 1
-            and _Recorder.frames[-1].done + 1 == _Recorder.frames[-1].total):
-        time.sleep(0.05)
-    last = _Recorder.frames[-1]
+        # hi.wait() returns once the display shows the final counts (what is printed next
+        # comes after the last frame)
+        last = _Recorder.frames[-1]
     # the first job may join the session (it lingers a moment for follow-up jobs)
     assert (last.total, last.done, last.cached, last.failed) in ((6, 5, 1, 1), (7, 6, 1, 1))
     assert any(f.running for f in _Recorder.frames)  # seen while the jobs ran
@@ -89,6 +88,68 @@ def test_tracker_sessions_start_over():
     counts, _, over = tracker.snapshot()
     assert not over and (counts.total, counts.cached) == (1, 0)
     tracker.completed("error", False)
+
+
+def test_the_last_frame_shows_jobs_that_came_and_went_while_a_frame_was_drawn():
+    """A job created and completed while the display draws a frame of an ended session is
+    drawn before the display goes: the last frame is never stale, and settle() returns once
+    it is drawn."""
+    drawing, release = threading.Event(), threading.Event()
+
+    class Slow(_Recorder):
+        frames: list = []
+
+        def update(self, counts, elapsed):
+            Slow.frames.append(progress.Counts(**vars(counts)))
+            if counts.total == 5 and counts.done == 5:  # the frame of the ended session
+                drawing.set()
+                release.wait(30)
+
+    tracker = progress.Tracker(lambda: 0, make_display=Slow)
+    for _ in range(5):
+        tracker.created()
+    deadline = time.monotonic() + 30
+    while not Slow.frames and time.monotonic() < deadline:  # shown: more than 3 jobs live
+        time.sleep(0.01)
+    for _ in range(5):
+        tracker.completed("finished", False)
+    assert drawing.wait(30)
+    tracker.created()  # comes and goes while that frame is drawn
+    tracker.completed("finished", True)
+    release.set()
+    tracker.settle(30)
+    last = Slow.frames[-1]
+    assert (last.total, last.done, last.cached) == (6, 6, 1)
+    while tracker._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert tracker._thread is None and Slow.frames[-1] is last  # no frame after the last
+
+
+def test_a_failing_display_is_dropped_with_a_warning_and_the_counts_go_on(caplog):
+    class Broken(_Recorder):
+        calls = 0
+
+        def update(self, counts, elapsed):
+            Broken.calls += 1
+            raise RuntimeError("display failed")
+
+    tracker = progress.Tracker(lambda: 0, make_display=Broken)
+    for _ in range(5):
+        tracker.created()
+    deadline = time.monotonic() + 30
+    while "display failed" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "progress display failed" in caplog.text
+    for _ in range(5):
+        tracker.completed("finished", False)
+    t0 = time.monotonic()
+    tracker.settle(30)  # not held by the display that is gone
+    assert time.monotonic() - t0 < 5
+    counts, _, over = tracker.snapshot()
+    assert over and (counts.total, counts.done) == (5, 5) and Broken.calls == 1
+    while tracker._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert tracker._thread is None
 
 
 def _run_in_terminal(args: list[str], env: dict[str, str]) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 SHOW_JOBS = 3
 SHOW_AFTER = 1.0
 _REFRESH = 0.25
+_MIN_FRAME = 0.02
 _LOG = logging.getLogger(__name__)
 
 
@@ -189,8 +190,8 @@ class Tracker:
             while True:
                 counts, elapsed, over, version = self._snapshot()
                 try:
-                    if display is None and not broken and not over and (
-                            counts.total > SHOW_JOBS or elapsed >= SHOW_AFTER):
+                    if display is None and not broken and (
+                            (not over and counts.total > SHOW_JOBS) or elapsed >= SHOW_AFTER):
                         display = (self._make_display or _default_display)()
                         _displays.add(display)
                         display.start()
@@ -206,16 +207,19 @@ class Tracker:
                 with self._lock:
                     self._drawn = version
                     self._changed.notify_all()  # settle() waits for this
-                    if self._live != 0:
-                        self._changed.wait(_REFRESH)
-                    elif self._version == version:  # the frame drawn is the final one
+                    if self._live == 0 and self._version == version:  # the final frame
                         # a pipeline often creates its next jobs at once: linger a moment
                         self._changed.wait(_REFRESH)
                         if self._live == 0 and self._version == version:
                             self._thread = None
                             break
-                    # else jobs came and went since the snapshot: draw them now, so that
-                    # the last frame of a session is never stale
+                    else:
+                        # the next frame at the next tick, or when the session ends or
+                        # settle() asks: so the last frame of a session is never stale
+                        self._changed.wait(_REFRESH)
+                # at most one frame per _MIN_FRAME, however often jobs come and go (a
+                # replay of cache hits ends a session at every job)
+                time.sleep(_MIN_FRAME)
         finally:
             with self._lock:
                 if self._thread is threading.current_thread():  # ended by an error
